@@ -1,0 +1,98 @@
+# agentmesh — every target a new machine needs. `make dev` and `make test` are
+# the two commands a new user runs; everything else is installed from here.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.0
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+# uv must use this machine's Python, never download one.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# The venv's tools (buf, envoy, dbmate, ruff, protoc plugins) come first.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+PROTOS := $(sort $(wildcard proto/agentmesh/v1/*.proto))
+PROTO_FILES := $(patsubst proto/%,%,$(PROTOS))
+GEN_OUT ?= gen
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+.PHONY: env
+env: $(VENV)/.synced ## create/refresh the virtual environment from uv.lock
+
+.PHONY: dev
+dev: env ## bring the whole mesh up on embedded defaults (Ctrl-C stops it)
+	$(BIN)/python -m agentmesh.devstack
+
+.PHONY: gen
+gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
+	$(BIN)/buf lint
+	rm -rf $(GEN_OUT)/agentmesh $(GEN_OUT)/descriptors
+	mkdir -p $(GEN_OUT)/descriptors $(GEN_OUT)/agentmesh/sdk
+	# One compiled image of our protos + vendored googleapis + well-known types:
+	# Envoy's transcoder loads it, and protoc generates from it (no second parse).
+	$(BIN)/buf build --exclude-source-info --as-file-descriptor-set \
+	  -o $(GEN_OUT)/descriptors/agentmesh.binpb
+	$(BIN)/python -m grpc_tools.protoc \
+	  --descriptor_set_in=$(GEN_OUT)/descriptors/agentmesh.binpb \
+	  --python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
+	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) \
+	  $(PROTO_FILES)
+	# The SDK generator needs source info (it turns proto comments into docstrings).
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/buf build --as-file-descriptor-set -o $$tmp/image.binpb && \
+	  $(BIN)/python -m grpc_tools.protoc --descriptor_set_in=$$tmp/image.binpb \
+	    --python_betterproto2_out=$(GEN_OUT)/agentmesh/sdk \
+	    --python_betterproto2_opt=client_generation=sync_async \
+	    $(PROTO_FILES) > /dev/null
+	touch $(GEN_OUT)/agentmesh/v1/__init__.py $(GEN_OUT)/agentmesh/v1/py.typed
+
+.PHONY: check-gen
+check-gen: env ## fail if gen/ differs from what `make gen` writes
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(MAKE) gen GEN_OUT=$$tmp >/dev/null && \
+	  if ! diff -r -q gen "$$tmp" -x __pycache__; then \
+	    echo "gen/ is stale: run make gen and commit the result" >&2; exit 1; fi
+	@echo "gen/ matches make gen"
+
+.PHONY: lint
+lint: env ## ruff, mypy (strict), buf lint
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+.PHONY: migrate
+migrate: env ## apply migrations/ to AGENTMESH_DATABASE_URL (default: the make-dev database)
+	$(BIN)/python -m agentmesh.devstack.migrate up
+
+.PHONY: test
+test: env check-gen lint ## the whole suite (unit, integration, component, e2e) against real servers
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: env ## benchmarks; writes docs/benchmarks.md (BENCH_ARGS="--small" for a smoke run)
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+	$(BIN)/python -m agentmesh.bench $(BENCH_ARGS)
+
+.PHONY: clean
+clean: ## remove the environment, caches and dev data (.data/)
+	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
