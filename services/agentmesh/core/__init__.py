@@ -1,0 +1,1 @@
+"""Runtime shared by every agentmesh process: settings, logs, errors, auth, gRPC server."""

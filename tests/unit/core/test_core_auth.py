@@ -1,0 +1,220 @@
+"""Bearer-token verification: HS256, RS256 via JWKS, and every way a token is refused."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from agentmesh.core.auth import Authenticator, Principal, mint_token
+from agentmesh.core.errors import Unauthenticated
+from agentmesh.core.settings import ConfigError, Settings
+
+pytestmark = pytest.mark.unit
+
+SECRET = "unit-test-secret-with-at-least-32-bytes"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "iss": "agentmesh",
+        "aud": "agentmesh",
+        "sub": "alice",
+        "tenant": "acme",
+        "iat": now,
+        "exp": now + 600,
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+@pytest.fixture
+def hs256() -> Authenticator:
+    settings = Settings.from_env({"AGENTMESH_AUTH_HS256_SECRET": SECRET}, service="memory")
+    return Authenticator.from_settings(settings)
+
+
+@pytest.fixture
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def rs256(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> Authenticator:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys = []
+    for kid, key in (("other", other), ("k1", rsa_key)):
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+        keys.append({**jwk, "kid": kid, "alg": "RS256", "use": "sig"})
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps({"keys": keys}))
+    settings = Settings.from_env({"AGENTMESH_AUTH_JWKS_FILE": str(jwks_file)}, service="memory")
+    return Authenticator.from_settings(settings)
+
+
+def refusal(authenticator: Authenticator, authorization: str | None) -> Unauthenticated:
+    with pytest.raises(Unauthenticated) as raised:
+        authenticator.authenticate(authorization)
+    return raised.value
+
+
+def test_minted_hs256_token_gives_tenant_and_subject(hs256: Authenticator) -> None:
+    token = mint_token(SECRET, "acme", "alice")
+
+    assert hs256.authenticate(bearer(token)) == Principal(tenant="acme", subject="alice")
+    assert hs256.authenticate("bearer " + token).tenant == "acme"  # scheme is case-insensitive
+
+
+def test_rs256_token_is_verified_with_the_jwks_key_named_by_kid(
+    rs256: Authenticator, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(claims(tenant="globex"), rsa_key, algorithm="RS256", headers={"kid": "k1"})
+
+    assert rs256.authenticate(bearer(token)) == Principal(tenant="globex", subject="alice")
+
+
+def test_rs256_token_signed_by_a_key_outside_the_jwks_is_refused(rs256: Authenticator) -> None:
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "k1"})
+    unknown_kid = jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": "k9"})
+
+    assert refusal(rs256, bearer(forged)).reason == "BAD_SIGNATURE"
+    assert refusal(rs256, bearer(unknown_kid)).reason == "UNKNOWN_KEY"
+
+
+def test_hs256_token_with_another_secret_is_refused(hs256: Authenticator) -> None:
+    token = mint_token("another-secret-that-is-also-32-bytes-long", "acme")
+
+    error = refusal(hs256, bearer(token))
+
+    assert error.reason == "BAD_SIGNATURE"
+    assert error.message == "bearer token signature is invalid"
+
+
+def test_expired_token_is_refused(hs256: Authenticator) -> None:
+    token = jwt.encode(claims(exp=int(time.time()) - 60), SECRET, algorithm="HS256")
+
+    assert refusal(hs256, bearer(token)).reason == "TOKEN_EXPIRED"
+
+
+def test_wrong_audience_is_refused(hs256: Authenticator) -> None:
+    token = jwt.encode(claims(aud="someone-else"), SECRET, algorithm="HS256")
+
+    error = refusal(hs256, bearer(token))
+
+    assert error.reason == "WRONG_AUDIENCE"
+    assert "'agentmesh'" in error.message
+
+
+def test_wrong_issuer_is_refused(hs256: Authenticator) -> None:
+    token = jwt.encode(claims(iss="mallory"), SECRET, algorithm="HS256")
+
+    assert refusal(hs256, bearer(token)).reason == "WRONG_ISSUER"
+
+
+@pytest.mark.parametrize("tenant", [None, "", 42])
+def test_token_without_a_string_tenant_is_refused(hs256: Authenticator, tenant: object) -> None:
+    token = jwt.encode(claims(tenant=tenant), SECRET, algorithm="HS256")
+
+    error = refusal(hs256, bearer(token))
+
+    assert error.reason == "MISSING_TENANT"
+    assert error.message == "bearer token has no 'tenant' claim"
+
+
+def test_token_without_exp_is_refused(hs256: Authenticator) -> None:
+    token = jwt.encode(claims(exp=None), SECRET, algorithm="HS256")
+
+    assert refusal(hs256, bearer(token)).reason == "MISSING_CLAIM"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "MISSING_TOKEN"),
+        ("", "MISSING_TOKEN"),
+        ("Basic dXNlcjpwYXNz", "MALFORMED_AUTHORIZATION"),
+        ("Bearer not-a-jwt", "MALFORMED_TOKEN"),
+    ],
+)
+def test_missing_or_malformed_credentials_are_refused(
+    hs256: Authenticator, authorization: str | None, reason: str
+) -> None:
+    assert refusal(hs256, authorization).reason == reason
+
+
+def test_unsigned_and_unconfigured_algorithms_are_refused(
+    hs256: Authenticator, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    unsigned = jwt.encode(claims(), "", algorithm="none")
+    rs256_without_jwks = jwt.encode(claims(), rsa_key, algorithm="RS256")
+
+    assert refusal(hs256, bearer(unsigned)).reason == "UNSUPPORTED_ALGORITHM"
+    assert refusal(hs256, bearer(rs256_without_jwks)).reason == "UNSUPPORTED_ALGORITHM"
+
+
+def test_verified_tokens_are_cached_until_they_expire(
+    hs256: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    token = bearer(mint_token(SECRET, "acme", ttl_s=600))
+
+    hs256.authenticate(token)
+    hs256.authenticate(token)
+    assert decodes == 1
+
+    # Once the clock passes the token's exp the cache entry is dropped and the token
+    # verified again (PyJWT reads its own clock, so here it still verifies).
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 601)
+    hs256.authenticate(token)
+    assert decodes == 2
+
+
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    authenticator = Authenticator(hs256_secret=SECRET, cache_size=2)
+    tokens = [bearer(mint_token(SECRET, f"t{i}")) for i in range(3)]
+
+    for token in tokens:
+        authenticator.authenticate(token)
+
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    authenticator.authenticate(tokens[2])  # most recent: still cached
+    authenticator.authenticate(tokens[0])  # oldest: evicted, verified again
+    assert decodes == 1
+
+
+def test_unreadable_jwks_file_is_a_config_error(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"AGENTMESH_AUTH_JWKS_FILE": str(tmp_path / "missing.json")}, service="agent"
+    )
+
+    with pytest.raises(ConfigError, match="AGENTMESH_AUTH_JWKS_FILE"):
+        Authenticator.from_settings(settings)
