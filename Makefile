@@ -79,9 +79,12 @@ lint: env ## ruff, mypy (strict), buf lint
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
+# The database `make dev` runs (unix socket in .data/postgres); override for another one.
+AGENTMESH_DATABASE_URL ?= postgresql://postgres@/agentmesh?host=$(CURDIR)/.data/postgres
+
 .PHONY: migrate
-migrate: env ## apply migrations/ to AGENTMESH_DATABASE_URL (default: the make-dev database)
-	$(BIN)/python -m agentmesh.devstack.migrate up
+migrate: env ## apply migrations/ to AGENTMESH_DATABASE_URL (default: the make-dev database, running)
+	AGENTMESH_DATABASE_URL='$(AGENTMESH_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
 
 .PHONY: test
 test: env check-gen lint ## the whole suite (unit, integration, component, e2e) against real servers

@@ -40,7 +40,7 @@ RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
 RUN_STATUS_COMPLETED: RunStatus.ValueType  # 1
 RUN_STATUS_INTERRUPTED: RunStatus.ValueType  # 2
 RUN_STATUS_FAILED: RunStatus.ValueType  # 3
-Global___RunStatus: typing_extensions.TypeAlias = RunStatus
+global___RunStatus = RunStatus
 
 @typing.final
 class AgentSkill(google.protobuf.message.Message):
@@ -69,7 +69,7 @@ class AgentSkill(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["description", b"description", "display_name", b"display_name", "examples", b"examples", "id", b"id", "tags", b"tags"]) -> None: ...
 
-Global___AgentSkill: typing_extensions.TypeAlias = AgentSkill
+global___AgentSkill = AgentSkill
 
 @typing.final
 class Agent(google.protobuf.message.Message):
@@ -110,7 +110,7 @@ class Agent(google.protobuf.message.Message):
     long_running: builtins.bool
     interrupts: builtins.bool
     @property
-    def skills(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___AgentSkill]: ...
+    def skills(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AgentSkill]: ...
     @property
     def input_schema(self) -> google.protobuf.struct_pb2.Struct: ...
     @property
@@ -123,7 +123,7 @@ class Agent(google.protobuf.message.Message):
         name: builtins.str = ...,
         display_name: builtins.str = ...,
         description: builtins.str = ...,
-        skills: collections.abc.Iterable[Global___AgentSkill] | None = ...,
+        skills: collections.abc.Iterable[global___AgentSkill] | None = ...,
         input_schema: google.protobuf.struct_pb2.Struct | None = ...,
         output_schema: google.protobuf.struct_pb2.Struct | None = ...,
         default_model: builtins.str = ...,
@@ -135,7 +135,7 @@ class Agent(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["input_schema", b"input_schema", "output_schema", b"output_schema"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["default_model", b"default_model", "description", b"description", "display_name", b"display_name", "input_schema", b"input_schema", "interrupts", b"interrupts", "labels", b"labels", "long_running", b"long_running", "name", b"name", "output_schema", b"output_schema", "skills", b"skills", "version", b"version"]) -> None: ...
 
-Global___Agent: typing_extensions.TypeAlias = Agent
+global___Agent = Agent
 
 @typing.final
 class ListAgentsRequest(google.protobuf.message.Message):
@@ -156,7 +156,7 @@ class ListAgentsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListAgentsRequest: typing_extensions.TypeAlias = ListAgentsRequest
+global___ListAgentsRequest = ListAgentsRequest
 
 @typing.final
 class ListAgentsResponse(google.protobuf.message.Message):
@@ -166,16 +166,16 @@ class ListAgentsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def agents(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Agent]: ...
+    def agents(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Agent]: ...
     def __init__(
         self,
         *,
-        agents: collections.abc.Iterable[Global___Agent] | None = ...,
+        agents: collections.abc.Iterable[global___Agent] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["agents", b"agents", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListAgentsResponse: typing_extensions.TypeAlias = ListAgentsResponse
+global___ListAgentsResponse = ListAgentsResponse
 
 @typing.final
 class GetAgentRequest(google.protobuf.message.Message):
@@ -190,7 +190,7 @@ class GetAgentRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetAgentRequest: typing_extensions.TypeAlias = GetAgentRequest
+global___GetAgentRequest = GetAgentRequest
 
 @typing.final
 class RunOptions(google.protobuf.message.Message):
@@ -217,7 +217,7 @@ class RunOptions(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["job", b"job", "max_steps", b"max_steps", "model", b"model", "session", b"session", "stream_tokens", b"stream_tokens"]) -> None: ...
 
-Global___RunOptions: typing_extensions.TypeAlias = RunOptions
+global___RunOptions = RunOptions
 
 @typing.final
 class InvokeAgentRequest(google.protobuf.message.Message):
@@ -235,7 +235,7 @@ class InvokeAgentRequest(google.protobuf.message.Message):
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
     @property
-    def options(self) -> Global___RunOptions: ...
+    def options(self) -> global___RunOptions: ...
     def __init__(
         self,
         *,
@@ -243,12 +243,12 @@ class InvokeAgentRequest(google.protobuf.message.Message):
         thread_id: builtins.str = ...,
         input: google.protobuf.struct_pb2.Struct | None = ...,
         parts: collections.abc.Iterable[agentmesh.v1.common_pb2.Part] | None = ...,
-        options: Global___RunOptions | None = ...,
+        options: global___RunOptions | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["input", b"input", "options", b"options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["input", b"input", "name", b"name", "options", b"options", "parts", b"parts", "thread_id", b"thread_id"]) -> None: ...
 
-Global___InvokeAgentRequest: typing_extensions.TypeAlias = InvokeAgentRequest
+global___InvokeAgentRequest = InvokeAgentRequest
 
 @typing.final
 class RunResult(google.protobuf.message.Message):
@@ -264,7 +264,7 @@ class RunResult(google.protobuf.message.Message):
     ERROR_FIELD_NUMBER: builtins.int
     run_id: builtins.str
     thread_id: builtins.str
-    status: Global___RunStatus.ValueType
+    status: global___RunStatus.ValueType
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
     @property
@@ -280,7 +280,7 @@ class RunResult(google.protobuf.message.Message):
         *,
         run_id: builtins.str = ...,
         thread_id: builtins.str = ...,
-        status: Global___RunStatus.ValueType = ...,
+        status: global___RunStatus.ValueType = ...,
         parts: collections.abc.Iterable[agentmesh.v1.common_pb2.Part] | None = ...,
         output: google.protobuf.struct_pb2.Struct | None = ...,
         interrupt: agentmesh.v1.common_pb2.Interrupt | None = ...,
@@ -290,7 +290,7 @@ class RunResult(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["error", b"error", "interrupt", b"interrupt", "output", b"output", "usage", b"usage"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["error", b"error", "interrupt", b"interrupt", "output", b"output", "parts", b"parts", "run_id", b"run_id", "status", b"status", "thread_id", b"thread_id", "usage", b"usage"]) -> None: ...
 
-Global___RunResult: typing_extensions.TypeAlias = RunResult
+global___RunResult = RunResult
 
 @typing.final
 class InvokeAgentResponse(google.protobuf.message.Message):
@@ -298,16 +298,16 @@ class InvokeAgentResponse(google.protobuf.message.Message):
 
     RESULT_FIELD_NUMBER: builtins.int
     @property
-    def result(self) -> Global___RunResult: ...
+    def result(self) -> global___RunResult: ...
     def __init__(
         self,
         *,
-        result: Global___RunResult | None = ...,
+        result: global___RunResult | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["result", b"result"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["result", b"result"]) -> None: ...
 
-Global___InvokeAgentResponse: typing_extensions.TypeAlias = InvokeAgentResponse
+global___InvokeAgentResponse = InvokeAgentResponse
 
 @typing.final
 class StreamAgentRequest(google.protobuf.message.Message):
@@ -325,7 +325,7 @@ class StreamAgentRequest(google.protobuf.message.Message):
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
     @property
-    def options(self) -> Global___RunOptions: ...
+    def options(self) -> global___RunOptions: ...
     def __init__(
         self,
         *,
@@ -333,12 +333,12 @@ class StreamAgentRequest(google.protobuf.message.Message):
         thread_id: builtins.str = ...,
         input: google.protobuf.struct_pb2.Struct | None = ...,
         parts: collections.abc.Iterable[agentmesh.v1.common_pb2.Part] | None = ...,
-        options: Global___RunOptions | None = ...,
+        options: global___RunOptions | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["input", b"input", "options", b"options"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["input", b"input", "name", b"name", "options", b"options", "parts", b"parts", "thread_id", b"thread_id"]) -> None: ...
 
-Global___StreamAgentRequest: typing_extensions.TypeAlias = StreamAgentRequest
+global___StreamAgentRequest = StreamAgentRequest
 
 @typing.final
 class ResumeAgentRequest(google.protobuf.message.Message):
@@ -353,19 +353,19 @@ class ResumeAgentRequest(google.protobuf.message.Message):
     @property
     def resume(self) -> agentmesh.v1.common_pb2.ResumeInput: ...
     @property
-    def options(self) -> Global___RunOptions: ...
+    def options(self) -> global___RunOptions: ...
     def __init__(
         self,
         *,
         name: builtins.str = ...,
         thread_id: builtins.str = ...,
         resume: agentmesh.v1.common_pb2.ResumeInput | None = ...,
-        options: Global___RunOptions | None = ...,
+        options: global___RunOptions | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["options", b"options", "resume", b"resume"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "options", b"options", "resume", b"resume", "thread_id", b"thread_id"]) -> None: ...
 
-Global___ResumeAgentRequest: typing_extensions.TypeAlias = ResumeAgentRequest
+global___ResumeAgentRequest = ResumeAgentRequest
 
 @typing.final
 class MessageDelta(google.protobuf.message.Message):
@@ -383,7 +383,7 @@ class MessageDelta(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["message_id", b"message_id", "text", b"text"]) -> None: ...
 
-Global___MessageDelta: typing_extensions.TypeAlias = MessageDelta
+global___MessageDelta = MessageDelta
 
 @typing.final
 class ToolCall(google.protobuf.message.Message):
@@ -406,7 +406,7 @@ class ToolCall(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["arguments", b"arguments"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["arguments", b"arguments", "id", b"id", "tool", b"tool"]) -> None: ...
 
-Global___ToolCall: typing_extensions.TypeAlias = ToolCall
+global___ToolCall = ToolCall
 
 @typing.final
 class ToolResult(google.protobuf.message.Message):
@@ -433,7 +433,7 @@ class ToolResult(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["error", b"error"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["error", b"error", "parts", b"parts", "tool", b"tool", "tool_call_id", b"tool_call_id"]) -> None: ...
 
-Global___ToolResult: typing_extensions.TypeAlias = ToolResult
+global___ToolResult = ToolResult
 
 @typing.final
 class StateUpdate(google.protobuf.message.Message):
@@ -453,7 +453,7 @@ class StateUpdate(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["values", b"values"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["node", b"node", "values", b"values"]) -> None: ...
 
-Global___StateUpdate: typing_extensions.TypeAlias = StateUpdate
+global___StateUpdate = StateUpdate
 
 @typing.final
 class Handoff(google.protobuf.message.Message):
@@ -474,7 +474,7 @@ class Handoff(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["from_agent", b"from_agent", "reason", b"reason", "to_agent", b"to_agent"]) -> None: ...
 
-Global___Handoff: typing_extensions.TypeAlias = Handoff
+global___Handoff = Handoff
 
 @typing.final
 class AgentEvent(google.protobuf.message.Message):
@@ -501,21 +501,21 @@ class AgentEvent(google.protobuf.message.Message):
     @property
     def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     @property
-    def message_delta(self) -> Global___MessageDelta: ...
+    def message_delta(self) -> global___MessageDelta: ...
     @property
-    def tool_call(self) -> Global___ToolCall: ...
+    def tool_call(self) -> global___ToolCall: ...
     @property
-    def tool_result(self) -> Global___ToolResult: ...
+    def tool_result(self) -> global___ToolResult: ...
     @property
-    def state_update(self) -> Global___StateUpdate: ...
+    def state_update(self) -> global___StateUpdate: ...
     @property
-    def handoff(self) -> Global___Handoff: ...
+    def handoff(self) -> global___Handoff: ...
     @property
     def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
     @property
     def usage(self) -> agentmesh.v1.common_pb2.TokenUsage: ...
     @property
-    def final(self) -> Global___RunResult: ...
+    def final(self) -> global___RunResult: ...
     @property
     def error(self) -> google.rpc.status_pb2.Status: ...
     def __init__(
@@ -526,18 +526,18 @@ class AgentEvent(google.protobuf.message.Message):
         thread_id: builtins.str = ...,
         agent: builtins.str = ...,
         time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        message_delta: Global___MessageDelta | None = ...,
-        tool_call: Global___ToolCall | None = ...,
-        tool_result: Global___ToolResult | None = ...,
-        state_update: Global___StateUpdate | None = ...,
-        handoff: Global___Handoff | None = ...,
+        message_delta: global___MessageDelta | None = ...,
+        tool_call: global___ToolCall | None = ...,
+        tool_result: global___ToolResult | None = ...,
+        state_update: global___StateUpdate | None = ...,
+        handoff: global___Handoff | None = ...,
         interrupt: agentmesh.v1.common_pb2.Interrupt | None = ...,
         usage: agentmesh.v1.common_pb2.TokenUsage | None = ...,
-        final: Global___RunResult | None = ...,
+        final: global___RunResult | None = ...,
         error: google.rpc.status_pb2.Status | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["error", b"error", "event", b"event", "final", b"final", "handoff", b"handoff", "interrupt", b"interrupt", "message_delta", b"message_delta", "state_update", b"state_update", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "error", b"error", "event", b"event", "final", b"final", "handoff", b"handoff", "interrupt", b"interrupt", "message_delta", b"message_delta", "run_id", b"run_id", "sequence", b"sequence", "state_update", b"state_update", "thread_id", b"thread_id", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "usage", b"usage"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["event", b"event"]) -> typing.Literal["message_delta", "tool_call", "tool_result", "state_update", "handoff", "interrupt", "usage", "final", "error"] | None: ...
 
-Global___AgentEvent: typing_extensions.TypeAlias = AgentEvent
+global___AgentEvent = AgentEvent

@@ -8,13 +8,7 @@ import agentmesh.v1.agent_pb2
 import collections.abc
 import grpc
 import grpc.aio
-import sys
 import typing
-
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
-else:
-    import typing_extensions
 
 _T = typing.TypeVar("_T")
 
@@ -23,169 +17,58 @@ class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Ite
 class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-_AgentServiceListAgentsType = typing_extensions.TypeVar(
-    '_AgentServiceListAgentsType',
-    grpc.UnaryUnaryMultiCallable[
+class AgentServiceStub:
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    ListAgents: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.ListAgentsRequest,
         agentmesh.v1.agent_pb2.ListAgentsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+
+    GetAgent: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.agent_pb2.GetAgentRequest,
+        agentmesh.v1.agent_pb2.Agent,
+    ]
+
+    InvokeAgent: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.agent_pb2.InvokeAgentRequest,
+        agentmesh.v1.agent_pb2.InvokeAgentResponse,
+    ]
+
+    StreamAgent: grpc.UnaryStreamMultiCallable[
+        agentmesh.v1.agent_pb2.StreamAgentRequest,
+        agentmesh.v1.agent_pb2.AgentEvent,
+    ]
+
+    ResumeAgent: grpc.UnaryStreamMultiCallable[
+        agentmesh.v1.agent_pb2.ResumeAgentRequest,
+        agentmesh.v1.agent_pb2.AgentEvent,
+    ]
+
+class AgentServiceAsyncStub:
+    ListAgents: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.ListAgentsRequest,
         agentmesh.v1.agent_pb2.ListAgentsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.ListAgentsRequest,
-        agentmesh.v1.agent_pb2.ListAgentsResponse,
-    ],
-)
+    ]
 
-_AgentServiceGetAgentType = typing_extensions.TypeVar(
-    '_AgentServiceGetAgentType',
-    grpc.UnaryUnaryMultiCallable[
+    GetAgent: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.GetAgentRequest,
         agentmesh.v1.agent_pb2.Agent,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.GetAgentRequest,
-        agentmesh.v1.agent_pb2.Agent,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.GetAgentRequest,
-        agentmesh.v1.agent_pb2.Agent,
-    ],
-)
+    ]
 
-_AgentServiceInvokeAgentType = typing_extensions.TypeVar(
-    '_AgentServiceInvokeAgentType',
-    grpc.UnaryUnaryMultiCallable[
+    InvokeAgent: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.InvokeAgentRequest,
         agentmesh.v1.agent_pb2.InvokeAgentResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.InvokeAgentRequest,
-        agentmesh.v1.agent_pb2.InvokeAgentResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.InvokeAgentRequest,
-        agentmesh.v1.agent_pb2.InvokeAgentResponse,
-    ],
-)
+    ]
 
-_AgentServiceStreamAgentType = typing_extensions.TypeVar(
-    '_AgentServiceStreamAgentType',
-    grpc.UnaryStreamMultiCallable[
+    StreamAgent: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.StreamAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.StreamAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.StreamAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-)
+    ]
 
-_AgentServiceResumeAgentType = typing_extensions.TypeVar(
-    '_AgentServiceResumeAgentType',
-    grpc.UnaryStreamMultiCallable[
+    ResumeAgent: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.ResumeAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.ResumeAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.ResumeAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-)
-
-class AgentServiceStub(typing.Generic[_AgentServiceListAgentsType, _AgentServiceGetAgentType, _AgentServiceInvokeAgentType, _AgentServiceStreamAgentType, _AgentServiceResumeAgentType]):
-    @typing.overload
-    def __init__(self: AgentServiceStub[
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.ListAgentsRequest,
-            agentmesh.v1.agent_pb2.ListAgentsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.GetAgentRequest,
-            agentmesh.v1.agent_pb2.Agent,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.InvokeAgentRequest,
-            agentmesh.v1.agent_pb2.InvokeAgentResponse,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            agentmesh.v1.agent_pb2.StreamAgentRequest,
-            agentmesh.v1.agent_pb2.AgentEvent,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            agentmesh.v1.agent_pb2.ResumeAgentRequest,
-            agentmesh.v1.agent_pb2.AgentEvent,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: AgentServiceStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.ListAgentsRequest,
-            agentmesh.v1.agent_pb2.ListAgentsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.GetAgentRequest,
-            agentmesh.v1.agent_pb2.Agent,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.agent_pb2.InvokeAgentRequest,
-            agentmesh.v1.agent_pb2.InvokeAgentResponse,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            agentmesh.v1.agent_pb2.StreamAgentRequest,
-            agentmesh.v1.agent_pb2.AgentEvent,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            agentmesh.v1.agent_pb2.ResumeAgentRequest,
-            agentmesh.v1.agent_pb2.AgentEvent,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    ListAgents: _AgentServiceListAgentsType
-
-    GetAgent: _AgentServiceGetAgentType
-
-    InvokeAgent: _AgentServiceInvokeAgentType
-
-    StreamAgent: _AgentServiceStreamAgentType
-
-    ResumeAgent: _AgentServiceResumeAgentType
-
-AgentServiceAsyncStub: typing_extensions.TypeAlias = AgentServiceStub[
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.ListAgentsRequest,
-        agentmesh.v1.agent_pb2.ListAgentsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.GetAgentRequest,
-        agentmesh.v1.agent_pb2.Agent,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.agent_pb2.InvokeAgentRequest,
-        agentmesh.v1.agent_pb2.InvokeAgentResponse,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.StreamAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.agent_pb2.ResumeAgentRequest,
-        agentmesh.v1.agent_pb2.AgentEvent,
-    ],
-]
+    ]
 
 class AgentServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod

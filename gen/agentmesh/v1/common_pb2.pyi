@@ -38,7 +38,7 @@ ROLE_USER: Role.ValueType  # 1
 ROLE_ASSISTANT: Role.ValueType  # 2
 ROLE_TOOL: Role.ValueType  # 3
 ROLE_SYSTEM: Role.ValueType  # 4
-Global___Role: typing_extensions.TypeAlias = Role
+global___Role = Role
 
 @typing.final
 class Part(google.protobuf.message.Message):
@@ -68,7 +68,7 @@ class Part(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["blob", b"blob", "data", b"data", "kind", b"kind", "media_type", b"media_type", "text", b"text", "uri", b"uri"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["kind", b"kind"]) -> typing.Literal["text", "data", "blob", "uri"] | None: ...
 
-Global___Part: typing_extensions.TypeAlias = Part
+global___Part = Part
 
 @typing.final
 class TokenUsage(google.protobuf.message.Message):
@@ -89,7 +89,7 @@ class TokenUsage(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "total_tokens", b"total_tokens"]) -> None: ...
 
-Global___TokenUsage: typing_extensions.TypeAlias = TokenUsage
+global___TokenUsage = TokenUsage
 
 @typing.final
 class Interrupt(google.protobuf.message.Message):
@@ -119,7 +119,7 @@ class Interrupt(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "value", b"value"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "create_time", b"create_time", "id", b"id", "thread_id", b"thread_id", "value", b"value"]) -> None: ...
 
-Global___Interrupt: typing_extensions.TypeAlias = Interrupt
+global___Interrupt = Interrupt
 
 @typing.final
 class ResumeInput(google.protobuf.message.Message):
@@ -139,7 +139,7 @@ class ResumeInput(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["answer", b"answer"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["answer", b"answer", "interrupt_id", b"interrupt_id"]) -> None: ...
 
-Global___ResumeInput: typing_extensions.TypeAlias = ResumeInput
+global___ResumeInput = ResumeInput
 
 @typing.final
 class ScoredCandidate(google.protobuf.message.Message):
@@ -160,4 +160,4 @@ class ScoredCandidate(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "reason", b"reason", "score", b"score"]) -> None: ...
 
-Global___ScoredCandidate: typing_extensions.TypeAlias = ScoredCandidate
+global___ScoredCandidate = ScoredCandidate

@@ -41,7 +41,7 @@ BUSY_POLICY_UNSPECIFIED: BusyPolicy.ValueType  # 0
 BUSY_POLICY_REJECT: BusyPolicy.ValueType  # 1
 BUSY_POLICY_ENQUEUE: BusyPolicy.ValueType  # 2
 BUSY_POLICY_INTERRUPT: BusyPolicy.ValueType  # 3
-Global___BusyPolicy: typing_extensions.TypeAlias = BusyPolicy
+global___BusyPolicy = BusyPolicy
 
 class _RoutingStrategy:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -64,7 +64,7 @@ ROUTING_STRATEGY_SUPERVISOR: RoutingStrategy.ValueType  # 2
 ROUTING_STRATEGY_SIMILARITY: RoutingStrategy.ValueType  # 3
 ROUTING_STRATEGY_DEFAULT: RoutingStrategy.ValueType  # 4
 ROUTING_STRATEGY_HANDOFF: RoutingStrategy.ValueType  # 5
-Global___RoutingStrategy: typing_extensions.TypeAlias = RoutingStrategy
+global___RoutingStrategy = RoutingStrategy
 
 @typing.final
 class ConverseRequest(google.protobuf.message.Message):
@@ -82,7 +82,7 @@ class ConverseRequest(google.protobuf.message.Message):
     create_session: builtins.bool
     agent: builtins.str
     background: builtins.bool
-    busy_policy: Global___BusyPolicy.ValueType
+    busy_policy: global___BusyPolicy.ValueType
     request_id: builtins.str
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
@@ -97,13 +97,13 @@ class ConverseRequest(google.protobuf.message.Message):
         agent: builtins.str = ...,
         resume: agentmesh.v1.common_pb2.ResumeInput | None = ...,
         background: builtins.bool = ...,
-        busy_policy: Global___BusyPolicy.ValueType = ...,
+        busy_policy: global___BusyPolicy.ValueType = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["resume", b"resume"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "background", b"background", "busy_policy", b"busy_policy", "create_session", b"create_session", "parts", b"parts", "request_id", b"request_id", "resume", b"resume", "session", b"session"]) -> None: ...
 
-Global___ConverseRequest: typing_extensions.TypeAlias = ConverseRequest
+global___ConverseRequest = ConverseRequest
 
 @typing.final
 class WatchConversationRequest(google.protobuf.message.Message):
@@ -121,7 +121,7 @@ class WatchConversationRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["after_sequence", b"after_sequence", "session", b"session"]) -> None: ...
 
-Global___WatchConversationRequest: typing_extensions.TypeAlias = WatchConversationRequest
+global___WatchConversationRequest = WatchConversationRequest
 
 @typing.final
 class RoutingDecision(google.protobuf.message.Message):
@@ -132,7 +132,7 @@ class RoutingDecision(google.protobuf.message.Message):
     CANDIDATES_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     DECISION_FIELD_NUMBER: builtins.int
-    strategy: Global___RoutingStrategy.ValueType
+    strategy: global___RoutingStrategy.ValueType
     agent: builtins.str
     reason: builtins.str
     decision: builtins.str
@@ -141,7 +141,7 @@ class RoutingDecision(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        strategy: Global___RoutingStrategy.ValueType = ...,
+        strategy: global___RoutingStrategy.ValueType = ...,
         agent: builtins.str = ...,
         candidates: collections.abc.Iterable[agentmesh.v1.common_pb2.ScoredCandidate] | None = ...,
         reason: builtins.str = ...,
@@ -149,7 +149,7 @@ class RoutingDecision(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "candidates", b"candidates", "decision", b"decision", "reason", b"reason", "strategy", b"strategy"]) -> None: ...
 
-Global___RoutingDecision: typing_extensions.TypeAlias = RoutingDecision
+global___RoutingDecision = RoutingDecision
 
 @typing.final
 class JobCreated(google.protobuf.message.Message):
@@ -169,7 +169,7 @@ class JobCreated(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["snapshot", b"snapshot"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["job", b"job", "snapshot", b"snapshot"]) -> None: ...
 
-Global___JobCreated: typing_extensions.TypeAlias = JobCreated
+global___JobCreated = JobCreated
 
 @typing.final
 class FinalMessage(google.protobuf.message.Message):
@@ -196,7 +196,7 @@ class FinalMessage(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["usage", b"usage"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "message", b"message", "parts", b"parts", "usage", b"usage"]) -> None: ...
 
-Global___FinalMessage: typing_extensions.TypeAlias = FinalMessage
+global___FinalMessage = FinalMessage
 
 @typing.final
 class ConverseEvent(google.protobuf.message.Message):
@@ -219,17 +219,17 @@ class ConverseEvent(google.protobuf.message.Message):
     @property
     def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     @property
-    def routing(self) -> Global___RoutingDecision: ...
+    def routing(self) -> global___RoutingDecision: ...
     @property
     def agent_event(self) -> agentmesh.v1.agent_pb2.AgentEvent: ...
     @property
-    def job_created(self) -> Global___JobCreated: ...
+    def job_created(self) -> global___JobCreated: ...
     @property
     def job_event(self) -> agentmesh.v1.job_pb2.JobEvent: ...
     @property
     def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
     @property
-    def final(self) -> Global___FinalMessage: ...
+    def final(self) -> global___FinalMessage: ...
     @property
     def error(self) -> google.rpc.status_pb2.Status: ...
     def __init__(
@@ -239,16 +239,16 @@ class ConverseEvent(google.protobuf.message.Message):
         sequence: builtins.int = ...,
         turn_id: builtins.str = ...,
         time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
-        routing: Global___RoutingDecision | None = ...,
+        routing: global___RoutingDecision | None = ...,
         agent_event: agentmesh.v1.agent_pb2.AgentEvent | None = ...,
-        job_created: Global___JobCreated | None = ...,
+        job_created: global___JobCreated | None = ...,
         job_event: agentmesh.v1.job_pb2.JobEvent | None = ...,
         interrupt: agentmesh.v1.common_pb2.Interrupt | None = ...,
-        final: Global___FinalMessage | None = ...,
+        final: global___FinalMessage | None = ...,
         error: google.rpc.status_pb2.Status | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "routing", b"routing", "time", b"time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "routing", b"routing", "sequence", b"sequence", "session", b"session", "time", b"time", "turn_id", b"turn_id"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["event", b"event"]) -> typing.Literal["routing", "agent_event", "job_created", "job_event", "interrupt", "final", "error"] | None: ...
 
-Global___ConverseEvent: typing_extensions.TypeAlias = ConverseEvent
+global___ConverseEvent = ConverseEvent

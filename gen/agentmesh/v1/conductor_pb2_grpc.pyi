@@ -8,13 +8,7 @@ import agentmesh.v1.conductor_pb2
 import collections.abc
 import grpc
 import grpc.aio
-import sys
 import typing
-
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
-else:
-    import typing_extensions
 
 _T = typing.TypeVar("_T")
 
@@ -23,79 +17,28 @@ class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Ite
 class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-_ConductorServiceConverseType = typing_extensions.TypeVar(
-    '_ConductorServiceConverseType',
-    grpc.UnaryStreamMultiCallable[
+class ConductorServiceStub:
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    Converse: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.ConverseRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
+    ]
+
+    WatchConversation: grpc.UnaryStreamMultiCallable[
+        agentmesh.v1.conductor_pb2.WatchConversationRequest,
+        agentmesh.v1.conductor_pb2.ConverseEvent,
+    ]
+
+class ConductorServiceAsyncStub:
+    Converse: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.ConverseRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        agentmesh.v1.conductor_pb2.ConverseRequest,
-        agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-)
+    ]
 
-_ConductorServiceWatchConversationType = typing_extensions.TypeVar(
-    '_ConductorServiceWatchConversationType',
-    grpc.UnaryStreamMultiCallable[
+    WatchConversation: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.WatchConversationRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.conductor_pb2.WatchConversationRequest,
-        agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        agentmesh.v1.conductor_pb2.WatchConversationRequest,
-        agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-)
-
-class ConductorServiceStub(typing.Generic[_ConductorServiceConverseType, _ConductorServiceWatchConversationType]):
-    @typing.overload
-    def __init__(self: ConductorServiceStub[
-        grpc.UnaryStreamMultiCallable[
-            agentmesh.v1.conductor_pb2.ConverseRequest,
-            agentmesh.v1.conductor_pb2.ConverseEvent,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            agentmesh.v1.conductor_pb2.WatchConversationRequest,
-            agentmesh.v1.conductor_pb2.ConverseEvent,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: ConductorServiceStub[
-        grpc.aio.UnaryStreamMultiCallable[
-            agentmesh.v1.conductor_pb2.ConverseRequest,
-            agentmesh.v1.conductor_pb2.ConverseEvent,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            agentmesh.v1.conductor_pb2.WatchConversationRequest,
-            agentmesh.v1.conductor_pb2.ConverseEvent,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    Converse: _ConductorServiceConverseType
-
-    WatchConversation: _ConductorServiceWatchConversationType
-
-ConductorServiceAsyncStub: typing_extensions.TypeAlias = ConductorServiceStub[
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.conductor_pb2.ConverseRequest,
-        agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.conductor_pb2.WatchConversationRequest,
-        agentmesh.v1.conductor_pb2.ConverseEvent,
-    ],
-]
+    ]
 
 class ConductorServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod

@@ -47,7 +47,7 @@ JOB_STATE_INPUT_REQUIRED: JobState.ValueType  # 3
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 4
 JOB_STATE_FAILED: JobState.ValueType  # 5
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
-Global___JobState: typing_extensions.TypeAlias = JobState
+global___JobState = JobState
 
 class _JobPriority:
     ValueType = typing.NewType("ValueType", builtins.int)
@@ -66,7 +66,7 @@ JOB_PRIORITY_UNSPECIFIED: JobPriority.ValueType  # 0
 JOB_PRIORITY_HIGH: JobPriority.ValueType  # 1
 JOB_PRIORITY_DEFAULT: JobPriority.ValueType  # 2
 JOB_PRIORITY_LOW: JobPriority.ValueType  # 3
-Global___JobPriority: typing_extensions.TypeAlias = JobPriority
+global___JobPriority = JobPriority
 
 @typing.final
 class RetryPolicy(google.protobuf.message.Message):
@@ -93,7 +93,7 @@ class RetryPolicy(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]) -> None: ...
 
-Global___RetryPolicy: typing_extensions.TypeAlias = RetryPolicy
+global___RetryPolicy = RetryPolicy
 
 @typing.final
 class Progress(google.protobuf.message.Message):
@@ -119,7 +119,7 @@ class Progress(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["update_time", b"update_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["message", b"message", "percent", b"percent", "stage", b"stage", "update_time", b"update_time"]) -> None: ...
 
-Global___Progress: typing_extensions.TypeAlias = Progress
+global___Progress = Progress
 
 @typing.final
 class Job(google.protobuf.message.Message):
@@ -167,8 +167,8 @@ class Job(google.protobuf.message.Message):
     name: builtins.str
     agent: builtins.str
     session: builtins.str
-    priority: Global___JobPriority.ValueType
-    state: Global___JobState.ValueType
+    priority: global___JobPriority.ValueType
+    state: global___JobState.ValueType
     attempt: builtins.int
     thread_id: builtins.str
     sequence: builtins.int
@@ -179,11 +179,11 @@ class Job(google.protobuf.message.Message):
     @property
     def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
     @property
-    def retry_policy(self) -> Global___RetryPolicy: ...
+    def retry_policy(self) -> global___RetryPolicy: ...
     @property
     def start_delay(self) -> google.protobuf.duration_pb2.Duration: ...
     @property
-    def progress(self) -> Global___Progress: ...
+    def progress(self) -> global___Progress: ...
     @property
     def result(self) -> google.protobuf.struct_pb2.Struct: ...
     @property
@@ -210,12 +210,12 @@ class Job(google.protobuf.message.Message):
         input: google.protobuf.struct_pb2.Struct | None = ...,
         parts: collections.abc.Iterable[agentmesh.v1.common_pb2.Part] | None = ...,
         session: builtins.str = ...,
-        priority: Global___JobPriority.ValueType = ...,
+        priority: global___JobPriority.ValueType = ...,
         labels: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
-        retry_policy: Global___RetryPolicy | None = ...,
+        retry_policy: global___RetryPolicy | None = ...,
         start_delay: google.protobuf.duration_pb2.Duration | None = ...,
-        state: Global___JobState.ValueType = ...,
-        progress: Global___Progress | None = ...,
+        state: global___JobState.ValueType = ...,
+        progress: global___Progress | None = ...,
         attempt: builtins.int = ...,
         result: google.protobuf.struct_pb2.Struct | None = ...,
         error: google.rpc.status_pb2.Status | None = ...,
@@ -232,7 +232,7 @@ class Job(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "schedule_time", b"schedule_time", "start_delay", b"start_delay", "start_time", b"start_time", "update_time", b"update_time", "usage", b"usage"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "labels", b"labels", "name", b"name", "parts", b"parts", "priority", b"priority", "progress", b"progress", "result", b"result", "retry_policy", b"retry_policy", "schedule_time", b"schedule_time", "sequence", b"sequence", "session", b"session", "start_delay", b"start_delay", "start_time", b"start_time", "state", b"state", "thread_id", b"thread_id", "update_time", b"update_time", "usage", b"usage"]) -> None: ...
 
-Global___Job: typing_extensions.TypeAlias = Job
+global___Job = Job
 
 @typing.final
 class CreateJobRequest(google.protobuf.message.Message):
@@ -244,18 +244,18 @@ class CreateJobRequest(google.protobuf.message.Message):
     job_id: builtins.str
     request_id: builtins.str
     @property
-    def job(self) -> Global___Job: ...
+    def job(self) -> global___Job: ...
     def __init__(
         self,
         *,
-        job: Global___Job | None = ...,
+        job: global___Job | None = ...,
         job_id: builtins.str = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["job", b"job"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["job", b"job", "job_id", b"job_id", "request_id", b"request_id"]) -> None: ...
 
-Global___CreateJobRequest: typing_extensions.TypeAlias = CreateJobRequest
+global___CreateJobRequest = CreateJobRequest
 
 @typing.final
 class GetJobRequest(google.protobuf.message.Message):
@@ -270,7 +270,7 @@ class GetJobRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetJobRequest: typing_extensions.TypeAlias = GetJobRequest
+global___GetJobRequest = GetJobRequest
 
 @typing.final
 class ListJobsRequest(google.protobuf.message.Message):
@@ -294,7 +294,7 @@ class ListJobsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListJobsRequest: typing_extensions.TypeAlias = ListJobsRequest
+global___ListJobsRequest = ListJobsRequest
 
 @typing.final
 class ListJobsResponse(google.protobuf.message.Message):
@@ -304,16 +304,16 @@ class ListJobsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def jobs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def jobs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Job]: ...
     def __init__(
         self,
         *,
-        jobs: collections.abc.Iterable[Global___Job] | None = ...,
+        jobs: collections.abc.Iterable[global___Job] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListJobsResponse: typing_extensions.TypeAlias = ListJobsResponse
+global___ListJobsResponse = ListJobsResponse
 
 @typing.final
 class CancelJobRequest(google.protobuf.message.Message):
@@ -331,7 +331,7 @@ class CancelJobRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "reason", b"reason"]) -> None: ...
 
-Global___CancelJobRequest: typing_extensions.TypeAlias = CancelJobRequest
+global___CancelJobRequest = CancelJobRequest
 
 @typing.final
 class ResumeJobRequest(google.protobuf.message.Message):
@@ -351,7 +351,7 @@ class ResumeJobRequest(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["resume", b"resume"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "resume", b"resume"]) -> None: ...
 
-Global___ResumeJobRequest: typing_extensions.TypeAlias = ResumeJobRequest
+global___ResumeJobRequest = ResumeJobRequest
 
 @typing.final
 class RetryJobRequest(google.protobuf.message.Message):
@@ -366,7 +366,7 @@ class RetryJobRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___RetryJobRequest: typing_extensions.TypeAlias = RetryJobRequest
+global___RetryJobRequest = RetryJobRequest
 
 @typing.final
 class WatchJobRequest(google.protobuf.message.Message):
@@ -384,7 +384,7 @@ class WatchJobRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["after_sequence", b"after_sequence", "name", b"name"]) -> None: ...
 
-Global___WatchJobRequest: typing_extensions.TypeAlias = WatchJobRequest
+global___WatchJobRequest = WatchJobRequest
 
 @typing.final
 class JobEvent(google.protobuf.message.Message):
@@ -395,17 +395,17 @@ class JobEvent(google.protobuf.message.Message):
     TIME_FIELD_NUMBER: builtins.int
     sequence: builtins.int
     @property
-    def job(self) -> Global___Job: ...
+    def job(self) -> global___Job: ...
     @property
     def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         sequence: builtins.int = ...,
-        job: Global___Job | None = ...,
+        job: global___Job | None = ...,
         time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["job", b"job", "time", b"time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["job", b"job", "sequence", b"sequence", "time", b"time"]) -> None: ...
 
-Global___JobEvent: typing_extensions.TypeAlias = JobEvent
+global___JobEvent = JobEvent

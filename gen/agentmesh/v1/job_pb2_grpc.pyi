@@ -8,13 +8,7 @@ import agentmesh.v1.job_pb2
 import collections.abc
 import grpc
 import grpc.aio
-import sys
 import typing
-
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
-else:
-    import typing_extensions
 
 _T = typing.TypeVar("_T")
 
@@ -23,229 +17,78 @@ class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Ite
 class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-_JobServiceCreateJobType = typing_extensions.TypeVar(
-    '_JobServiceCreateJobType',
-    grpc.UnaryUnaryMultiCallable[
+class JobServiceStub:
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    CreateJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CreateJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+
+    GetJob: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.job_pb2.GetJobRequest,
+        agentmesh.v1.job_pb2.Job,
+    ]
+
+    ListJobs: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.job_pb2.ListJobsRequest,
+        agentmesh.v1.job_pb2.ListJobsResponse,
+    ]
+
+    CancelJob: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.job_pb2.CancelJobRequest,
+        agentmesh.v1.job_pb2.Job,
+    ]
+
+    ResumeJob: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.job_pb2.ResumeJobRequest,
+        agentmesh.v1.job_pb2.Job,
+    ]
+
+    RetryJob: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.job_pb2.RetryJobRequest,
+        agentmesh.v1.job_pb2.Job,
+    ]
+
+    WatchJob: grpc.UnaryStreamMultiCallable[
+        agentmesh.v1.job_pb2.WatchJobRequest,
+        agentmesh.v1.job_pb2.JobEvent,
+    ]
+
+class JobServiceAsyncStub:
+    CreateJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CreateJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.CreateJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-)
+    ]
 
-_JobServiceGetJobType = typing_extensions.TypeVar(
-    '_JobServiceGetJobType',
-    grpc.UnaryUnaryMultiCallable[
+    GetJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.GetJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.GetJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.GetJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-)
+    ]
 
-_JobServiceListJobsType = typing_extensions.TypeVar(
-    '_JobServiceListJobsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListJobs: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ListJobsRequest,
         agentmesh.v1.job_pb2.ListJobsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ListJobsRequest,
-        agentmesh.v1.job_pb2.ListJobsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ListJobsRequest,
-        agentmesh.v1.job_pb2.ListJobsResponse,
-    ],
-)
+    ]
 
-_JobServiceCancelJobType = typing_extensions.TypeVar(
-    '_JobServiceCancelJobType',
-    grpc.UnaryUnaryMultiCallable[
+    CancelJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CancelJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.CancelJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.CancelJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-)
+    ]
 
-_JobServiceResumeJobType = typing_extensions.TypeVar(
-    '_JobServiceResumeJobType',
-    grpc.UnaryUnaryMultiCallable[
+    ResumeJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ResumeJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ResumeJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ResumeJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-)
+    ]
 
-_JobServiceRetryJobType = typing_extensions.TypeVar(
-    '_JobServiceRetryJobType',
-    grpc.UnaryUnaryMultiCallable[
+    RetryJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.RetryJobRequest,
         agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.RetryJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.RetryJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-)
+    ]
 
-_JobServiceWatchJobType = typing_extensions.TypeVar(
-    '_JobServiceWatchJobType',
-    grpc.UnaryStreamMultiCallable[
+    WatchJob: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.job_pb2.WatchJobRequest,
         agentmesh.v1.job_pb2.JobEvent,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.job_pb2.WatchJobRequest,
-        agentmesh.v1.job_pb2.JobEvent,
-    ],
-    default=grpc.UnaryStreamMultiCallable[
-        agentmesh.v1.job_pb2.WatchJobRequest,
-        agentmesh.v1.job_pb2.JobEvent,
-    ],
-)
-
-class JobServiceStub(typing.Generic[_JobServiceCreateJobType, _JobServiceGetJobType, _JobServiceListJobsType, _JobServiceCancelJobType, _JobServiceResumeJobType, _JobServiceRetryJobType, _JobServiceWatchJobType]):
-    @typing.overload
-    def __init__(self: JobServiceStub[
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.CreateJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.GetJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.ListJobsRequest,
-            agentmesh.v1.job_pb2.ListJobsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.CancelJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.ResumeJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.RetryJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.UnaryStreamMultiCallable[
-            agentmesh.v1.job_pb2.WatchJobRequest,
-            agentmesh.v1.job_pb2.JobEvent,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: JobServiceStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.CreateJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.GetJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.ListJobsRequest,
-            agentmesh.v1.job_pb2.ListJobsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.CancelJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.ResumeJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.job_pb2.RetryJobRequest,
-            agentmesh.v1.job_pb2.Job,
-        ],
-        grpc.aio.UnaryStreamMultiCallable[
-            agentmesh.v1.job_pb2.WatchJobRequest,
-            agentmesh.v1.job_pb2.JobEvent,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    CreateJob: _JobServiceCreateJobType
-
-    GetJob: _JobServiceGetJobType
-
-    ListJobs: _JobServiceListJobsType
-
-    CancelJob: _JobServiceCancelJobType
-
-    ResumeJob: _JobServiceResumeJobType
-
-    RetryJob: _JobServiceRetryJobType
-
-    WatchJob: _JobServiceWatchJobType
-
-JobServiceAsyncStub: typing_extensions.TypeAlias = JobServiceStub[
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.CreateJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.GetJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ListJobsRequest,
-        agentmesh.v1.job_pb2.ListJobsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.CancelJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.ResumeJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.job_pb2.RetryJobRequest,
-        agentmesh.v1.job_pb2.Job,
-    ],
-    grpc.aio.UnaryStreamMultiCallable[
-        agentmesh.v1.job_pb2.WatchJobRequest,
-        agentmesh.v1.job_pb2.JobEvent,
-    ],
-]
+    ]
 
 class JobServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod

@@ -41,7 +41,7 @@ MEMORY_KIND_UNSPECIFIED: MemoryKind.ValueType  # 0
 MEMORY_KIND_SEMANTIC: MemoryKind.ValueType  # 1
 MEMORY_KIND_EPISODIC: MemoryKind.ValueType  # 2
 MEMORY_KIND_PROCEDURAL: MemoryKind.ValueType  # 3
-Global___MemoryKind: typing_extensions.TypeAlias = MemoryKind
+global___MemoryKind = MemoryKind
 
 @typing.final
 class Session(google.protobuf.message.Message):
@@ -101,7 +101,7 @@ class Session(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "last_sequence", b"last_sequence", "message_count", b"message_count", "metadata", b"metadata", "name", b"name", "update_time", b"update_time"]) -> None: ...
 
-Global___Session: typing_extensions.TypeAlias = Session
+global___Session = Session
 
 @typing.final
 class CreateSessionRequest(google.protobuf.message.Message):
@@ -113,18 +113,18 @@ class CreateSessionRequest(google.protobuf.message.Message):
     session_id: builtins.str
     request_id: builtins.str
     @property
-    def session(self) -> Global___Session: ...
+    def session(self) -> global___Session: ...
     def __init__(
         self,
         *,
-        session: Global___Session | None = ...,
+        session: global___Session | None = ...,
         session_id: builtins.str = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["session", b"session"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["request_id", b"request_id", "session", b"session", "session_id", b"session_id"]) -> None: ...
 
-Global___CreateSessionRequest: typing_extensions.TypeAlias = CreateSessionRequest
+global___CreateSessionRequest = CreateSessionRequest
 
 @typing.final
 class GetSessionRequest(google.protobuf.message.Message):
@@ -139,7 +139,7 @@ class GetSessionRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetSessionRequest: typing_extensions.TypeAlias = GetSessionRequest
+global___GetSessionRequest = GetSessionRequest
 
 @typing.final
 class ListSessionsRequest(google.protobuf.message.Message):
@@ -160,7 +160,7 @@ class ListSessionsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListSessionsRequest: typing_extensions.TypeAlias = ListSessionsRequest
+global___ListSessionsRequest = ListSessionsRequest
 
 @typing.final
 class ListSessionsResponse(google.protobuf.message.Message):
@@ -170,16 +170,16 @@ class ListSessionsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def sessions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    def sessions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Session]: ...
     def __init__(
         self,
         *,
-        sessions: collections.abc.Iterable[Global___Session] | None = ...,
+        sessions: collections.abc.Iterable[global___Session] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["next_page_token", b"next_page_token", "sessions", b"sessions"]) -> None: ...
 
-Global___ListSessionsResponse: typing_extensions.TypeAlias = ListSessionsResponse
+global___ListSessionsResponse = ListSessionsResponse
 
 @typing.final
 class UpdateSessionRequest(google.protobuf.message.Message):
@@ -188,19 +188,19 @@ class UpdateSessionRequest(google.protobuf.message.Message):
     SESSION_FIELD_NUMBER: builtins.int
     UPDATE_MASK_FIELD_NUMBER: builtins.int
     @property
-    def session(self) -> Global___Session: ...
+    def session(self) -> global___Session: ...
     @property
     def update_mask(self) -> google.protobuf.field_mask_pb2.FieldMask: ...
     def __init__(
         self,
         *,
-        session: Global___Session | None = ...,
+        session: global___Session | None = ...,
         update_mask: google.protobuf.field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["session", b"session", "update_mask", b"update_mask"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["session", b"session", "update_mask", b"update_mask"]) -> None: ...
 
-Global___UpdateSessionRequest: typing_extensions.TypeAlias = UpdateSessionRequest
+global___UpdateSessionRequest = UpdateSessionRequest
 
 @typing.final
 class DeleteSessionRequest(google.protobuf.message.Message):
@@ -221,7 +221,7 @@ class DeleteSessionRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["allow_missing", b"allow_missing", "etag", b"etag", "name", b"name"]) -> None: ...
 
-Global___DeleteSessionRequest: typing_extensions.TypeAlias = DeleteSessionRequest
+global___DeleteSessionRequest = DeleteSessionRequest
 
 @typing.final
 class Message(google.protobuf.message.Message):
@@ -267,7 +267,7 @@ class Message(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "metadata", b"metadata"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "create_time", b"create_time", "message_id", b"message_id", "metadata", b"metadata", "name", b"name", "parts", b"parts", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id"]) -> None: ...
 
-Global___Message: typing_extensions.TypeAlias = Message
+global___Message = Message
 
 @typing.final
 class AppendMessagesRequest(google.protobuf.message.Message):
@@ -279,17 +279,17 @@ class AppendMessagesRequest(google.protobuf.message.Message):
     parent: builtins.str
     request_id: builtins.str
     @property
-    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Message]: ...
     def __init__(
         self,
         *,
         parent: builtins.str = ...,
-        messages: collections.abc.Iterable[Global___Message] | None = ...,
+        messages: collections.abc.Iterable[global___Message] | None = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["messages", b"messages", "parent", b"parent", "request_id", b"request_id"]) -> None: ...
 
-Global___AppendMessagesRequest: typing_extensions.TypeAlias = AppendMessagesRequest
+global___AppendMessagesRequest = AppendMessagesRequest
 
 @typing.final
 class AppendMessagesResponse(google.protobuf.message.Message):
@@ -297,15 +297,15 @@ class AppendMessagesResponse(google.protobuf.message.Message):
 
     MESSAGES_FIELD_NUMBER: builtins.int
     @property
-    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Message]: ...
     def __init__(
         self,
         *,
-        messages: collections.abc.Iterable[Global___Message] | None = ...,
+        messages: collections.abc.Iterable[global___Message] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["messages", b"messages"]) -> None: ...
 
-Global___AppendMessagesResponse: typing_extensions.TypeAlias = AppendMessagesResponse
+global___AppendMessagesResponse = AppendMessagesResponse
 
 @typing.final
 class ListMessagesRequest(google.protobuf.message.Message):
@@ -341,7 +341,7 @@ class ListMessagesRequest(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["end_time", b"end_time", "start_time", b"start_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["after_sequence", b"after_sequence", "descending", b"descending", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "start_time", b"start_time"]) -> None: ...
 
-Global___ListMessagesRequest: typing_extensions.TypeAlias = ListMessagesRequest
+global___ListMessagesRequest = ListMessagesRequest
 
 @typing.final
 class ListMessagesResponse(google.protobuf.message.Message):
@@ -351,16 +351,16 @@ class ListMessagesResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Message]: ...
     def __init__(
         self,
         *,
-        messages: collections.abc.Iterable[Global___Message] | None = ...,
+        messages: collections.abc.Iterable[global___Message] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListMessagesResponse: typing_extensions.TypeAlias = ListMessagesResponse
+global___ListMessagesResponse = ListMessagesResponse
 
 @typing.final
 class Memory(google.protobuf.message.Message):
@@ -380,7 +380,7 @@ class Memory(google.protobuf.message.Message):
     ETAG_FIELD_NUMBER: builtins.int
     name: builtins.str
     namespace: builtins.str
-    kind: Global___MemoryKind.ValueType
+    kind: global___MemoryKind.ValueType
     content: builtins.str
     session: builtins.str
     merge_count: builtins.int
@@ -400,7 +400,7 @@ class Memory(google.protobuf.message.Message):
         *,
         name: builtins.str = ...,
         namespace: builtins.str = ...,
-        kind: Global___MemoryKind.ValueType = ...,
+        kind: global___MemoryKind.ValueType = ...,
         content: builtins.str = ...,
         metadata: google.protobuf.struct_pb2.Struct | None = ...,
         embedding: collections.abc.Iterable[builtins.float] | None = ...,
@@ -414,7 +414,7 @@ class Memory(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "metadata", b"metadata", "update_time", b"update_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["content", b"content", "create_time", b"create_time", "embedding", b"embedding", "etag", b"etag", "expire_time", b"expire_time", "kind", b"kind", "merge_count", b"merge_count", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "session", b"session", "update_time", b"update_time"]) -> None: ...
 
-Global___Memory: typing_extensions.TypeAlias = Memory
+global___Memory = Memory
 
 @typing.final
 class CreateMemoryRequest(google.protobuf.message.Message):
@@ -424,17 +424,17 @@ class CreateMemoryRequest(google.protobuf.message.Message):
     REQUEST_ID_FIELD_NUMBER: builtins.int
     request_id: builtins.str
     @property
-    def memory(self) -> Global___Memory: ...
+    def memory(self) -> global___Memory: ...
     def __init__(
         self,
         *,
-        memory: Global___Memory | None = ...,
+        memory: global___Memory | None = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["memory", b"memory"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["memory", b"memory", "request_id", b"request_id"]) -> None: ...
 
-Global___CreateMemoryRequest: typing_extensions.TypeAlias = CreateMemoryRequest
+global___CreateMemoryRequest = CreateMemoryRequest
 
 @typing.final
 class BatchCreateMemoriesRequest(google.protobuf.message.Message):
@@ -442,15 +442,15 @@ class BatchCreateMemoriesRequest(google.protobuf.message.Message):
 
     REQUESTS_FIELD_NUMBER: builtins.int
     @property
-    def requests(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___CreateMemoryRequest]: ...
+    def requests(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___CreateMemoryRequest]: ...
     def __init__(
         self,
         *,
-        requests: collections.abc.Iterable[Global___CreateMemoryRequest] | None = ...,
+        requests: collections.abc.Iterable[global___CreateMemoryRequest] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["requests", b"requests"]) -> None: ...
 
-Global___BatchCreateMemoriesRequest: typing_extensions.TypeAlias = BatchCreateMemoriesRequest
+global___BatchCreateMemoriesRequest = BatchCreateMemoriesRequest
 
 @typing.final
 class BatchCreateMemoriesResponse(google.protobuf.message.Message):
@@ -458,15 +458,15 @@ class BatchCreateMemoriesResponse(google.protobuf.message.Message):
 
     MEMORIES_FIELD_NUMBER: builtins.int
     @property
-    def memories(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Memory]: ...
+    def memories(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Memory]: ...
     def __init__(
         self,
         *,
-        memories: collections.abc.Iterable[Global___Memory] | None = ...,
+        memories: collections.abc.Iterable[global___Memory] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["memories", b"memories"]) -> None: ...
 
-Global___BatchCreateMemoriesResponse: typing_extensions.TypeAlias = BatchCreateMemoriesResponse
+global___BatchCreateMemoriesResponse = BatchCreateMemoriesResponse
 
 @typing.final
 class GetMemoryRequest(google.protobuf.message.Message):
@@ -481,7 +481,7 @@ class GetMemoryRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetMemoryRequest: typing_extensions.TypeAlias = GetMemoryRequest
+global___GetMemoryRequest = GetMemoryRequest
 
 @typing.final
 class ListMemoriesRequest(google.protobuf.message.Message):
@@ -502,7 +502,7 @@ class ListMemoriesRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListMemoriesRequest: typing_extensions.TypeAlias = ListMemoriesRequest
+global___ListMemoriesRequest = ListMemoriesRequest
 
 @typing.final
 class ListMemoriesResponse(google.protobuf.message.Message):
@@ -512,16 +512,16 @@ class ListMemoriesResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def memories(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Memory]: ...
+    def memories(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Memory]: ...
     def __init__(
         self,
         *,
-        memories: collections.abc.Iterable[Global___Memory] | None = ...,
+        memories: collections.abc.Iterable[global___Memory] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["memories", b"memories", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListMemoriesResponse: typing_extensions.TypeAlias = ListMemoriesResponse
+global___ListMemoriesResponse = ListMemoriesResponse
 
 @typing.final
 class UpdateMemoryRequest(google.protobuf.message.Message):
@@ -530,19 +530,19 @@ class UpdateMemoryRequest(google.protobuf.message.Message):
     MEMORY_FIELD_NUMBER: builtins.int
     UPDATE_MASK_FIELD_NUMBER: builtins.int
     @property
-    def memory(self) -> Global___Memory: ...
+    def memory(self) -> global___Memory: ...
     @property
     def update_mask(self) -> google.protobuf.field_mask_pb2.FieldMask: ...
     def __init__(
         self,
         *,
-        memory: Global___Memory | None = ...,
+        memory: global___Memory | None = ...,
         update_mask: google.protobuf.field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["memory", b"memory", "update_mask", b"update_mask"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["memory", b"memory", "update_mask", b"update_mask"]) -> None: ...
 
-Global___UpdateMemoryRequest: typing_extensions.TypeAlias = UpdateMemoryRequest
+global___UpdateMemoryRequest = UpdateMemoryRequest
 
 @typing.final
 class DeleteMemoryRequest(google.protobuf.message.Message):
@@ -560,7 +560,7 @@ class DeleteMemoryRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["allow_missing", b"allow_missing", "name", b"name"]) -> None: ...
 
-Global___DeleteMemoryRequest: typing_extensions.TypeAlias = DeleteMemoryRequest
+global___DeleteMemoryRequest = DeleteMemoryRequest
 
 @typing.final
 class Vector(google.protobuf.message.Message):
@@ -576,7 +576,7 @@ class Vector(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["values", b"values"]) -> None: ...
 
-Global___Vector: typing_extensions.TypeAlias = Vector
+global___Vector = Vector
 
 @typing.final
 class SearchMemoriesRequest(google.protobuf.message.Message):
@@ -594,18 +594,18 @@ class SearchMemoriesRequest(google.protobuf.message.Message):
     top_k: builtins.int
     min_score: builtins.float
     @property
-    def vector(self) -> Global___Vector: ...
+    def vector(self) -> global___Vector: ...
     @property
-    def kinds(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[Global___MemoryKind.ValueType]: ...
+    def kinds(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[global___MemoryKind.ValueType]: ...
     @property
     def metadata_filter(self) -> google.protobuf.struct_pb2.Struct: ...
     def __init__(
         self,
         *,
         text: builtins.str = ...,
-        vector: Global___Vector | None = ...,
+        vector: global___Vector | None = ...,
         namespace_prefix: builtins.str = ...,
-        kinds: collections.abc.Iterable[Global___MemoryKind.ValueType] | None = ...,
+        kinds: collections.abc.Iterable[global___MemoryKind.ValueType] | None = ...,
         metadata_filter: google.protobuf.struct_pb2.Struct | None = ...,
         top_k: builtins.int = ...,
         min_score: builtins.float = ...,
@@ -614,7 +614,7 @@ class SearchMemoriesRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["kinds", b"kinds", "metadata_filter", b"metadata_filter", "min_score", b"min_score", "namespace_prefix", b"namespace_prefix", "query", b"query", "text", b"text", "top_k", b"top_k", "vector", b"vector"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["query", b"query"]) -> typing.Literal["text", "vector"] | None: ...
 
-Global___SearchMemoriesRequest: typing_extensions.TypeAlias = SearchMemoriesRequest
+global___SearchMemoriesRequest = SearchMemoriesRequest
 
 @typing.final
 class ScoredMemory(google.protobuf.message.Message):
@@ -624,17 +624,17 @@ class ScoredMemory(google.protobuf.message.Message):
     SCORE_FIELD_NUMBER: builtins.int
     score: builtins.float
     @property
-    def memory(self) -> Global___Memory: ...
+    def memory(self) -> global___Memory: ...
     def __init__(
         self,
         *,
-        memory: Global___Memory | None = ...,
+        memory: global___Memory | None = ...,
         score: builtins.float = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["memory", b"memory"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["memory", b"memory", "score", b"score"]) -> None: ...
 
-Global___ScoredMemory: typing_extensions.TypeAlias = ScoredMemory
+global___ScoredMemory = ScoredMemory
 
 @typing.final
 class SearchMemoriesResponse(google.protobuf.message.Message):
@@ -642,15 +642,15 @@ class SearchMemoriesResponse(google.protobuf.message.Message):
 
     RESULTS_FIELD_NUMBER: builtins.int
     @property
-    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ScoredMemory]: ...
+    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ScoredMemory]: ...
     def __init__(
         self,
         *,
-        results: collections.abc.Iterable[Global___ScoredMemory] | None = ...,
+        results: collections.abc.Iterable[global___ScoredMemory] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
 
-Global___SearchMemoriesResponse: typing_extensions.TypeAlias = SearchMemoriesResponse
+global___SearchMemoriesResponse = SearchMemoriesResponse
 
 @typing.final
 class Decision(google.protobuf.message.Message):
@@ -714,7 +714,7 @@ class Decision(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["create_time", b"create_time", "latency", b"latency", "metadata", b"metadata", "usage", b"usage"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["agent", b"agent", "candidates", b"candidates", "chosen_action", b"chosen_action", "create_time", b"create_time", "input_summary", b"input_summary", "job", b"job", "latency", b"latency", "metadata", b"metadata", "name", b"name", "outcome", b"outcome", "reasoning", b"reasoning", "session", b"session", "tools", b"tools", "trace_id", b"trace_id", "usage", b"usage"]) -> None: ...
 
-Global___Decision: typing_extensions.TypeAlias = Decision
+global___Decision = Decision
 
 @typing.final
 class CreateDecisionRequest(google.protobuf.message.Message):
@@ -724,17 +724,17 @@ class CreateDecisionRequest(google.protobuf.message.Message):
     REQUEST_ID_FIELD_NUMBER: builtins.int
     request_id: builtins.str
     @property
-    def decision(self) -> Global___Decision: ...
+    def decision(self) -> global___Decision: ...
     def __init__(
         self,
         *,
-        decision: Global___Decision | None = ...,
+        decision: global___Decision | None = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["decision", b"decision"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["decision", b"decision", "request_id", b"request_id"]) -> None: ...
 
-Global___CreateDecisionRequest: typing_extensions.TypeAlias = CreateDecisionRequest
+global___CreateDecisionRequest = CreateDecisionRequest
 
 @typing.final
 class GetDecisionRequest(google.protobuf.message.Message):
@@ -749,7 +749,7 @@ class GetDecisionRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetDecisionRequest: typing_extensions.TypeAlias = GetDecisionRequest
+global___GetDecisionRequest = GetDecisionRequest
 
 @typing.final
 class ListDecisionsRequest(google.protobuf.message.Message):
@@ -770,7 +770,7 @@ class ListDecisionsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListDecisionsRequest: typing_extensions.TypeAlias = ListDecisionsRequest
+global___ListDecisionsRequest = ListDecisionsRequest
 
 @typing.final
 class ListDecisionsResponse(google.protobuf.message.Message):
@@ -780,16 +780,16 @@ class ListDecisionsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Decision]: ...
+    def decisions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Decision]: ...
     def __init__(
         self,
         *,
-        decisions: collections.abc.Iterable[Global___Decision] | None = ...,
+        decisions: collections.abc.Iterable[global___Decision] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListDecisionsResponse: typing_extensions.TypeAlias = ListDecisionsResponse
+global___ListDecisionsResponse = ListDecisionsResponse
 
 @typing.final
 class Artifact(google.protobuf.message.Message):
@@ -838,7 +838,7 @@ class Artifact(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["content", b"content", "create_time", b"create_time", "data", b"data", "etag", b"etag", "media_type", b"media_type", "metadata", b"metadata", "name", b"name", "session", b"session", "sha256", b"sha256", "size_bytes", b"size_bytes", "text", b"text", "version", b"version"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["content", b"content"]) -> typing.Literal["text", "data"] | None: ...
 
-Global___Artifact: typing_extensions.TypeAlias = Artifact
+global___Artifact = Artifact
 
 @typing.final
 class PutArtifactRequest(google.protobuf.message.Message):
@@ -848,17 +848,17 @@ class PutArtifactRequest(google.protobuf.message.Message):
     REQUEST_ID_FIELD_NUMBER: builtins.int
     request_id: builtins.str
     @property
-    def artifact(self) -> Global___Artifact: ...
+    def artifact(self) -> global___Artifact: ...
     def __init__(
         self,
         *,
-        artifact: Global___Artifact | None = ...,
+        artifact: global___Artifact | None = ...,
         request_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["artifact", b"artifact"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["artifact", b"artifact", "request_id", b"request_id"]) -> None: ...
 
-Global___PutArtifactRequest: typing_extensions.TypeAlias = PutArtifactRequest
+global___PutArtifactRequest = PutArtifactRequest
 
 @typing.final
 class GetArtifactRequest(google.protobuf.message.Message):
@@ -876,7 +876,7 @@ class GetArtifactRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "version", b"version"]) -> None: ...
 
-Global___GetArtifactRequest: typing_extensions.TypeAlias = GetArtifactRequest
+global___GetArtifactRequest = GetArtifactRequest
 
 @typing.final
 class ListArtifactsRequest(google.protobuf.message.Message):
@@ -897,7 +897,7 @@ class ListArtifactsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListArtifactsRequest: typing_extensions.TypeAlias = ListArtifactsRequest
+global___ListArtifactsRequest = ListArtifactsRequest
 
 @typing.final
 class ListArtifactsResponse(google.protobuf.message.Message):
@@ -907,16 +907,16 @@ class ListArtifactsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Artifact]: ...
+    def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Artifact]: ...
     def __init__(
         self,
         *,
-        artifacts: collections.abc.Iterable[Global___Artifact] | None = ...,
+        artifacts: collections.abc.Iterable[global___Artifact] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListArtifactsResponse: typing_extensions.TypeAlias = ListArtifactsResponse
+global___ListArtifactsResponse = ListArtifactsResponse
 
 @typing.final
 class ListArtifactVersionsRequest(google.protobuf.message.Message):
@@ -937,7 +937,7 @@ class ListArtifactVersionsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
-Global___ListArtifactVersionsRequest: typing_extensions.TypeAlias = ListArtifactVersionsRequest
+global___ListArtifactVersionsRequest = ListArtifactVersionsRequest
 
 @typing.final
 class ListArtifactVersionsResponse(google.protobuf.message.Message):
@@ -947,16 +947,16 @@ class ListArtifactVersionsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Artifact]: ...
+    def artifacts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Artifact]: ...
     def __init__(
         self,
         *,
-        artifacts: collections.abc.Iterable[Global___Artifact] | None = ...,
+        artifacts: collections.abc.Iterable[global___Artifact] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["artifacts", b"artifacts", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListArtifactVersionsResponse: typing_extensions.TypeAlias = ListArtifactVersionsResponse
+global___ListArtifactVersionsResponse = ListArtifactVersionsResponse
 
 @typing.final
 class DeleteArtifactRequest(google.protobuf.message.Message):
@@ -974,7 +974,7 @@ class DeleteArtifactRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["allow_missing", b"allow_missing", "name", b"name"]) -> None: ...
 
-Global___DeleteArtifactRequest: typing_extensions.TypeAlias = DeleteArtifactRequest
+global___DeleteArtifactRequest = DeleteArtifactRequest
 
 @typing.final
 class WorkingMemory(google.protobuf.message.Message):
@@ -1020,7 +1020,7 @@ class WorkingMemory(google.protobuf.message.Message):
     def HasField(self, field_name: typing.Literal["expire_time", b"expire_time", "update_time", b"update_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["expire_time", b"expire_time", "name", b"name", "update_time", b"update_time", "values", b"values"]) -> None: ...
 
-Global___WorkingMemory: typing_extensions.TypeAlias = WorkingMemory
+global___WorkingMemory = WorkingMemory
 
 @typing.final
 class GetWorkingMemoryRequest(google.protobuf.message.Message):
@@ -1035,7 +1035,7 @@ class GetWorkingMemoryRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
 
-Global___GetWorkingMemoryRequest: typing_extensions.TypeAlias = GetWorkingMemoryRequest
+global___GetWorkingMemoryRequest = GetWorkingMemoryRequest
 
 @typing.final
 class UpdateWorkingMemoryRequest(google.protobuf.message.Message):
@@ -1045,7 +1045,7 @@ class UpdateWorkingMemoryRequest(google.protobuf.message.Message):
     REMOVE_KEYS_FIELD_NUMBER: builtins.int
     TTL_FIELD_NUMBER: builtins.int
     @property
-    def working_memory(self) -> Global___WorkingMemory: ...
+    def working_memory(self) -> global___WorkingMemory: ...
     @property
     def remove_keys(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
@@ -1053,14 +1053,14 @@ class UpdateWorkingMemoryRequest(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        working_memory: Global___WorkingMemory | None = ...,
+        working_memory: global___WorkingMemory | None = ...,
         remove_keys: collections.abc.Iterable[builtins.str] | None = ...,
         ttl: google.protobuf.duration_pb2.Duration | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["ttl", b"ttl", "working_memory", b"working_memory"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["remove_keys", b"remove_keys", "ttl", b"ttl", "working_memory", b"working_memory"]) -> None: ...
 
-Global___UpdateWorkingMemoryRequest: typing_extensions.TypeAlias = UpdateWorkingMemoryRequest
+global___UpdateWorkingMemoryRequest = UpdateWorkingMemoryRequest
 
 @typing.final
 class TypedValue(google.protobuf.message.Message):
@@ -1078,7 +1078,7 @@ class TypedValue(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["data", b"data", "type", b"type"]) -> None: ...
 
-Global___TypedValue: typing_extensions.TypeAlias = TypedValue
+global___TypedValue = TypedValue
 
 @typing.final
 class Checkpoint(google.protobuf.message.Message):
@@ -1097,7 +1097,7 @@ class Checkpoint(google.protobuf.message.Message):
     parent_checkpoint_id: builtins.str
     metadata_json: builtins.str
     @property
-    def checkpoint(self) -> Global___TypedValue: ...
+    def checkpoint(self) -> global___TypedValue: ...
     @property
     def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1107,14 +1107,14 @@ class Checkpoint(google.protobuf.message.Message):
         checkpoint_ns: builtins.str = ...,
         checkpoint_id: builtins.str = ...,
         parent_checkpoint_id: builtins.str = ...,
-        checkpoint: Global___TypedValue | None = ...,
+        checkpoint: global___TypedValue | None = ...,
         metadata_json: builtins.str = ...,
         create_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["checkpoint", b"checkpoint", "create_time", b"create_time"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["checkpoint", b"checkpoint", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "create_time", b"create_time", "metadata_json", b"metadata_json", "parent_checkpoint_id", b"parent_checkpoint_id", "thread_id", b"thread_id"]) -> None: ...
 
-Global___Checkpoint: typing_extensions.TypeAlias = Checkpoint
+global___Checkpoint = Checkpoint
 
 @typing.final
 class PendingWrite(google.protobuf.message.Message):
@@ -1130,20 +1130,20 @@ class PendingWrite(google.protobuf.message.Message):
     idx: builtins.int
     task_path: builtins.str
     @property
-    def value(self) -> Global___TypedValue: ...
+    def value(self) -> global___TypedValue: ...
     def __init__(
         self,
         *,
         task_id: builtins.str = ...,
         channel: builtins.str = ...,
-        value: Global___TypedValue | None = ...,
+        value: global___TypedValue | None = ...,
         idx: builtins.int = ...,
         task_path: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["channel", b"channel", "idx", b"idx", "task_id", b"task_id", "task_path", b"task_path", "value", b"value"]) -> None: ...
 
-Global___PendingWrite: typing_extensions.TypeAlias = PendingWrite
+global___PendingWrite = PendingWrite
 
 @typing.final
 class CheckpointTuple(google.protobuf.message.Message):
@@ -1152,19 +1152,19 @@ class CheckpointTuple(google.protobuf.message.Message):
     CHECKPOINT_FIELD_NUMBER: builtins.int
     PENDING_WRITES_FIELD_NUMBER: builtins.int
     @property
-    def checkpoint(self) -> Global___Checkpoint: ...
+    def checkpoint(self) -> global___Checkpoint: ...
     @property
-    def pending_writes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PendingWrite]: ...
+    def pending_writes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PendingWrite]: ...
     def __init__(
         self,
         *,
-        checkpoint: Global___Checkpoint | None = ...,
-        pending_writes: collections.abc.Iterable[Global___PendingWrite] | None = ...,
+        checkpoint: global___Checkpoint | None = ...,
+        pending_writes: collections.abc.Iterable[global___PendingWrite] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["checkpoint", b"checkpoint"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["checkpoint", b"checkpoint", "pending_writes", b"pending_writes"]) -> None: ...
 
-Global___CheckpointTuple: typing_extensions.TypeAlias = CheckpointTuple
+global___CheckpointTuple = CheckpointTuple
 
 @typing.final
 class PutCheckpointRequest(google.protobuf.message.Message):
@@ -1172,16 +1172,16 @@ class PutCheckpointRequest(google.protobuf.message.Message):
 
     CHECKPOINT_FIELD_NUMBER: builtins.int
     @property
-    def checkpoint(self) -> Global___Checkpoint: ...
+    def checkpoint(self) -> global___Checkpoint: ...
     def __init__(
         self,
         *,
-        checkpoint: Global___Checkpoint | None = ...,
+        checkpoint: global___Checkpoint | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["checkpoint", b"checkpoint"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["checkpoint", b"checkpoint"]) -> None: ...
 
-Global___PutCheckpointRequest: typing_extensions.TypeAlias = PutCheckpointRequest
+global___PutCheckpointRequest = PutCheckpointRequest
 
 @typing.final
 class PutCheckpointResponse(google.protobuf.message.Message):
@@ -1202,7 +1202,7 @@ class PutCheckpointResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "thread_id", b"thread_id"]) -> None: ...
 
-Global___PutCheckpointResponse: typing_extensions.TypeAlias = PutCheckpointResponse
+global___PutCheckpointResponse = PutCheckpointResponse
 
 @typing.final
 class PutCheckpointWritesRequest(google.protobuf.message.Message):
@@ -1216,18 +1216,18 @@ class PutCheckpointWritesRequest(google.protobuf.message.Message):
     checkpoint_ns: builtins.str
     checkpoint_id: builtins.str
     @property
-    def writes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PendingWrite]: ...
+    def writes(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___PendingWrite]: ...
     def __init__(
         self,
         *,
         thread_id: builtins.str = ...,
         checkpoint_ns: builtins.str = ...,
         checkpoint_id: builtins.str = ...,
-        writes: collections.abc.Iterable[Global___PendingWrite] | None = ...,
+        writes: collections.abc.Iterable[global___PendingWrite] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "thread_id", b"thread_id", "writes", b"writes"]) -> None: ...
 
-Global___PutCheckpointWritesRequest: typing_extensions.TypeAlias = PutCheckpointWritesRequest
+global___PutCheckpointWritesRequest = PutCheckpointWritesRequest
 
 @typing.final
 class PutCheckpointWritesResponse(google.protobuf.message.Message):
@@ -1242,7 +1242,7 @@ class PutCheckpointWritesResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["stored_count", b"stored_count"]) -> None: ...
 
-Global___PutCheckpointWritesResponse: typing_extensions.TypeAlias = PutCheckpointWritesResponse
+global___PutCheckpointWritesResponse = PutCheckpointWritesResponse
 
 @typing.final
 class GetCheckpointRequest(google.protobuf.message.Message):
@@ -1263,7 +1263,7 @@ class GetCheckpointRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "thread_id", b"thread_id"]) -> None: ...
 
-Global___GetCheckpointRequest: typing_extensions.TypeAlias = GetCheckpointRequest
+global___GetCheckpointRequest = GetCheckpointRequest
 
 @typing.final
 class ListCheckpointsRequest(google.protobuf.message.Message):
@@ -1298,7 +1298,7 @@ class ListCheckpointsRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["_checkpoint_ns", b"_checkpoint_ns", "before_checkpoint_id", b"before_checkpoint_id", "checkpoint_id", b"checkpoint_id", "checkpoint_ns", b"checkpoint_ns", "metadata_filter_json", b"metadata_filter_json", "page_size", b"page_size", "page_token", b"page_token", "thread_id", b"thread_id"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["_checkpoint_ns", b"_checkpoint_ns"]) -> typing.Literal["checkpoint_ns"] | None: ...
 
-Global___ListCheckpointsRequest: typing_extensions.TypeAlias = ListCheckpointsRequest
+global___ListCheckpointsRequest = ListCheckpointsRequest
 
 @typing.final
 class ListCheckpointsResponse(google.protobuf.message.Message):
@@ -1308,16 +1308,16 @@ class ListCheckpointsResponse(google.protobuf.message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
     @property
-    def checkpoints(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___CheckpointTuple]: ...
+    def checkpoints(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___CheckpointTuple]: ...
     def __init__(
         self,
         *,
-        checkpoints: collections.abc.Iterable[Global___CheckpointTuple] | None = ...,
+        checkpoints: collections.abc.Iterable[global___CheckpointTuple] | None = ...,
         next_page_token: builtins.str = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["checkpoints", b"checkpoints", "next_page_token", b"next_page_token"]) -> None: ...
 
-Global___ListCheckpointsResponse: typing_extensions.TypeAlias = ListCheckpointsResponse
+global___ListCheckpointsResponse = ListCheckpointsResponse
 
 @typing.final
 class DeleteThreadRequest(google.protobuf.message.Message):
@@ -1332,7 +1332,7 @@ class DeleteThreadRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["thread_id", b"thread_id"]) -> None: ...
 
-Global___DeleteThreadRequest: typing_extensions.TypeAlias = DeleteThreadRequest
+global___DeleteThreadRequest = DeleteThreadRequest
 
 @typing.final
 class DeleteThreadResponse(google.protobuf.message.Message):
@@ -1347,7 +1347,7 @@ class DeleteThreadResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["deleted_checkpoints", b"deleted_checkpoints"]) -> None: ...
 
-Global___DeleteThreadResponse: typing_extensions.TypeAlias = DeleteThreadResponse
+global___DeleteThreadResponse = DeleteThreadResponse
 
 @typing.final
 class CopyThreadRequest(google.protobuf.message.Message):
@@ -1365,7 +1365,7 @@ class CopyThreadRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["source_thread_id", b"source_thread_id", "target_thread_id", b"target_thread_id"]) -> None: ...
 
-Global___CopyThreadRequest: typing_extensions.TypeAlias = CopyThreadRequest
+global___CopyThreadRequest = CopyThreadRequest
 
 @typing.final
 class CopyThreadResponse(google.protobuf.message.Message):
@@ -1380,7 +1380,7 @@ class CopyThreadResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["copied_checkpoints", b"copied_checkpoints"]) -> None: ...
 
-Global___CopyThreadResponse: typing_extensions.TypeAlias = CopyThreadResponse
+global___CopyThreadResponse = CopyThreadResponse
 
 @typing.final
 class DeleteCheckpointsForRunsRequest(google.protobuf.message.Message):
@@ -1396,7 +1396,7 @@ class DeleteCheckpointsForRunsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["run_ids", b"run_ids"]) -> None: ...
 
-Global___DeleteCheckpointsForRunsRequest: typing_extensions.TypeAlias = DeleteCheckpointsForRunsRequest
+global___DeleteCheckpointsForRunsRequest = DeleteCheckpointsForRunsRequest
 
 @typing.final
 class DeleteCheckpointsForRunsResponse(google.protobuf.message.Message):
@@ -1411,7 +1411,7 @@ class DeleteCheckpointsForRunsResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["deleted_checkpoints", b"deleted_checkpoints"]) -> None: ...
 
-Global___DeleteCheckpointsForRunsResponse: typing_extensions.TypeAlias = DeleteCheckpointsForRunsResponse
+global___DeleteCheckpointsForRunsResponse = DeleteCheckpointsForRunsResponse
 
 @typing.final
 class PruneCheckpointsRequest(google.protobuf.message.Message):
@@ -1430,7 +1430,7 @@ class PruneCheckpointsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["keep_latest", b"keep_latest", "thread_ids", b"thread_ids"]) -> None: ...
 
-Global___PruneCheckpointsRequest: typing_extensions.TypeAlias = PruneCheckpointsRequest
+global___PruneCheckpointsRequest = PruneCheckpointsRequest
 
 @typing.final
 class PruneCheckpointsResponse(google.protobuf.message.Message):
@@ -1445,7 +1445,7 @@ class PruneCheckpointsResponse(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["deleted_checkpoints", b"deleted_checkpoints"]) -> None: ...
 
-Global___PruneCheckpointsResponse: typing_extensions.TypeAlias = PruneCheckpointsResponse
+global___PruneCheckpointsResponse = PruneCheckpointsResponse
 
 @typing.final
 class StoreItem(google.protobuf.message.Message):
@@ -1480,7 +1480,7 @@ class StoreItem(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["_score", b"_score", "create_time", b"create_time", "key", b"key", "namespace", b"namespace", "score", b"score", "update_time", b"update_time", "value_json", b"value_json"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["_score", b"_score"]) -> typing.Literal["score"] | None: ...
 
-Global___StoreItem: typing_extensions.TypeAlias = StoreItem
+global___StoreItem = StoreItem
 
 @typing.final
 class PutStoreItemRequest(google.protobuf.message.Message):
@@ -1490,7 +1490,7 @@ class PutStoreItemRequest(google.protobuf.message.Message):
     INDEX_FIELDS_FIELD_NUMBER: builtins.int
     TTL_FIELD_NUMBER: builtins.int
     @property
-    def item(self) -> Global___StoreItem: ...
+    def item(self) -> global___StoreItem: ...
     @property
     def index_fields(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
     @property
@@ -1498,14 +1498,14 @@ class PutStoreItemRequest(google.protobuf.message.Message):
     def __init__(
         self,
         *,
-        item: Global___StoreItem | None = ...,
+        item: global___StoreItem | None = ...,
         index_fields: collections.abc.Iterable[builtins.str] | None = ...,
         ttl: google.protobuf.duration_pb2.Duration | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["item", b"item", "ttl", b"ttl"]) -> builtins.bool: ...
     def ClearField(self, field_name: typing.Literal["index_fields", b"index_fields", "item", b"item", "ttl", b"ttl"]) -> None: ...
 
-Global___PutStoreItemRequest: typing_extensions.TypeAlias = PutStoreItemRequest
+global___PutStoreItemRequest = PutStoreItemRequest
 
 @typing.final
 class GetStoreItemRequest(google.protobuf.message.Message):
@@ -1527,7 +1527,7 @@ class GetStoreItemRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["key", b"key", "namespace", b"namespace", "refresh_ttl", b"refresh_ttl"]) -> None: ...
 
-Global___GetStoreItemRequest: typing_extensions.TypeAlias = GetStoreItemRequest
+global___GetStoreItemRequest = GetStoreItemRequest
 
 @typing.final
 class DeleteStoreItemRequest(google.protobuf.message.Message):
@@ -1546,7 +1546,7 @@ class DeleteStoreItemRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["key", b"key", "namespace", b"namespace"]) -> None: ...
 
-Global___DeleteStoreItemRequest: typing_extensions.TypeAlias = DeleteStoreItemRequest
+global___DeleteStoreItemRequest = DeleteStoreItemRequest
 
 @typing.final
 class SearchStoreItemsRequest(google.protobuf.message.Message):
@@ -1574,7 +1574,7 @@ class SearchStoreItemsRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["filter_json", b"filter_json", "limit", b"limit", "namespace_prefix", b"namespace_prefix", "offset", b"offset", "query", b"query"]) -> None: ...
 
-Global___SearchStoreItemsRequest: typing_extensions.TypeAlias = SearchStoreItemsRequest
+global___SearchStoreItemsRequest = SearchStoreItemsRequest
 
 @typing.final
 class SearchStoreItemsResponse(google.protobuf.message.Message):
@@ -1582,15 +1582,15 @@ class SearchStoreItemsResponse(google.protobuf.message.Message):
 
     ITEMS_FIELD_NUMBER: builtins.int
     @property
-    def items(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StoreItem]: ...
+    def items(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___StoreItem]: ...
     def __init__(
         self,
         *,
-        items: collections.abc.Iterable[Global___StoreItem] | None = ...,
+        items: collections.abc.Iterable[global___StoreItem] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["items", b"items"]) -> None: ...
 
-Global___SearchStoreItemsResponse: typing_extensions.TypeAlias = SearchStoreItemsResponse
+global___SearchStoreItemsResponse = SearchStoreItemsResponse
 
 @typing.final
 class ListStoreNamespacesRequest(google.protobuf.message.Message):
@@ -1619,7 +1619,7 @@ class ListStoreNamespacesRequest(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["limit", b"limit", "max_depth", b"max_depth", "offset", b"offset", "prefix", b"prefix", "suffix", b"suffix"]) -> None: ...
 
-Global___ListStoreNamespacesRequest: typing_extensions.TypeAlias = ListStoreNamespacesRequest
+global___ListStoreNamespacesRequest = ListStoreNamespacesRequest
 
 @typing.final
 class StoreNamespace(google.protobuf.message.Message):
@@ -1635,7 +1635,7 @@ class StoreNamespace(google.protobuf.message.Message):
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["labels", b"labels"]) -> None: ...
 
-Global___StoreNamespace: typing_extensions.TypeAlias = StoreNamespace
+global___StoreNamespace = StoreNamespace
 
 @typing.final
 class ListStoreNamespacesResponse(google.protobuf.message.Message):
@@ -1643,12 +1643,12 @@ class ListStoreNamespacesResponse(google.protobuf.message.Message):
 
     NAMESPACES_FIELD_NUMBER: builtins.int
     @property
-    def namespaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___StoreNamespace]: ...
+    def namespaces(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___StoreNamespace]: ...
     def __init__(
         self,
         *,
-        namespaces: collections.abc.Iterable[Global___StoreNamespace] | None = ...,
+        namespaces: collections.abc.Iterable[global___StoreNamespace] | None = ...,
     ) -> None: ...
     def ClearField(self, field_name: typing.Literal["namespaces", b"namespaces"]) -> None: ...
 
-Global___ListStoreNamespacesResponse: typing_extensions.TypeAlias = ListStoreNamespacesResponse
+global___ListStoreNamespacesResponse = ListStoreNamespacesResponse

@@ -9,13 +9,7 @@ import collections.abc
 import google.protobuf.empty_pb2
 import grpc
 import grpc.aio
-import sys
 import typing
-
-if sys.version_info >= (3, 13):
-    import typing as typing_extensions
-else:
-    import typing_extensions
 
 _T = typing.TypeVar("_T")
 
@@ -24,1129 +18,378 @@ class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Ite
 class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-_MemoryServiceCreateSessionType = typing_extensions.TypeVar(
-    '_MemoryServiceCreateSessionType',
-    grpc.UnaryUnaryMultiCallable[
+class MemoryServiceStub:
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    CreateSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
+    ]
+
+    GetSession: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetSessionRequest,
+        agentmesh.v1.memory_pb2.Session,
+    ]
+
+    ListSessions: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListSessionsRequest,
+        agentmesh.v1.memory_pb2.ListSessionsResponse,
+    ]
+
+    UpdateSession: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.UpdateSessionRequest,
+        agentmesh.v1.memory_pb2.Session,
+    ]
+
+    DeleteSession: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteSessionRequest,
+        google.protobuf.empty_pb2.Empty,
+    ]
+
+    AppendMessages: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.AppendMessagesRequest,
+        agentmesh.v1.memory_pb2.AppendMessagesResponse,
+    ]
+
+    ListMessages: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListMessagesRequest,
+        agentmesh.v1.memory_pb2.ListMessagesResponse,
+    ]
+
+    CreateMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.CreateMemoryRequest,
+        agentmesh.v1.memory_pb2.Memory,
+    ]
+
+    BatchCreateMemories: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
+        agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
+    ]
+
+    GetMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetMemoryRequest,
+        agentmesh.v1.memory_pb2.Memory,
+    ]
+
+    ListMemories: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListMemoriesRequest,
+        agentmesh.v1.memory_pb2.ListMemoriesResponse,
+    ]
+
+    UpdateMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.UpdateMemoryRequest,
+        agentmesh.v1.memory_pb2.Memory,
+    ]
+
+    DeleteMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteMemoryRequest,
+        google.protobuf.empty_pb2.Empty,
+    ]
+
+    SearchMemories: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.SearchMemoriesRequest,
+        agentmesh.v1.memory_pb2.SearchMemoriesResponse,
+    ]
+
+    CreateDecision: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.CreateDecisionRequest,
+        agentmesh.v1.memory_pb2.Decision,
+    ]
+
+    GetDecision: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetDecisionRequest,
+        agentmesh.v1.memory_pb2.Decision,
+    ]
+
+    ListDecisions: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListDecisionsRequest,
+        agentmesh.v1.memory_pb2.ListDecisionsResponse,
+    ]
+
+    PutArtifact: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.PutArtifactRequest,
+        agentmesh.v1.memory_pb2.Artifact,
+    ]
+
+    GetArtifact: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetArtifactRequest,
+        agentmesh.v1.memory_pb2.Artifact,
+    ]
+
+    ListArtifacts: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListArtifactsRequest,
+        agentmesh.v1.memory_pb2.ListArtifactsResponse,
+    ]
+
+    ListArtifactVersions: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
+        agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
+    ]
+
+    DeleteArtifact: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteArtifactRequest,
+        google.protobuf.empty_pb2.Empty,
+    ]
+
+    GetWorkingMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
+        agentmesh.v1.memory_pb2.WorkingMemory,
+    ]
+
+    UpdateWorkingMemory: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
+        agentmesh.v1.memory_pb2.WorkingMemory,
+    ]
+
+    PutCheckpoint: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.PutCheckpointRequest,
+        agentmesh.v1.memory_pb2.PutCheckpointResponse,
+    ]
+
+    PutCheckpointWrites: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
+        agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
+    ]
+
+    GetCheckpoint: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetCheckpointRequest,
+        agentmesh.v1.memory_pb2.CheckpointTuple,
+    ]
+
+    ListCheckpoints: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListCheckpointsRequest,
+        agentmesh.v1.memory_pb2.ListCheckpointsResponse,
+    ]
+
+    DeleteThread: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteThreadRequest,
+        agentmesh.v1.memory_pb2.DeleteThreadResponse,
+    ]
+
+    CopyThread: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.CopyThreadRequest,
+        agentmesh.v1.memory_pb2.CopyThreadResponse,
+    ]
+
+    DeleteCheckpointsForRuns: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
+        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
+    ]
+
+    PruneCheckpoints: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
+        agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
+    ]
+
+    PutStoreItem: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.PutStoreItemRequest,
+        agentmesh.v1.memory_pb2.StoreItem,
+    ]
+
+    GetStoreItem: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.GetStoreItemRequest,
+        agentmesh.v1.memory_pb2.StoreItem,
+    ]
+
+    DeleteStoreItem: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
+        google.protobuf.empty_pb2.Empty,
+    ]
+
+    SearchStoreItems: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
+        agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
+    ]
+
+    ListStoreNamespaces: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
+        agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
+    ]
+
+class MemoryServiceAsyncStub:
+    CreateSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-)
+    ]
 
-_MemoryServiceGetSessionType = typing_extensions.TypeVar(
-    '_MemoryServiceGetSessionType',
-    grpc.UnaryUnaryMultiCallable[
+    GetSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetSessionRequest,
         agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-)
+    ]
 
-_MemoryServiceListSessionsType = typing_extensions.TypeVar(
-    '_MemoryServiceListSessionsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListSessions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListSessionsRequest,
         agentmesh.v1.memory_pb2.ListSessionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListSessionsRequest,
-        agentmesh.v1.memory_pb2.ListSessionsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListSessionsRequest,
-        agentmesh.v1.memory_pb2.ListSessionsResponse,
-    ],
-)
+    ]
 
-_MemoryServiceUpdateSessionType = typing_extensions.TypeVar(
-    '_MemoryServiceUpdateSessionType',
-    grpc.UnaryUnaryMultiCallable[
+    UpdateSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteSessionType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteSessionType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteSessionRequest,
         google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteSessionRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteSessionRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-)
+    ]
 
-_MemoryServiceAppendMessagesType = typing_extensions.TypeVar(
-    '_MemoryServiceAppendMessagesType',
-    grpc.UnaryUnaryMultiCallable[
+    AppendMessages: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.AppendMessagesRequest,
         agentmesh.v1.memory_pb2.AppendMessagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.AppendMessagesRequest,
-        agentmesh.v1.memory_pb2.AppendMessagesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.AppendMessagesRequest,
-        agentmesh.v1.memory_pb2.AppendMessagesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceListMessagesType = typing_extensions.TypeVar(
-    '_MemoryServiceListMessagesType',
-    grpc.UnaryUnaryMultiCallable[
+    ListMessages: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMessagesRequest,
         agentmesh.v1.memory_pb2.ListMessagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMessagesRequest,
-        agentmesh.v1.memory_pb2.ListMessagesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMessagesRequest,
-        agentmesh.v1.memory_pb2.ListMessagesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceCreateMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceCreateMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    CreateMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-)
+    ]
 
-_MemoryServiceBatchCreateMemoriesType = typing_extensions.TypeVar(
-    '_MemoryServiceBatchCreateMemoriesType',
-    grpc.UnaryUnaryMultiCallable[
+    BatchCreateMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
         agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceGetMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceGetMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    GetMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-)
+    ]
 
-_MemoryServiceListMemoriesType = typing_extensions.TypeVar(
-    '_MemoryServiceListMemoriesType',
-    grpc.UnaryUnaryMultiCallable[
+    ListMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMemoriesRequest,
         agentmesh.v1.memory_pb2.ListMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMemoriesRequest,
-        agentmesh.v1.memory_pb2.ListMemoriesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMemoriesRequest,
-        agentmesh.v1.memory_pb2.ListMemoriesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceUpdateMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceUpdateMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    UpdateMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteMemoryRequest,
         google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteMemoryRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteMemoryRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-)
+    ]
 
-_MemoryServiceSearchMemoriesType = typing_extensions.TypeVar(
-    '_MemoryServiceSearchMemoriesType',
-    grpc.UnaryUnaryMultiCallable[
+    SearchMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchMemoriesRequest,
         agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchMemoriesRequest,
-        agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchMemoriesRequest,
-        agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceCreateDecisionType = typing_extensions.TypeVar(
-    '_MemoryServiceCreateDecisionType',
-    grpc.UnaryUnaryMultiCallable[
+    CreateDecision: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-)
+    ]
 
-_MemoryServiceGetDecisionType = typing_extensions.TypeVar(
-    '_MemoryServiceGetDecisionType',
-    grpc.UnaryUnaryMultiCallable[
+    GetDecision: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-)
+    ]
 
-_MemoryServiceListDecisionsType = typing_extensions.TypeVar(
-    '_MemoryServiceListDecisionsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListDecisions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListDecisionsRequest,
         agentmesh.v1.memory_pb2.ListDecisionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListDecisionsRequest,
-        agentmesh.v1.memory_pb2.ListDecisionsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListDecisionsRequest,
-        agentmesh.v1.memory_pb2.ListDecisionsResponse,
-    ],
-)
+    ]
 
-_MemoryServicePutArtifactType = typing_extensions.TypeVar(
-    '_MemoryServicePutArtifactType',
-    grpc.UnaryUnaryMultiCallable[
+    PutArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-)
+    ]
 
-_MemoryServiceGetArtifactType = typing_extensions.TypeVar(
-    '_MemoryServiceGetArtifactType',
-    grpc.UnaryUnaryMultiCallable[
+    GetArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-)
+    ]
 
-_MemoryServiceListArtifactsType = typing_extensions.TypeVar(
-    '_MemoryServiceListArtifactsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListArtifacts: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactsRequest,
         agentmesh.v1.memory_pb2.ListArtifactsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactsResponse,
-    ],
-)
+    ]
 
-_MemoryServiceListArtifactVersionsType = typing_extensions.TypeVar(
-    '_MemoryServiceListArtifactVersionsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListArtifactVersions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
         agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteArtifactType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteArtifactType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteArtifactRequest,
         google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteArtifactRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteArtifactRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-)
+    ]
 
-_MemoryServiceGetWorkingMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceGetWorkingMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    GetWorkingMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-)
+    ]
 
-_MemoryServiceUpdateWorkingMemoryType = typing_extensions.TypeVar(
-    '_MemoryServiceUpdateWorkingMemoryType',
-    grpc.UnaryUnaryMultiCallable[
+    UpdateWorkingMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-)
+    ]
 
-_MemoryServicePutCheckpointType = typing_extensions.TypeVar(
-    '_MemoryServicePutCheckpointType',
-    grpc.UnaryUnaryMultiCallable[
+    PutCheckpoint: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointRequest,
         agentmesh.v1.memory_pb2.PutCheckpointResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointResponse,
-    ],
-)
+    ]
 
-_MemoryServicePutCheckpointWritesType = typing_extensions.TypeVar(
-    '_MemoryServicePutCheckpointWritesType',
-    grpc.UnaryUnaryMultiCallable[
+    PutCheckpointWrites: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
         agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-    ],
-)
+    ]
 
-_MemoryServiceGetCheckpointType = typing_extensions.TypeVar(
-    '_MemoryServiceGetCheckpointType',
-    grpc.UnaryUnaryMultiCallable[
+    GetCheckpoint: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetCheckpointRequest,
         agentmesh.v1.memory_pb2.CheckpointTuple,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetCheckpointRequest,
-        agentmesh.v1.memory_pb2.CheckpointTuple,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetCheckpointRequest,
-        agentmesh.v1.memory_pb2.CheckpointTuple,
-    ],
-)
+    ]
 
-_MemoryServiceListCheckpointsType = typing_extensions.TypeVar(
-    '_MemoryServiceListCheckpointsType',
-    grpc.UnaryUnaryMultiCallable[
+    ListCheckpoints: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListCheckpointsRequest,
         agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListCheckpointsRequest,
-        agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListCheckpointsRequest,
-        agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteThreadType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteThreadType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteThread: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteThreadRequest,
         agentmesh.v1.memory_pb2.DeleteThreadResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteThreadRequest,
-        agentmesh.v1.memory_pb2.DeleteThreadResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteThreadRequest,
-        agentmesh.v1.memory_pb2.DeleteThreadResponse,
-    ],
-)
+    ]
 
-_MemoryServiceCopyThreadType = typing_extensions.TypeVar(
-    '_MemoryServiceCopyThreadType',
-    grpc.UnaryUnaryMultiCallable[
+    CopyThread: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CopyThreadRequest,
         agentmesh.v1.memory_pb2.CopyThreadResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CopyThreadRequest,
-        agentmesh.v1.memory_pb2.CopyThreadResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CopyThreadRequest,
-        agentmesh.v1.memory_pb2.CopyThreadResponse,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteCheckpointsForRunsType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteCheckpointsForRunsType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteCheckpointsForRuns: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-    ],
-)
+    ]
 
-_MemoryServicePruneCheckpointsType = typing_extensions.TypeVar(
-    '_MemoryServicePruneCheckpointsType',
-    grpc.UnaryUnaryMultiCallable[
+    PruneCheckpoints: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
         agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
-        agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
-        agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-    ],
-)
+    ]
 
-_MemoryServicePutStoreItemType = typing_extensions.TypeVar(
-    '_MemoryServicePutStoreItemType',
-    grpc.UnaryUnaryMultiCallable[
+    PutStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-)
+    ]
 
-_MemoryServiceGetStoreItemType = typing_extensions.TypeVar(
-    '_MemoryServiceGetStoreItemType',
-    grpc.UnaryUnaryMultiCallable[
+    GetStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-)
+    ]
 
-_MemoryServiceDeleteStoreItemType = typing_extensions.TypeVar(
-    '_MemoryServiceDeleteStoreItemType',
-    grpc.UnaryUnaryMultiCallable[
+    DeleteStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
         google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-)
+    ]
 
-_MemoryServiceSearchStoreItemsType = typing_extensions.TypeVar(
-    '_MemoryServiceSearchStoreItemsType',
-    grpc.UnaryUnaryMultiCallable[
+    SearchStoreItems: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
         agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
-        agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
-        agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-    ],
-)
+    ]
 
-_MemoryServiceListStoreNamespacesType = typing_extensions.TypeVar(
-    '_MemoryServiceListStoreNamespacesType',
-    grpc.UnaryUnaryMultiCallable[
+    ListStoreNamespaces: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
         agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
-        agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-    ],
-    default=grpc.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
-        agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-    ],
-)
-
-class MemoryServiceStub(typing.Generic[_MemoryServiceCreateSessionType, _MemoryServiceGetSessionType, _MemoryServiceListSessionsType, _MemoryServiceUpdateSessionType, _MemoryServiceDeleteSessionType, _MemoryServiceAppendMessagesType, _MemoryServiceListMessagesType, _MemoryServiceCreateMemoryType, _MemoryServiceBatchCreateMemoriesType, _MemoryServiceGetMemoryType, _MemoryServiceListMemoriesType, _MemoryServiceUpdateMemoryType, _MemoryServiceDeleteMemoryType, _MemoryServiceSearchMemoriesType, _MemoryServiceCreateDecisionType, _MemoryServiceGetDecisionType, _MemoryServiceListDecisionsType, _MemoryServicePutArtifactType, _MemoryServiceGetArtifactType, _MemoryServiceListArtifactsType, _MemoryServiceListArtifactVersionsType, _MemoryServiceDeleteArtifactType, _MemoryServiceGetWorkingMemoryType, _MemoryServiceUpdateWorkingMemoryType, _MemoryServicePutCheckpointType, _MemoryServicePutCheckpointWritesType, _MemoryServiceGetCheckpointType, _MemoryServiceListCheckpointsType, _MemoryServiceDeleteThreadType, _MemoryServiceCopyThreadType, _MemoryServiceDeleteCheckpointsForRunsType, _MemoryServicePruneCheckpointsType, _MemoryServicePutStoreItemType, _MemoryServiceGetStoreItemType, _MemoryServiceDeleteStoreItemType, _MemoryServiceSearchStoreItemsType, _MemoryServiceListStoreNamespacesType]):
-    @typing.overload
-    def __init__(self: MemoryServiceStub[
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListSessionsRequest,
-            agentmesh.v1.memory_pb2.ListSessionsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteSessionRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.AppendMessagesRequest,
-            agentmesh.v1.memory_pb2.AppendMessagesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListMessagesRequest,
-            agentmesh.v1.memory_pb2.ListMessagesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
-            agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListMemoriesRequest,
-            agentmesh.v1.memory_pb2.ListMemoriesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteMemoryRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.SearchMemoriesRequest,
-            agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateDecisionRequest,
-            agentmesh.v1.memory_pb2.Decision,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetDecisionRequest,
-            agentmesh.v1.memory_pb2.Decision,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListDecisionsRequest,
-            agentmesh.v1.memory_pb2.ListDecisionsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutArtifactRequest,
-            agentmesh.v1.memory_pb2.Artifact,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetArtifactRequest,
-            agentmesh.v1.memory_pb2.Artifact,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListArtifactsRequest,
-            agentmesh.v1.memory_pb2.ListArtifactsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
-            agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteArtifactRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
-            agentmesh.v1.memory_pb2.WorkingMemory,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
-            agentmesh.v1.memory_pb2.WorkingMemory,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutCheckpointRequest,
-            agentmesh.v1.memory_pb2.PutCheckpointResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
-            agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetCheckpointRequest,
-            agentmesh.v1.memory_pb2.CheckpointTuple,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListCheckpointsRequest,
-            agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteThreadRequest,
-            agentmesh.v1.memory_pb2.DeleteThreadResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CopyThreadRequest,
-            agentmesh.v1.memory_pb2.CopyThreadResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
-            agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
-            agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutStoreItemRequest,
-            agentmesh.v1.memory_pb2.StoreItem,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetStoreItemRequest,
-            agentmesh.v1.memory_pb2.StoreItem,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
-            agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-        ],
-        grpc.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
-            agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-        ],
-    ], channel: grpc.Channel) -> None: ...
-
-    @typing.overload
-    def __init__(self: MemoryServiceStub[
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListSessionsRequest,
-            agentmesh.v1.memory_pb2.ListSessionsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateSessionRequest,
-            agentmesh.v1.memory_pb2.Session,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteSessionRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.AppendMessagesRequest,
-            agentmesh.v1.memory_pb2.AppendMessagesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListMessagesRequest,
-            agentmesh.v1.memory_pb2.ListMessagesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
-            agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListMemoriesRequest,
-            agentmesh.v1.memory_pb2.ListMemoriesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateMemoryRequest,
-            agentmesh.v1.memory_pb2.Memory,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteMemoryRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.SearchMemoriesRequest,
-            agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CreateDecisionRequest,
-            agentmesh.v1.memory_pb2.Decision,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetDecisionRequest,
-            agentmesh.v1.memory_pb2.Decision,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListDecisionsRequest,
-            agentmesh.v1.memory_pb2.ListDecisionsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutArtifactRequest,
-            agentmesh.v1.memory_pb2.Artifact,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetArtifactRequest,
-            agentmesh.v1.memory_pb2.Artifact,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListArtifactsRequest,
-            agentmesh.v1.memory_pb2.ListArtifactsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
-            agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteArtifactRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
-            agentmesh.v1.memory_pb2.WorkingMemory,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
-            agentmesh.v1.memory_pb2.WorkingMemory,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutCheckpointRequest,
-            agentmesh.v1.memory_pb2.PutCheckpointResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
-            agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetCheckpointRequest,
-            agentmesh.v1.memory_pb2.CheckpointTuple,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListCheckpointsRequest,
-            agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteThreadRequest,
-            agentmesh.v1.memory_pb2.DeleteThreadResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.CopyThreadRequest,
-            agentmesh.v1.memory_pb2.CopyThreadResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
-            agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
-            agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.PutStoreItemRequest,
-            agentmesh.v1.memory_pb2.StoreItem,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.GetStoreItemRequest,
-            agentmesh.v1.memory_pb2.StoreItem,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
-            google.protobuf.empty_pb2.Empty,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
-            agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-        ],
-        grpc.aio.UnaryUnaryMultiCallable[
-            agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
-            agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-        ],
-    ], channel: grpc.aio.Channel) -> None: ...
-
-    CreateSession: _MemoryServiceCreateSessionType
-
-    GetSession: _MemoryServiceGetSessionType
-
-    ListSessions: _MemoryServiceListSessionsType
-
-    UpdateSession: _MemoryServiceUpdateSessionType
-
-    DeleteSession: _MemoryServiceDeleteSessionType
-
-    AppendMessages: _MemoryServiceAppendMessagesType
-
-    ListMessages: _MemoryServiceListMessagesType
-
-    CreateMemory: _MemoryServiceCreateMemoryType
-
-    BatchCreateMemories: _MemoryServiceBatchCreateMemoriesType
-
-    GetMemory: _MemoryServiceGetMemoryType
-
-    ListMemories: _MemoryServiceListMemoriesType
-
-    UpdateMemory: _MemoryServiceUpdateMemoryType
-
-    DeleteMemory: _MemoryServiceDeleteMemoryType
-
-    SearchMemories: _MemoryServiceSearchMemoriesType
-
-    CreateDecision: _MemoryServiceCreateDecisionType
-
-    GetDecision: _MemoryServiceGetDecisionType
-
-    ListDecisions: _MemoryServiceListDecisionsType
-
-    PutArtifact: _MemoryServicePutArtifactType
-
-    GetArtifact: _MemoryServiceGetArtifactType
-
-    ListArtifacts: _MemoryServiceListArtifactsType
-
-    ListArtifactVersions: _MemoryServiceListArtifactVersionsType
-
-    DeleteArtifact: _MemoryServiceDeleteArtifactType
-
-    GetWorkingMemory: _MemoryServiceGetWorkingMemoryType
-
-    UpdateWorkingMemory: _MemoryServiceUpdateWorkingMemoryType
-
-    PutCheckpoint: _MemoryServicePutCheckpointType
-
-    PutCheckpointWrites: _MemoryServicePutCheckpointWritesType
-
-    GetCheckpoint: _MemoryServiceGetCheckpointType
-
-    ListCheckpoints: _MemoryServiceListCheckpointsType
-
-    DeleteThread: _MemoryServiceDeleteThreadType
-
-    CopyThread: _MemoryServiceCopyThreadType
-
-    DeleteCheckpointsForRuns: _MemoryServiceDeleteCheckpointsForRunsType
-
-    PruneCheckpoints: _MemoryServicePruneCheckpointsType
-
-    PutStoreItem: _MemoryServicePutStoreItemType
-
-    GetStoreItem: _MemoryServiceGetStoreItemType
-
-    DeleteStoreItem: _MemoryServiceDeleteStoreItemType
-
-    SearchStoreItems: _MemoryServiceSearchStoreItemsType
-
-    ListStoreNamespaces: _MemoryServiceListStoreNamespacesType
-
-MemoryServiceAsyncStub: typing_extensions.TypeAlias = MemoryServiceStub[
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListSessionsRequest,
-        agentmesh.v1.memory_pb2.ListSessionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateSessionRequest,
-        agentmesh.v1.memory_pb2.Session,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteSessionRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.AppendMessagesRequest,
-        agentmesh.v1.memory_pb2.AppendMessagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMessagesRequest,
-        agentmesh.v1.memory_pb2.ListMessagesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
-        agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListMemoriesRequest,
-        agentmesh.v1.memory_pb2.ListMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateMemoryRequest,
-        agentmesh.v1.memory_pb2.Memory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteMemoryRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchMemoriesRequest,
-        agentmesh.v1.memory_pb2.SearchMemoriesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CreateDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetDecisionRequest,
-        agentmesh.v1.memory_pb2.Decision,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListDecisionsRequest,
-        agentmesh.v1.memory_pb2.ListDecisionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetArtifactRequest,
-        agentmesh.v1.memory_pb2.Artifact,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
-        agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteArtifactRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
-        agentmesh.v1.memory_pb2.WorkingMemory,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
-        agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetCheckpointRequest,
-        agentmesh.v1.memory_pb2.CheckpointTuple,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListCheckpointsRequest,
-        agentmesh.v1.memory_pb2.ListCheckpointsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteThreadRequest,
-        agentmesh.v1.memory_pb2.DeleteThreadResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.CopyThreadRequest,
-        agentmesh.v1.memory_pb2.CopyThreadResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
-        agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
-        agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.PutStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.GetStoreItemRequest,
-        agentmesh.v1.memory_pb2.StoreItem,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
-        google.protobuf.empty_pb2.Empty,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
-        agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
-    ],
-    grpc.aio.UnaryUnaryMultiCallable[
-        agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
-        agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
-    ],
-]
+    ]
 
 class MemoryServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod

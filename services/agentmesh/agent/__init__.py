@@ -1,0 +1,1 @@
+"""Agent service: the registry of agents (cards) and, later, their LangGraph runtime."""

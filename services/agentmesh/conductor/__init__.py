@@ -1,0 +1,1 @@
+"""Conductor service: the conversation flow of a session (routing, streaming, hand-off to jobs)."""

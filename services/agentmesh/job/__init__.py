@@ -1,0 +1,1 @@
+"""Job service: durable long-running agent work, executed by Dramatiq workers."""

@@ -1,0 +1,7 @@
+"""``python -m agentmesh.job``: run the Job service until SIGTERM."""
+
+from agentmesh.core.entrypoint import run_service
+from agentmesh.job.app import build_job
+
+if __name__ == "__main__":
+    run_service("job", build_job)

@@ -1,0 +1,28 @@
+"""The Dramatiq broker (Redis) shared by the Job service (enqueue) and its workers."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AsyncIO
+
+from agentmesh.core.settings import Settings
+
+NAMESPACE = "agentmesh"
+"""Prefix of every Dramatiq key in Redis, so the broker shares Redis with Memory safely."""
+
+
+def configure_broker(settings: Settings) -> RedisBroker:
+    """Builds the Redis broker for ``settings.redis_url`` and makes it Dramatiq's global one.
+
+    Dramatiq binds actors to the global broker when they are declared, so this runs
+    before the actors module is imported.
+    """
+    settings.require("redis_url")
+    # Dramatiq ships partial annotations; its constructors are untyped.
+    broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)  # type: ignore[no-untyped-call]
+    # Actors may be coroutines (agent runs are async); AsyncIO gives each worker
+    # process one event loop thread for them.
+    broker.add_middleware(AsyncIO())
+    dramatiq.set_broker(broker)
+    return broker

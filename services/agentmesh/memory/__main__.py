@@ -1,0 +1,7 @@
+"""``python -m agentmesh.memory``: run the Memory service until SIGTERM."""
+
+from agentmesh.core.entrypoint import run_service
+from agentmesh.memory.app import build_memory
+
+if __name__ == "__main__":
+    run_service("memory", build_memory)
