@@ -12,15 +12,13 @@ from typing import Final
 import dramatiq
 
 from agentmesh.core.settings import Settings
-from agentmesh.job.broker import configure_broker
+from agentmesh.job.broker import DIAGNOSTICS_QUEUE, PROBE_KEY_PREFIX, configure_broker
 from agentmesh.job.worker_middleware import WorkerObservability
 
 _settings = Settings.from_env(service="worker")
 broker = configure_broker(_settings)
 broker.add_middleware(WorkerObservability(_settings))
 
-DIAGNOSTICS_QUEUE: Final = "diagnostics"
-PROBE_KEY_PREFIX: Final = "agentmesh:worker:probe:"
 PROBE_TTL_S: Final = 300
 
 

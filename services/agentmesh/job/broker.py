@@ -11,6 +11,11 @@ from agentmesh.core.settings import Settings
 NAMESPACE = "agentmesh"
 """Prefix of every Dramatiq key in Redis, so the broker shares Redis with Memory safely."""
 
+DIAGNOSTICS_QUEUE = "diagnostics"
+"""Queue of the worker probe actor (``agentmesh.job.actors.probe_worker``)."""
+PROBE_KEY_PREFIX = "agentmesh:worker:probe:"
+"""The probe actor writes ``PROBE_KEY_PREFIX + token`` to Redis when it ran."""
+
 
 def configure_broker(settings: Settings) -> RedisBroker:
     """Builds the Redis broker for ``settings.redis_url`` and makes it Dramatiq's global one.
