@@ -38,7 +38,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A skipped test is a test that did not run: fail the session instead of passing."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
-    if skipped and exitstatus == 0:
+    if skipped and exitstatus == 0 and reporter is not None:
         reporter.write_line(f"{skipped} test(s) skipped: the suite must run everything", red=True)
         session.exitstatus = 1
 

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 # googleapis-common-protos ships .pyi files but no py.typed marker.
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN: Final = "agentmesh.dev"

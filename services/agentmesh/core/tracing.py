@@ -51,9 +51,9 @@ def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:
         grpc_filters.health_check(), grpc_filters.service_prefix("grpc.reflection.")
     )
     # opentelemetry-instrumentation-grpc has no annotations on its factories.
-    return [aio_server_interceptor(filter_=grpc_filters.negate(untraced))]  # type: ignore[no-untyped-call]
+    return [aio_server_interceptor(filter_=grpc_filters.negate(untraced))]
 
 
 def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
     """The OpenTelemetry client interceptors (one per call type), injecting trace context."""
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return list(aio_client_interceptors())

@@ -24,8 +24,7 @@ def configure_broker(settings: Settings) -> RedisBroker:
     before the actors module is imported.
     """
     settings.require("redis_url")
-    # Dramatiq ships partial annotations; its constructors are untyped.
-    broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)  # type: ignore[no-untyped-call]
+    broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)
     # Actors may be coroutines (agent runs are async); AsyncIO gives each worker
     # process one event loop thread for them.
     broker.add_middleware(AsyncIO())

@@ -24,7 +24,7 @@ def main() -> None:
         "--threads",
         threads,
     ]
-    raise SystemExit(dramatiq_main())  # type: ignore[no-untyped-call]  # untyped in dramatiq
+    raise SystemExit(dramatiq_main())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
@@ -244,7 +244,7 @@ def rich_status(error: grpc.aio.AioRpcError) -> tuple[Any, dict[str, Any]]:
             error_details_pb2.RequestInfo,
             error_details_pb2.ResourceInfo,
         ):
-            if packed.Is(kind.DESCRIPTOR):
+            if packed.TypeName() == kind.DESCRIPTOR.full_name:
                 details[kind.__name__] = kind()
                 packed.Unpack(details[kind.__name__])
     return status, details

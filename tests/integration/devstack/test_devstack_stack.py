@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from google.api import annotations_pb2  # type: ignore[import-untyped]
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from agentmesh.devstack._proc import pid_alive, port_is_listening, wait_until
@@ -51,7 +51,8 @@ def rest_get_path(descriptor_set: Path) -> str:
     for file in fds.file:
         for service in file.service:
             for method in service.method:
-                rule = method.options.Extensions[annotations_pb2.http]
+                # The stubs type extension handles generically; at run time this is HttpRule.
+                rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]  # type: ignore[index]
                 if rule.get and "{" not in rule.get:
                     return str(rule.get)
     raise AssertionError("no parameterless GET binding in the descriptor set")

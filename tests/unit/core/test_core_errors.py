@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.core.errors import (
     ERROR_DOMAIN,
@@ -40,10 +40,11 @@ def decode(status: grpc.Status) -> tuple[status_pb2.Status, dict[type[Message], 
     (key, value), *rest = status.trailing_metadata
     assert key == "grpc-status-details-bin"
     assert not rest
+    assert isinstance(value, bytes)
     rich = status_pb2.Status.FromString(value)
     details: dict[type[Message], Message] = {}
     for packed in rich.details:
-        kind = next(t for t in _DETAIL_TYPES if packed.Is(t.DESCRIPTOR))
+        kind = next(t for t in _DETAIL_TYPES if packed.TypeName() == t.DESCRIPTOR.full_name)
         message = kind()
         packed.Unpack(message)
         details[kind] = message
