@@ -7,7 +7,7 @@ from typing import Final
 from agentmesh.agent.registry import AgentCard, Registry
 from agentmesh.core.contract import ServicerContext, fill_unimplemented
 from agentmesh.core.errors import NotFound
-from agentmesh.core.filtering import EQUALITY, FieldRule, Term, parse_filter
+from agentmesh.core.filtering import BOOLEAN, EQUALITY, FieldRule, Term, parse_filter
 from agentmesh.core.names import AGENTS
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
@@ -16,7 +16,7 @@ DEFAULT_PAGE_SIZE: Final = 50
 
 _FILTER_RULES: Final = {
     "labels.*": FieldRule(EQUALITY),
-    "long_running": FieldRule(EQUALITY, lambda v: {"true": True, "false": False}[v]),
+    "long_running": BOOLEAN,
 }
 
 _RUNTIME_PLAN: Final = "the LangGraph agent runtime (runs, streaming, interrupts), a later issue"

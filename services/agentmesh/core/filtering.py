@@ -66,8 +66,16 @@ def timestamp_value(value: str) -> datetime:
     return parsed
 
 
+def boolean_value(value: str) -> bool:
+    """Parses ``true`` / ``false``; raises ValueError otherwise."""
+    if value not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value == "true"
+
+
 EQUALITY: Final = frozenset({"="})
 TIME_RANGE: Final = FieldRule(frozenset({"<", "<=", ">", ">=", "="}), timestamp_value)
+BOOLEAN: Final = FieldRule(EQUALITY, boolean_value)
 
 
 def parse_filter(text: str, rules: Mapping[str, FieldRule], *, field: str = "filter") -> list[Term]:

@@ -1,0 +1,35 @@
+"""`agentmesh token` mints a token the services accept."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentmesh.cli import main
+from agentmesh.core.auth import Authenticator
+
+SECRET = "unit-test-secret-of-at-least-32-bytes!"
+
+
+def test_token_verifies_with_the_same_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AGENTMESH_AUTH_HS256_SECRET", SECRET)
+    assert main(["token", "--tenant", "acme", "--subject", "alice", "--ttl-s", "60"]) == 0
+    token = capsys.readouterr().out.strip()
+    authenticator = Authenticator(
+        hs256_secret=SECRET,
+        jwks=None,
+        issuer="agentmesh",
+        audience="agentmesh",
+        tenant_claim="tenant",
+    )
+    principal = authenticator.authenticate(f"Bearer {token}")
+    assert (principal.tenant, principal.subject) == ("acme", "alice")
+
+
+def test_empty_tenant_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AGENTMESH_AUTH_HS256_SECRET", SECRET)
+    assert main(["token", "--tenant", " "]) == 2
+    assert "--tenant" in capsys.readouterr().err
