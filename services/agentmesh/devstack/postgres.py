@@ -280,11 +280,20 @@ class EmbeddedPostgres:
             os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
 
     def _grant_traversal(self) -> None:
-        """Root only: let the server user traverse every parent (o+x, never o+r)."""
+        """Root only: let the server user traverse every parent (o+x, never o+r).
+
+        That includes the parents of the binaries: they live in the checkout's .venv,
+        and a fresh clone made under a 0700 directory (mktemp -d) hides them otherwise.
+        """
         if self._os_user is None:
             return
         socket_dir = self.socket_dir
-        parents = {*self.data_dir.parents, *self.log_path.parents, *socket_dir.parents}
+        parents = {
+            *self.data_dir.parents,
+            *self.log_path.parents,
+            *socket_dir.parents,
+            *self.bin_dir.parents,
+        }
         for parent in parents:
             if parent == self.data_dir or self.data_dir in parent.parents:
                 continue  # PostgreSQL insists PGDATA stays 0700/0750

