@@ -19,6 +19,7 @@ from typing import Any, Final
 ENV_PREFIX: Final = "AGENTMESH_"
 
 SERVICES: Final = ("conductor", "agent", "job", "memory", "worker")
+_EMBEDDERS: Final = ("hash", "minilm", "openai")
 """Processes that load settings; ``service`` picks the per-process port defaults."""
 
 _DEFAULT_GRPC_PORTS: Final = {"conductor": 50051, "agent": 50052, "job": 50053, "memory": 50054}
@@ -129,6 +130,49 @@ class Settings:
     client_deadline_ms: int = 10_000
     """Deadline given to outgoing calls whose caller set none."""
 
+    # -- Memory service ---------------------------------------------------------------
+
+    memory_embedder: str = "hash"
+    """Embedder of memories: ``hash`` (deterministic, no model; dev and tests),
+    ``minilm`` (local all-MiniLM-L6-v2, the ``minilm`` extra) or ``openai`` (an
+    OpenAI-compatible ``/v1/embeddings`` endpoint)."""
+
+    memory_embedding_dim: int = 384
+    """Dimension of stored vectors; must match the embedder and the vector column."""
+
+    memory_embedder_url: str | None = None
+    """Base URL of the OpenAI-compatible embeddings API, e.g. ``https://api.openai.com/v1``."""
+
+    memory_embedder_model: str = "text-embedding-3-small"
+    """Model name sent to the OpenAI-compatible embeddings API."""
+
+    memory_embedder_api_key: str | None = None
+    """Bearer key for the OpenAI-compatible embeddings API."""
+
+    memory_hnsw_m: int = 16
+    """pgvector HNSW ``m`` (graph degree) of the memories index."""
+
+    memory_hnsw_ef_construction: int = 64
+    """pgvector HNSW ``ef_construction`` of the memories index."""
+
+    memory_hnsw_ef_search: int = 100
+    """pgvector ``hnsw.ef_search`` for searches; higher is slower and more exact."""
+
+    memory_merge_similarity: float = 0.95
+    """Cosine similarity above which a new memory updates a near-duplicate instead."""
+
+    memory_checkpoint_keep_latest: int = 50
+    """Checkpoints kept per thread and namespace (older ones are pruned); 0 keeps all."""
+
+    memory_artifact_max_bytes: int = 2 * 1024 * 1024
+    """Largest artifact version content, in bytes."""
+
+    memory_working_ttl_s: int = 86_400
+    """Default time to live of a session's working memory."""
+
+    memory_request_id_ttl_s: int = 86_400
+    """How long idempotency keys (``request_id``) are remembered."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service: str) -> Settings:
         """Load settings for ``service`` from ``environ`` (default: ``os.environ``).
@@ -200,6 +244,28 @@ class Settings:
             ("health_interval_s", self.health_interval_s > 0, "expected > 0"),
             ("health_probe_timeout_s", self.health_probe_timeout_s > 0, "expected > 0"),
             ("client_deadline_ms", self.client_deadline_ms > 0, "expected > 0"),
+            (
+                "memory_embedder",
+                self.memory_embedder in _EMBEDDERS,
+                f"expected one of {_EMBEDDERS}",
+            ),
+            ("memory_embedding_dim", 1 <= self.memory_embedding_dim <= 16_000, "expected 1-16000"),
+            ("memory_hnsw_m", 2 <= self.memory_hnsw_m <= 100, "expected 2-100"),
+            (
+                "memory_hnsw_ef_construction",
+                self.memory_hnsw_ef_construction >= 2 * self.memory_hnsw_m,
+                "expected >= 2 x AGENTMESH_MEMORY_HNSW_M",
+            ),
+            ("memory_hnsw_ef_search", 1 <= self.memory_hnsw_ef_search <= 1000, "expected 1-1000"),
+            (
+                "memory_merge_similarity",
+                0.0 < self.memory_merge_similarity <= 1.0,
+                "expected in (0, 1]",
+            ),
+            ("memory_checkpoint_keep_latest", self.memory_checkpoint_keep_latest >= 0, ">= 0"),
+            ("memory_artifact_max_bytes", self.memory_artifact_max_bytes > 0, "expected > 0"),
+            ("memory_working_ttl_s", self.memory_working_ttl_s > 0, "expected > 0"),
+            ("memory_request_id_ttl_s", self.memory_request_id_ttl_s > 0, "expected > 0"),
         ]
         problems = [
             f"{env_var(name)}={getattr(self, name)!r}: {why}" for name, ok, why in checks if not ok

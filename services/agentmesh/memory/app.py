@@ -8,18 +8,23 @@ from agentmesh.core.db import create_pool, ping_pool
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
+from agentmesh.memory.deps import MemoryDeps
+from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
-async def build_memory(settings: Settings) -> ServiceSpec:
-    """Wires the Memory service: PostgreSQL pool and Redis, both health-probed."""
+async def build_memory(settings: Settings, embedder: Embedder | None = None) -> ServiceSpec:
+    """Wires the Memory service: PostgreSQL pool and Redis (both health-probed) and the
+    embedder named by the settings (tests may pass their own)."""
     settings.require("database_url", "redis_url")
+    chosen = embedder or build_embedder(settings)
     pool = await create_pool(settings)
     redis_client = create_redis(settings)
-    servicer = MemoryServicer(pool, redis_client)  # type: ignore[abstract]  # see fill_unimplemented
+    deps = MemoryDeps(settings=settings, pool=pool, redis=redis_client, embedder=chosen)
+    servicer = MemoryServicer(deps)  # type: ignore[abstract]  # see fill_unimplemented
 
     def register(server: grpc.aio.Server) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)

@@ -1,24 +1,37 @@
-"""MemoryService adapter. The storage behind it arrives with the Memory issue; until
-then every RPC answers UNIMPLEMENTED naming that work, while health, auth and the
-contract are already real."""
+"""MemoryService: one servicer assembled from per-domain RPC groups.
+
+Each group (sessions, messages, ...) lives in its own module and shares only
+``MemoryDeps``. RPCs no group defines yet answer UNIMPLEMENTED naming the plan.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
-import asyncpg  # type: ignore[import-untyped]
-import redis.asyncio
-
 from agentmesh.core.contract import fill_unimplemented
+from agentmesh.memory.artifacts import ArtifactRpcs
+from agentmesh.memory.checkpoints import CheckpointRpcs
+from agentmesh.memory.decisions import DecisionRpcs
+from agentmesh.memory.memories import MemoryRpcs
+from agentmesh.memory.messages import MessageRpcs
+from agentmesh.memory.sessions import SessionRpcs
+from agentmesh.memory.store import StoreRpcs
+from agentmesh.memory.working import WorkingMemoryRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 _PLAN: Final = "Memory service storage (issue 4)"
 
 
 @fill_unimplemented(memory_pb2.DESCRIPTOR.services_by_name["MemoryService"], {"*": _PLAN})
-class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    """Holds the service's connections; the RPCs come with issue 4."""
-
-    def __init__(self, pool: asyncpg.Pool, redis_client: redis.asyncio.Redis) -> None:
-        self._pool = pool
-        self._redis = redis_client
+class MemoryServicer(
+    SessionRpcs,
+    MessageRpcs,
+    WorkingMemoryRpcs,
+    MemoryRpcs,
+    DecisionRpcs,
+    ArtifactRpcs,
+    CheckpointRpcs,
+    StoreRpcs,
+    memory_pb2_grpc.MemoryServiceServicer,
+):
+    """Every MemoryService RPC, grouped by domain."""

@@ -1,0 +1,25 @@
+"""What every Memory RPC group needs: settings, the pool, Redis and the embedder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio
+
+from agentmesh.core.settings import Settings
+from agentmesh.memory.embedders import Embedder
+
+
+@dataclass(frozen=True)
+class MemoryDeps:
+    """The Memory service's resources, built once by ``build_memory``."""
+
+    settings: Settings
+    """Process settings (the ``memory_*`` fields are this service's)."""
+    pool: asyncpg.Pool
+    """PostgreSQL; every table lives in schema ``memory``."""
+    redis: redis.asyncio.Redis
+    """Redis: working memory."""
+    embedder: Embedder
+    """Turns memory content and queries into vectors."""

@@ -1,0 +1,135 @@
+"""Component fixtures: one real service over real gRPC, with its real backends.
+
+The Memory service runs in-process (its builder, ``start_server``, a real socket)
+against a private embedded PostgreSQL with all migrations applied and a private
+Redis, started once per test session.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import asyncpg  # type: ignore[import-untyped]
+import grpc
+import pytest
+import redis.asyncio
+
+from agentmesh.core.auth import mint_token
+from agentmesh.core.server import RunningServer, start_server
+from agentmesh.core.settings import Settings
+from agentmesh.devstack.migrate import migrate_up
+from agentmesh.devstack.postgres import EmbeddedPostgres
+from agentmesh.devstack.redis import RedisServer
+from agentmesh.memory.app import build_memory
+from agentmesh.v1 import memory_pb2_grpc
+
+SECRET = "component-memory-secret-of-32-bytes-min"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The private PostgreSQL and Redis of the component tests."""
+
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def backends() -> Iterator[Backends]:
+    """Embedded PostgreSQL (migrated) and Redis, outside pytest's basetemp (see
+    ``stack_root`` in tests/conftest.py for why)."""
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-component-"))
+    postgres = EmbeddedPostgres(root / "postgres")
+    cache = RedisServer(root / "redis", _free_port(), appendonly=False)
+    try:
+        postgres.start()
+        migrate_up(postgres.database_url)
+        cache.start()
+        yield Backends(database_url=postgres.database_url, redis_url=cache.url)
+    finally:
+        cache.stop()
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def memory_settings(backends: Backends, **overrides: str) -> Settings:
+    """Settings of an in-process Memory service on a free port."""
+    environ = {
+        "AGENTMESH_GRPC_PORT": "0",
+        "AGENTMESH_METRICS_PORT": "0",
+        "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+        "AGENTMESH_DATABASE_URL": backends.database_url,
+        "AGENTMESH_REDIS_URL": backends.redis_url,
+        **overrides,
+    }
+    return Settings.from_env(environ, service="memory")
+
+
+@pytest.fixture(scope="session")
+async def memory_server(backends: Backends) -> AsyncIterator[RunningServer]:
+    """The Memory service with default settings."""
+    settings = memory_settings(backends)
+    running = await start_server(settings, await build_memory(settings))
+    try:
+        yield running
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def memory(
+    memory_server: RunningServer,
+) -> AsyncIterator[memory_pb2_grpc.MemoryServiceAsyncStub]:
+    """An async stub of the Memory service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
+        # mypy-protobuf types the same runtime stub as AsyncStub on an aio channel.
+        yield cast(
+            "memory_pb2_grpc.MemoryServiceAsyncStub", memory_pb2_grpc.MemoryServiceStub(channel)
+        )
+
+
+@pytest.fixture(scope="session")
+def tenant_a() -> Metadata:
+    """Credentials of tenant ``tenant-a``."""
+    return (("authorization", f"Bearer {mint_token(SECRET, 'tenant-a')}"),)
+
+
+@pytest.fixture(scope="session")
+def tenant_b() -> Metadata:
+    """Credentials of tenant ``tenant-b``: must never see tenant-a's data."""
+    return (("authorization", f"Bearer {mint_token(SECRET, 'tenant-b')}"),)
+
+
+@pytest.fixture(scope="session")
+async def db(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
+    """Direct SQL access, to check that a failed call left nothing half-written."""
+    pool = await asyncpg.create_pool(backends.database_url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_client(backends: Backends) -> AsyncIterator[redis.asyncio.Redis]:
+    """Direct Redis access."""
+    client = redis.asyncio.Redis.from_url(backends.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
