@@ -141,16 +141,21 @@ class ChildProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def terminate(self) -> None:
-        """Send SIGTERM to the child's process group once, without waiting.
+        """Send SIGTERM to the child itself (the group leader) once, without waiting.
 
-        Once only: a second SIGTERM would cut short a service's graceful drain.
+        Only the leader: a supervisor child (Dramatiq's CLI) forwards the signal to
+        its own workers, and a worker signalled twice (by the group and by its
+        parent) takes the second SIGTERM as "kill now" and skips its shutdown. Once
+        only: a second SIGTERM would also cut short a service's graceful drain.
+        Whatever is left of the group after the grace period gets SIGKILL (stop()).
         """
         if not self._term_sent and self._popen.poll() is None:
             self._term_sent = True
-            _killpg(self._popen.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._popen.pid, signal.SIGTERM)
 
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int:
-        """SIGTERM the child's process group, wait, then SIGKILL it. Returns the exit code."""
+        """SIGTERM the child, wait, then SIGKILL its process group. Returns the exit code."""
         self.terminate()
         code = _wait_then_kill(self._popen, timeout_s)
         if self._pump is not None:

@@ -1,0 +1,200 @@
+"""The Kubernetes manifests build offline and keep the invariants production relies on.
+
+`kubectl kustomize` renders each overlay (no cluster needed); the checks then read the
+rendered objects: native gRPC probes naming the right service on every service
+Deployment, hardened pods with resources, Services matching what Envoy's config
+resolves, settings pointing at Envoy's internal listener. The committed Envoy config
+must be exactly what the renderer writes now, and Envoy itself must accept it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentmesh.devstack import paths
+from agentmesh.devstack.envoy_config import SERVICE_NAMES, main, validate_envoy_config
+
+pytestmark = pytest.mark.integration
+
+REPO = paths.repo_root()
+K8S = REPO / "k8s"
+KUBECTL = REPO / ".venv" / "bin" / "kubectl"
+OVERLAYS = ("dev", "prod")
+NAMESPACE = "agentmesh"
+GRPC_PORT = 50051
+ENVOY_CONFIG = K8S / "base" / "envoy" / "envoy.yaml"
+#: The exact command that wrote ENVOY_CONFIG (docs/operations.md shows it too).
+RENDER_ARGS = ("--profile", "k8s", "--cors-origin", "https://app.example.com")
+#: Where the k8s config expects the descriptor set inside the Envoy pod.
+POD_DESCRIPTOR_PATH = "/etc/envoy/descriptors/agentmesh.binpb"
+
+Manifest = dict[str, Any]
+
+
+def render(overlay: str) -> list[Manifest]:
+    result = subprocess.run(
+        [str(KUBECTL), "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
+    assert docs, f"overlay {overlay} rendered nothing"
+    return docs
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
+    overlay: str = request.param
+    return render(overlay)
+
+
+def of_kind(docs: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_specs(docs: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+    """Every pod template: Deployments and Jobs."""
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+def test_every_object_is_in_the_namespace_envoy_resolves(manifests: list[Manifest]) -> None:
+    for doc in manifests:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == NAMESPACE
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
+
+
+def test_service_deployments_probe_their_grpc_service(manifests: list[Manifest]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    assert set(deployments) == {*SERVICE_NAMES, "worker", "envoy"}
+    for key, full_name in SERVICE_NAMES.items():
+        pod = deployments[key]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == ["python", "-m", f"agentmesh.{key}"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc"] == GRPC_PORT
+        assert "metrics" in ports
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": GRPC_PORT, "service": full_name}, (
+                f"{key}.{probe}"
+            )
+
+
+def test_worker_and_envoy_have_probes(manifests: list[Manifest]) -> None:
+    deployments = of_kind(manifests, "Deployment")
+    (worker,) = deployments["worker"]["spec"]["template"]["spec"]["containers"]
+    assert worker["command"] == ["python", "-m", "agentmesh.job.worker"]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/metrics"
+    (envoy,) = deployments["envoy"]["spec"]["template"]["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert envoy[probe]["httpGet"] == {"path": "/ready", "port": "stats"}
+
+
+def test_pods_are_hardened_and_bounded(manifests: list[Manifest]) -> None:
+    for name, pod in pod_specs(manifests):
+        assert pod["automountServiceAccountToken"] is False, name
+        pod_security = pod["securityContext"]
+        assert pod_security["runAsNonRoot"] is True, name
+        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{name}/{container['name']}"
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["capabilities"] == {"drop": ["ALL"]}, where
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            resources = container["resources"]
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[bound]), f"{where} {bound}"
+
+
+def test_drain_fits_in_the_termination_grace(manifests: list[Manifest]) -> None:
+    (settings,) = [
+        d
+        for d in of_kind(manifests, "ConfigMap").values()
+        if d["metadata"]["name"].startswith("agentmesh-settings")
+    ]
+    drain_grace_s = float(settings["data"]["AGENTMESH_DRAIN_GRACE_S"])
+    deployments = of_kind(manifests, "Deployment")
+    for key in SERVICE_NAMES:
+        grace = deployments[key]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > drain_grace_s, key
+
+
+def test_settings_come_from_the_configmap_and_secrets_by_reference(
+    manifests: list[Manifest],
+) -> None:
+    (settings,) = [
+        d
+        for d in of_kind(manifests, "ConfigMap").values()
+        if d["metadata"]["name"].startswith("agentmesh-settings")
+    ]
+    data: dict[str, str] = settings["data"]
+    assert all(key.startswith("AGENTMESH_") for key in data)
+    secret_keys = {"AGENTMESH_AUTH_HS256_SECRET", "AGENTMESH_DATABASE_URL", "AGENTMESH_REDIS_URL"}
+    assert not secret_keys & set(data), "secrets must not be in the ConfigMap"
+    assert not of_kind(manifests, "Secret"), "secret values are never committed"
+    for name, pod in pod_specs(manifests):
+        for container in pod["containers"]:
+            for var in container.get("env", []):
+                if var["name"] in secret_keys:
+                    assert var["valueFrom"]["secretKeyRef"]["name"] == "agentmesh-secrets", name
+            refs = [e["configMapRef"]["name"] for e in container.get("envFrom", [])]
+            assert all(ref == settings["metadata"]["name"] for ref in refs), name
+
+    # Every *_ADDR names a Service port that exists: Envoy's internal listener.
+    services = of_kind(manifests, "Service")
+    for key in SERVICE_NAMES:
+        host, _, port = data[f"AGENTMESH_{key.upper()}_ADDR"].rpartition(":")
+        service_name = host.removesuffix(f".{NAMESPACE}.svc.cluster.local")
+        assert service_name in services, host
+        ports = {p["port"]: p["name"] for p in services[service_name]["spec"]["ports"]}
+        assert ports.get(int(port)) == "internal", data[f"AGENTMESH_{key.upper()}_ADDR"]
+
+
+def test_headless_services_match_envoy_upstreams(manifests: list[Manifest]) -> None:
+    services = of_kind(manifests, "Service")
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for key in SERVICE_NAMES:
+        endpoint = clusters[key]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        address = endpoint["endpoint"]["address"]["socket_address"]
+        assert address["address"] == f"{key}-headless.{NAMESPACE}.svc.cluster.local"
+        assert address["port_value"] == GRPC_PORT
+        spec = services[f"{key}-headless"]["spec"]
+        assert spec["clusterIP"] == "None"
+        assert spec["selector"] == {"app.kubernetes.io/name": key}
+        assert GRPC_PORT in [p["port"] for p in spec["ports"]]
+
+
+def test_envoy_config_matches_the_renderer(tmp_path: Path) -> None:
+    fresh = tmp_path / "envoy.yaml"
+    assert main([*RENDER_ARGS, "--out", str(fresh)]) == 0
+    assert fresh.read_text() == ENVOY_CONFIG.read_text(), (
+        "k8s/base/envoy/envoy.yaml is stale: re-render it with\n"
+        "  .venv/bin/python -m agentmesh.devstack.envoy_config "
+        f"{' '.join(RENDER_ARGS)} --out k8s/base/envoy/envoy.yaml"
+    )
+
+
+def test_envoy_accepts_the_k8s_config(tmp_path: Path) -> None:
+    # The config loads the descriptor set from the path it has inside the pod; point
+    # that one path at the local copy so Envoy can build every filter here, offline.
+    text = ENVOY_CONFIG.read_text()
+    assert text.count(POD_DESCRIPTOR_PATH) == 1
+    local = tmp_path / "envoy.yaml"
+    local.write_text(text.replace(POD_DESCRIPTOR_PATH, str(paths.descriptor_set())))
+    validate_envoy_config(local)
