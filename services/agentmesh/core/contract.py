@@ -29,7 +29,7 @@ def fill_unimplemented(
 
     ``planned`` maps a method name to what is missing (e.g. "session storage,
     issue 4"); the key ``*`` is the fallback. Methods defined on the class itself
-    are left alone.
+    are left alone, whether on the class itself or on a mixin it inherits.
 
     mypy sees the generated servicer's RPCs as abstract and cannot know this
     decorator fills them, so instantiating a decorated class needs
@@ -38,13 +38,25 @@ def fill_unimplemented(
 
     def decorate(cls: type[T]) -> type[T]:
         for method in service.methods:
-            if method.name in cls.__dict__:
+            if _defined(cls, method.name):
                 continue
             plan = planned.get(method.name) or planned["*"]
             setattr(cls, method.name, _raiser(method, plan))
         return cls
 
     return decorate
+
+
+def _defined(cls: type, name: str) -> bool:
+    """Whether ``cls`` or a base of its own (an RPC group mixin) defines ``name``.
+
+    The generated ``*Servicer`` base defines every RPC (answering "Method not
+    implemented!"): that one does not count.
+    """
+    for base in cls.__mro__:
+        if name in base.__dict__:
+            return not base.__module__.endswith("_pb2_grpc")
+    return False
 
 
 def _raiser(method: MethodDescriptor, plan: str) -> Callable[..., Any]:

@@ -14,16 +14,25 @@ from agentmesh.v1 import job_pb2, job_pb2_grpc
 SERVICE = job_pb2.DESCRIPTOR.services_by_name["JobService"]
 
 
+class RetryRpcs:
+    """An RPC group mixin, as the Memory service assembles its servicer."""
+
+    async def RetryJob(self, request: Any, context: Any) -> job_pb2.Job:  # noqa: N802
+        return job_pb2.Job(name="jobs/from-a-mixin")
+
+
 @fill_unimplemented(SERVICE, {"GetJob": "reads, issue 9", "*": "the Job issue"})
-class PartialJobServicer(job_pb2_grpc.JobServiceServicer):
+class PartialJobServicer(RetryRpcs, job_pb2_grpc.JobServiceServicer):
     async def CancelJob(self, request: Any, context: Any) -> job_pb2.Job:  # noqa: N802
         return job_pb2.Job(name="jobs/written-by-hand")
 
 
 async def test_defined_methods_are_left_alone() -> None:
-    servicer = PartialJobServicer()  # type: ignore[abstract]
+    servicer: Any = PartialJobServicer()  # type: ignore[abstract]
     job = await servicer.CancelJob(None, None)
     assert job.name == "jobs/written-by-hand"
+    inherited = await servicer.RetryJob(None, None)
+    assert inherited.name == "jobs/from-a-mixin"
 
 
 async def test_unary_gap_names_its_plan() -> None:
