@@ -10,12 +10,12 @@ handler:
 - ``raw``: a plain `grpc.aio.server()`, no interceptors, a generic handler returning the
   message: the physical baseline ("raw echo server": same wire cost, no framework).
 - ``servicer``: the real `AgentServicer` (resource-name parsing), no interceptors.
-- ``servicer+ours``: plus our `ServerInterceptor` (request id, JWT auth, error mapping,
-  Prometheus metrics).
-- ``servicer+otel``: plus the OpenTelemetry aio interceptor, with the SDK
-  TracerProvider installed as `serve()` does (spans recorded, not exported).
-- ``servicer+otel+ours``: both, in the production order; `python -m agentmesh.agent`
-  adds only health, reflection and the /metrics HTTP server to this.
+- ``servicer+ours``: plus our `ServerInterceptor` (tracing, request id, JWT auth, error
+  mapping, Prometheus metrics), with the SDK TracerProvider installed as `serve()` does
+  (spans recorded, not exported); `python -m agentmesh.agent` adds only health,
+  reflection and the /metrics HTTP server to this.
+- ``servicer+otel``: the servicer behind opentelemetry-instrumentation-grpc's aio server
+  interceptor instead, for reference: what our interceptor's built-in tracing replaced.
 
 The layered variants exist to attribute the per-call cost of each layer (``core-layers``
 bench); they compose the product's own pieces, they do not copy them.
@@ -31,6 +31,7 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from agentmesh.agent.app import SERVICE_NAME
 from agentmesh.agent.registry import builtin_registry
@@ -39,10 +40,10 @@ from agentmesh.core.auth import Authenticator
 from agentmesh.core.interceptors import ServerInterceptor
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.settings import Settings
-from agentmesh.core.tracing import configure_tracing, server_interceptors
+from agentmesh.core.tracing import configure_tracing
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
-VARIANTS: Final = ("raw", "servicer", "servicer+ours", "servicer+otel", "servicer+otel+ours")
+VARIANTS: Final = ("raw", "servicer", "servicer+ours", "servicer+otel")
 
 
 def echo_agent() -> agent_pb2.Agent:
@@ -82,9 +83,10 @@ async def serve(variant: str, port: int, secret: str) -> None:
     interceptors: list[Any] = []
     if variant != "raw":
         configure_logging(settings)
-    if "otel" in variant:
+    if "otel" in variant or "ours" in variant:
         configure_tracing(settings)
-        interceptors += server_interceptors()
+    if "otel" in variant:
+        interceptors.append(aio_server_interceptor())
     if "ours" in variant:
         interceptors.append(ServerInterceptor(Authenticator.from_settings(settings)))
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])

@@ -23,7 +23,7 @@ from agentmesh.core.interceptors import ServerInterceptor
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.metrics import MetricsServer, start_metrics_server
 from agentmesh.core.settings import Settings
-from agentmesh.core.tracing import configure_tracing, server_interceptors, shutdown_tracing
+from agentmesh.core.tracing import configure_tracing, shutdown_tracing
 
 Probe = Callable[[], Awaitable[None]]
 """A dependency check: returns when the dependency answers, raises when it does not."""
@@ -179,13 +179,13 @@ class RunningServer:
 async def start_server(settings: Settings, spec: ServiceSpec) -> RunningServer:
     """Build, bind and start the server for ``spec``; returns once it accepts calls.
 
-    Interceptors run OpenTelemetry first, then :class:`ServerInterceptor`. Health
+    One interceptor, :class:`ServerInterceptor`, does tracing, auth, errors and metrics. Health
     starts from one probe round run before returning, then follows the probes every
     ``health_interval_s``. Needs auth settings (:meth:`Settings.require_auth`).
     """
     authenticator = Authenticator.from_settings(settings)
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), ServerInterceptor(authenticator)],
+        interceptors=[ServerInterceptor(authenticator)],
         options=server_options(settings),
     )
     spec.register(server)

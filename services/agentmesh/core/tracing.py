@@ -1,19 +1,18 @@
-"""OpenTelemetry tracing: the process TracerProvider and the gRPC interceptors.
+"""OpenTelemetry tracing: the process TracerProvider and the gRPC client interceptors.
 
 Spans are always created (so logs carry a trace id and context propagates across
-services) but only exported when an OTLP endpoint is configured.
+services) but only exported when an OTLP endpoint is configured. Server spans are
+made by ``agentmesh.core.interceptors.ServerInterceptor`` itself (see why there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
-from opentelemetry.instrumentation.grpc import filters as grpc_filters
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -42,16 +41,6 @@ def shutdown_tracing() -> None:
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
         provider.shutdown()
-
-
-def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:
-    """The OpenTelemetry server interceptor; health and reflection calls are not traced
-    (probes every second would drown the real traffic)."""
-    untraced = grpc_filters.any_of(
-        grpc_filters.health_check(), grpc_filters.service_prefix("grpc.reflection.")
-    )
-    # opentelemetry-instrumentation-grpc has no annotations on its factories.
-    return [aio_server_interceptor(filter_=grpc_filters.negate(untraced))]
 
 
 def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
