@@ -67,7 +67,7 @@ async def traced() -> AsyncIterator[tuple[grpc.aio.Channel, InMemorySpanExporter
 
 
 async def _call(channel: grpc.aio.Channel, method: str, metadata: Any = AUTH) -> bytes:
-    call = channel.unary_unary(f"/{SERVICE}/{method}")
+    call = channel.unary_unary(f"/{SERVICE}/{method}", None, None)
     response: bytes = await call(b"", metadata=metadata, timeout=5)
     return response
 
