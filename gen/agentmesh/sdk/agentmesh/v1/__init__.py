@@ -4741,7 +4741,9 @@ class MemoryServiceStub:
         --------------------------------------------------------------- decisions
 
         Appends a decision to the audit trail. Decisions are never updated or
-        deleted (except with their session). Idempotent with `request_id`.
+        deleted, and they outlive their session: an audit trail must not lose the
+        record of what was decided when the conversation is removed. Idempotent
+        with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references).
         """
 
@@ -5395,7 +5397,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         --------------------------------------------------------------- decisions
 
         Appends a decision to the audit trail. Decisions are never updated or
-        deleted (except with their session). Idempotent with `request_id`.
+        deleted, and they outlive their session: an audit trail must not lose the
+        record of what was decided when the conversation is removed. Idempotent
+        with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references).
         """
 
