@@ -1,12 +1,183 @@
-"""MemoryService RPCs: Working memory: per-session key/value in Redis with a TTL."""
+"""MemoryService RPCs: Working memory: per-session key/value in Redis with a TTL.
+
+One Redis hash per session (``sessions.working_memory_key``): a field per client key,
+its value as JSON text. Two reserved fields, named with ``@`` which client keys cannot
+contain, are never shown to clients:
+
+- ``@update_time``: when the hash last changed (microseconds since the epoch);
+- ``@session``: the create time of the session that wrote it. A session id can be
+  deleted and created again; an UpdateWorkingMemory racing a DeleteSession could
+  leave a hash behind, and the stamp keeps the new session from inheriting it.
+
+An update is one Lua script, so merge, removal, TTL and stamps apply atomically in
+one round trip.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import cached_property
+from typing import Final
+
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from redis.commands.core import AsyncScript
+
+from agentmesh.core.contract import ServicerContext
+from agentmesh.core.errors import InvalidArgument
+from agentmesh.core.names import SESSIONS
 from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.sessions import (
+    Violations,
+    session_create_time,
+    working_memory_key,
+)
+from agentmesh.v1 import memory_pb2
+
+MAX_VALUE_BYTES: Final = 64 * 1024
+MIN_TTL_S: Final = 1
+MAX_TTL_S: Final = 30 * 86_400
+_KEY: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_KEY_RULE: Final = "keys are 1-128 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'"
+_SUFFIX: Final = "/workingMemory"
+_UPDATE_TIME: Final = b"@update_time"
+_SESSION: Final = b"@session"
+
+# KEYS[1]: the hash. ARGV: session stamp, update time (µs), TTL (ms), n, then n
+# key/value pairs, then the keys to remove. Returns the whole hash after the update.
+_UPDATE_SCRIPT: Final = """
+if redis.call('HGET', KEYS[1], '@session') ~= ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  redis.call('HSET', KEYS[1], ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+end
+for i = 5 + 2 * n, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+redis.call('HSET', KEYS[1], '@session', ARGV[1], '@update_time', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def parse_name(name: str, *, field: str) -> str:
+    """The session id of ``sessions/{session}/workingMemory``."""
+    if not name.endswith(_SUFFIX):
+        raise InvalidArgument(field, f"{name!r} is not of the form sessions/{{session}}{_SUFFIX}")
+    return SESSIONS.parse(name[: -len(_SUFFIX)], field=field)
+
+
+def _session_stamp(created: datetime) -> str:
+    return created.isoformat()
+
+
+def _encode_values(
+    values: Mapping[str, struct_pb2.Value], violations: Violations, *, field: str
+) -> list[str]:
+    """Flattened key/JSON pairs for the script; checks keys and value sizes."""
+    pairs: list[str] = []
+    for key, value in values.items():
+        where = f"{field}[{json.dumps(key)}]"
+        if not _KEY.match(key):
+            violations.add(where, _KEY_RULE)
+            continue
+        try:
+            text = json.dumps(json_format.MessageToDict(value), separators=(",", ":"))
+        except (ValueError, json_format.Error) as exc:  # NaN or infinity
+            violations.add(where, f"not representable as JSON: {exc}")
+            continue
+        if len(text.encode()) > MAX_VALUE_BYTES:
+            violations.add(where, f"larger than {MAX_VALUE_BYTES} bytes as JSON")
+            continue
+        pairs.extend((key, text))
+    return pairs
+
+
+def _check_remove_keys(keys: Sequence[str], violations: Violations) -> None:
+    for i, key in enumerate(keys):
+        if not _KEY.match(key):
+            violations.add(f"remove_keys[{i}]", _KEY_RULE)
+
+
+def _ttl_ms(ttl: duration_pb2.Duration, violations: Violations) -> int:
+    """A requested TTL in milliseconds, checked against the contract's 1 s-30 days."""
+    seconds = ttl.seconds + ttl.nanos / 1e9
+    if not MIN_TTL_S <= seconds <= MAX_TTL_S:
+        violations.add("ttl", f"must be between {MIN_TTL_S} s and {MAX_TTL_S} s (30 days)")
+    return ttl.seconds * 1000 + ttl.nanos // 1_000_000
+
+
+def _from_hash(
+    session_id: str, stored: Mapping[bytes, bytes], stamp: str, *, now_us: int, ttl_ms: int
+) -> memory_pb2.WorkingMemory:
+    """The wire message for a hash read back from Redis (reserved fields hidden). A hash
+    stamped by an earlier session of the same id counts as empty."""
+    result = memory_pb2.WorkingMemory(name=SESSIONS.format(session_id) + _SUFFIX)
+    if not stored or stored.get(_SESSION, b"").decode() != stamp:
+        return result
+    for key, raw in stored.items():
+        if key.startswith(b"@"):
+            continue
+        json_format.ParseDict(json.loads(raw), result.values[key.decode()])
+    updated_us = int(stored.get(_UPDATE_TIME, b"0"))
+    if updated_us:
+        result.update_time.FromMicroseconds(updated_us)
+    if ttl_ms > 0:
+        result.expire_time.FromMicroseconds(now_us + ttl_ms * 1000)
+    return result
 
 
 class WorkingMemoryRpcs(RpcGroup):
-    """Working memory: per-session key/value in Redis with a TTL.
+    """Working memory: per-session key/value in Redis with a TTL."""
 
-    RPCs not defined here answer UNIMPLEMENTED (see servicer.py).
-    """
+    async def GetWorkingMemory(
+        self, request: memory_pb2.GetWorkingMemoryRequest, context: ServicerContext
+    ) -> memory_pb2.WorkingMemory:
+        session_id = parse_name(request.name, field="name")
+        tenant = self.tenant()
+        stamp = _session_stamp(await session_create_time(self.deps.pool, tenant, session_id))
+        key = working_memory_key(tenant, session_id)
+        # MULTI/EXEC: the values and the TTL come from the same instant.
+        async with self.deps.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(key)
+            pipe.pttl(key)
+            stored, ttl_ms = await pipe.execute()
+        return _from_hash(session_id, stored, stamp, now_us=time.time_ns() // 1000, ttl_ms=ttl_ms)
+
+    async def UpdateWorkingMemory(
+        self, request: memory_pb2.UpdateWorkingMemoryRequest, context: ServicerContext
+    ) -> memory_pb2.WorkingMemory:
+        violations = Violations()
+        session_id = violations.check(
+            lambda: parse_name(request.working_memory.name, field="working_memory.name")
+        )
+        pairs = _encode_values(
+            request.working_memory.values, violations, field="working_memory.values"
+        )
+        _check_remove_keys(request.remove_keys, violations)
+        ttl_ms = (
+            _ttl_ms(request.ttl, violations)
+            if request.HasField("ttl")
+            else self.deps.settings.memory_working_ttl_s * 1000
+        )
+        violations.raise_if_any()
+        assert session_id is not None
+        tenant = self.tenant()
+        stamp = _session_stamp(await session_create_time(self.deps.pool, tenant, session_id))
+        update_us = time.time_ns() // 1000
+        flat = await self._update_script(
+            keys=[working_memory_key(tenant, session_id)],
+            args=[stamp, update_us, ttl_ms, len(pairs) // 2, *pairs, *request.remove_keys],
+        )
+        stored = dict(zip(flat[::2], flat[1::2], strict=True))
+        return _from_hash(session_id, stored, stamp, now_us=update_us, ttl_ms=ttl_ms)
+
+    @cached_property
+    def _update_script(self) -> AsyncScript:
+        """The update script, sent by its SHA (EVALSHA) once Redis knows it."""
+        return self.deps.redis.register_script(_UPDATE_SCRIPT)

@@ -1,0 +1,282 @@
+"""MemoryService working memory over real gRPC, against the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeAlias, cast
+
+import grpc
+import pytest
+import redis.asyncio
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agentmesh.v1 import memory_pb2, memory_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+# The async stub type exists only in the generated .pyi, hence the string alias.
+Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
+
+DEFAULT_TTL_S = 86_400  # memory_working_ttl_s of the component settings
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    return caught.value
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    """The fields named by the BadRequest detail of a rich error status."""
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    assert status is not None, "no google.rpc.Status details on the error"
+    fields: set[str] = set()
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields.update(violation.field for violation in bad_request.field_violations)
+    return fields
+
+
+async def expect_invalid(call: Awaitable[Any], *fields: str) -> None:
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert set(fields) <= violated_fields(error), error.details()
+
+
+def value(python: Any) -> struct_pb2.Value:
+    return json_format.ParseDict(python, struct_pb2.Value())
+
+
+def plain(working: memory_pb2.WorkingMemory) -> dict[str, Any]:
+    return {key: json_format.MessageToDict(v) for key, v in working.values.items()}
+
+
+async def new_session(memory: Stub, auth: Metadata, session_id: str | None = None) -> str:
+    session = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(), session_id=session_id or f"w-{uuid.uuid4().hex[:12]}"
+        ),
+        metadata=auth,
+    )
+    return f"{session.name}/workingMemory"
+
+
+async def get(memory: Stub, auth: Metadata, name: str) -> memory_pb2.WorkingMemory:
+    return await memory.GetWorkingMemory(
+        memory_pb2.GetWorkingMemoryRequest(name=name), metadata=auth
+    )
+
+
+async def update(
+    memory: Stub,
+    auth: Metadata,
+    name: str,
+    values: dict[str, Any] | None = None,
+    remove: list[str] | None = None,
+    ttl_s: int | None = None,
+) -> memory_pb2.WorkingMemory:
+    request = memory_pb2.UpdateWorkingMemoryRequest(
+        working_memory=memory_pb2.WorkingMemory(
+            name=name, values={k: value(v) for k, v in (values or {}).items()}
+        ),
+        remove_keys=remove or [],
+    )
+    if ttl_s is not None:
+        request.ttl.CopyFrom(duration_pb2.Duration(seconds=ttl_s))
+    return await memory.UpdateWorkingMemory(request, metadata=auth)
+
+
+def redis_key(tenant: str, name: str) -> str:
+    session_id = name.removeprefix("sessions/").removesuffix("/workingMemory")
+    return f"agentmesh:wm:{tenant}:{session_id}"
+
+
+# ------------------------------------------------------------------ happy paths
+
+
+async def test_a_new_session_has_empty_working_memory(memory: Stub, tenant_a: Metadata) -> None:
+    name = await new_session(memory, tenant_a)
+    working = await get(memory, tenant_a, name)
+    assert working.name == name
+    assert not working.values
+    assert not working.HasField("expire_time")
+    assert not working.HasField("update_time")
+
+
+async def test_update_merges_removes_and_round_trips_json(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = await new_session(memory, tenant_a)
+    first = await update(
+        memory,
+        tenant_a,
+        name,
+        {
+            "plan": {"steps": ["search", "answer"], "done": False},
+            "count": 3,
+            "note": "hi",
+            "nothing": None,
+            "tags": ["a", 1, True],
+        },
+    )
+    assert plain(first) == {
+        "plan": {"steps": ["search", "answer"], "done": False},
+        "count": 3.0,
+        "note": "hi",
+        "nothing": None,
+        "tags": ["a", 1.0, True],
+    }
+    second = await update(
+        memory, tenant_a, name, {"count": 4, "user.locale:v1": "fr-FR"}, remove=["note", "absent"]
+    )
+    assert plain(second) == {
+        "plan": {"steps": ["search", "answer"], "done": False},
+        "count": 4.0,
+        "nothing": None,
+        "tags": ["a", 1.0, True],
+        "user.locale:v1": "fr-FR",
+    }
+    assert second.update_time.ToMicroseconds() > first.update_time.ToMicroseconds()
+    fetched = await get(memory, tenant_a, name)
+    assert (fetched.name, fetched.values, fetched.update_time) == (
+        name,
+        second.values,
+        second.update_time,
+    )
+    # Reserved bookkeeping fields exist in Redis but never reach clients.
+    fields = cast(list[bytes], await redis_client.hkeys(redis_key("tenant-a", name)))
+    assert {f.decode() for f in fields} >= {"@update_time", "@session"}
+    # A key both set and removed in one call ends up removed.
+    third = await update(memory, tenant_a, name, {"tmp": 1}, remove=["tmp"])
+    assert "tmp" not in third.values
+
+
+async def test_the_ttl_is_set_and_refreshed(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = await new_session(memory, tenant_a)
+    key = redis_key("tenant-a", name)
+    before = time.time()
+    short = await update(memory, tenant_a, name, {"k": 1}, ttl_s=60)
+    assert 0 < await redis_client.pttl(key) <= 60_000
+    assert before + 59 <= short.expire_time.ToMicroseconds() / 1e6 <= time.time() + 61
+    fetched = await get(memory, tenant_a, name)
+    assert abs(fetched.expire_time.ToMilliseconds() - short.expire_time.ToMilliseconds()) < 2_000
+    # Without a ttl the server default applies again.
+    default = await update(memory, tenant_a, name, {"k": 2})
+    assert await redis_client.pttl(key) > 60_000
+    assert default.expire_time.ToMicroseconds() / 1e6 >= before + DEFAULT_TTL_S - 5
+
+
+async def test_expired_working_memory_reads_as_empty(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = await new_session(memory, tenant_a)
+    await update(memory, tenant_a, name, {"k": 1}, ttl_s=1)
+    await redis_client.pexpire(redis_key("tenant-a", name), 1)
+    await asyncio.sleep(0.05)
+    assert not (await get(memory, tenant_a, name)).values
+
+
+async def test_concurrent_updates_of_distinct_keys_all_land(
+    memory: Stub, tenant_a: Metadata
+) -> None:
+    name = await new_session(memory, tenant_a)
+    await asyncio.gather(*(update(memory, tenant_a, name, {f"k{i}": i}) for i in range(20)))
+    assert plain(await get(memory, tenant_a, name)) == {f"k{i}": float(i) for i in range(20)}
+
+
+async def test_a_recreated_session_does_not_inherit_stale_working_memory(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    """An update racing a DeleteSession can leave a hash behind; the next session of
+    the same id must not see it."""
+    session_id = f"w-{uuid.uuid4().hex[:12]}"
+    name = await new_session(memory, tenant_a, session_id)
+    await update(memory, tenant_a, name, {"secret": "old"})
+    key = redis_key("tenant-a", name)
+    stale: dict[Any, Any] = await redis_client.hgetall(key)
+    await memory.DeleteSession(
+        memory_pb2.DeleteSessionRequest(name=f"sessions/{session_id}"), metadata=tenant_a
+    )
+    assert await redis_client.exists(key) == 0
+    await redis_client.hset(key, mapping=stale)  # the racing update's late write
+    await new_session(memory, tenant_a, session_id)
+    assert not (await get(memory, tenant_a, name)).values
+    fresh = await update(memory, tenant_a, name, {"new": 1})
+    assert plain(fresh) == {"new": 1.0}
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "name", ["", "sessions/x", "sessions/UPPER/workingMemory", "session/x/workingMemory"]
+)
+async def test_malformed_names_are_invalid(memory: Stub, tenant_a: Metadata, name: str) -> None:
+    await expect_invalid(
+        memory.GetWorkingMemory(memory_pb2.GetWorkingMemoryRequest(name=name), metadata=tenant_a),
+        "name",
+    )
+    await expect_invalid(update(memory, tenant_a, name, {"k": 1}), "working_memory.name")
+
+
+@pytest.mark.parametrize(
+    ("values", "remove", "ttl_s", "field"),
+    [
+        ({"bad key": 1}, [], None, 'working_memory.values["bad key"]'),
+        ({"@update_time": 1}, [], None, 'working_memory.values["@update_time"]'),
+        ({"k" * 129: 1}, [], None, f'working_memory.values["{"k" * 129}"]'),
+        ({"big": "x" * 65_536}, [], None, 'working_memory.values["big"]'),
+        ({"nan": float("nan")}, [], None, 'working_memory.values["nan"]'),
+        ({}, ["ok", "@session"], None, "remove_keys[1]"),
+        ({}, [""], None, "remove_keys[0]"),
+        ({"k": 1}, [], 0, "ttl"),
+        ({"k": 1}, [], -5, "ttl"),
+        ({"k": 1}, [], 30 * 86_400 + 1, "ttl"),
+    ],
+)
+async def test_bad_updates_are_invalid_and_write_nothing(
+    memory: Stub,
+    tenant_a: Metadata,
+    redis_client: redis.asyncio.Redis,
+    values: dict[str, Any],
+    remove: list[str],
+    ttl_s: int | None,
+    field: str,
+) -> None:
+    name = await new_session(memory, tenant_a)
+    await expect_invalid(update(memory, tenant_a, name, {"ok": 1, **values}, remove, ttl_s), field)
+    assert await redis_client.exists(redis_key("tenant-a", name)) == 0
+
+
+async def test_an_unknown_session_is_not_found(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = f"sessions/unknown-{uuid.uuid4().hex[:8]}/workingMemory"
+    await expect_error(get(memory, tenant_a, name), grpc.StatusCode.NOT_FOUND)
+    await expect_error(update(memory, tenant_a, name, {"k": 1}), grpc.StatusCode.NOT_FOUND)
+    assert await redis_client.exists(redis_key("tenant-a", name)) == 0
+
+
+async def test_another_tenant_cannot_read_or_write(
+    memory: Stub, tenant_a: Metadata, tenant_b: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = await new_session(memory, tenant_a)
+    await update(memory, tenant_a, name, {"secret": "a's"})
+    await expect_error(get(memory, tenant_b, name), grpc.StatusCode.NOT_FOUND)
+    await expect_error(
+        update(memory, tenant_b, name, {"secret": "b's"}, remove=["secret"]),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert await redis_client.exists(redis_key("tenant-b", name)) == 0
+    assert plain(await get(memory, tenant_a, name)) == {"secret": "a's"}
