@@ -12,22 +12,19 @@ from agentmesh.v1 import (
     conductor_pb2_grpc,
     job_pb2,
     job_pb2_grpc,
-    memory_pb2,
-    memory_pb2_grpc,
 )
 
 
-def test_memory_rpc_names_its_issue(
+def test_job_rpc_names_the_planned_work(
     envoy_channel: grpc.Channel, auth_metadata: tuple[tuple[str, str], ...]
 ) -> None:
-    stub = memory_pb2_grpc.MemoryServiceStub(envoy_channel)
+    stub = job_pb2_grpc.JobServiceStub(envoy_channel)
     with pytest.raises(grpc.RpcError) as caught:
-        stub.GetSession(
-            memory_pb2.GetSessionRequest(name="sessions/s1"), metadata=auth_metadata, timeout=10
-        )
+        stub.GetJob(job_pb2.GetJobRequest(name="jobs/j1"), metadata=auth_metadata, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "MemoryService.GetSession" in (caught.value.details() or "")
-    assert "issue 4" in (caught.value.details() or "")
+    details = caught.value.details() or ""
+    assert "JobService.GetJob" in details
+    assert "Job service issue" in details
 
 
 def test_job_stream_rpc_is_unimplemented(
@@ -59,6 +56,6 @@ def test_conductor_rpc_is_unimplemented(
 
 
 def test_unimplemented_over_json_is_501(http: httpx.Client) -> None:
-    response = http.get("/v1/sessions/s1")
+    response = http.get("/v1/jobs/j1")
     assert response.status_code == 501
-    assert "MemoryService.GetSession" in response.json()["message"]
+    assert "JobService.GetJob" in response.json()["message"]

@@ -7,10 +7,13 @@ credentials fail the process at once. Afterwards asyncpg reconnects by itself;
 
 from __future__ import annotations
 
+from typing import Any
+
 # asyncpg ships neither type hints nor a py.typed marker.
 import asyncpg  # type: ignore[import-untyped]
 from pgvector.asyncpg import register_vector
 
+from agentmesh.core.errors import Unavailable
 from agentmesh.core.settings import ConfigError, Settings
 
 
@@ -22,6 +25,22 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         raise ConfigError(
             "the database has no pgvector type; run the migrations "
             "(CREATE EXTENSION vector) before starting the service"
+        ) from exc
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg's connect, with "cannot reach the server" turned into ``Unavailable``.
+
+    A refused or missing socket surfaces from asyncpg as a bare ``OSError`` (e.g.
+    ``FileNotFoundError`` for a unix socket that is gone while PostgreSQL is down),
+    indistinguishable from a bug by the time it reaches the interceptor. Raised here,
+    it is an outage: UNAVAILABLE with retry advice, as the contract promises.
+    """
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:
+        raise Unavailable(
+            "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"
         ) from exc
 
 
@@ -39,6 +58,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         init=_init_connection,
+        connect=_connect,
         server_settings={
             "application_name": f"agentmesh-{settings.service}",
             "statement_timeout": str(settings.db_statement_timeout_ms),

@@ -163,6 +163,24 @@ class ResourceExhausted(DomainError):
         return (error_details_pb2.RetryInfo(retry_delay=delay),)
 
 
+class Unavailable(DomainError):
+    """A dependency (database, cache, provider) cannot answer now; retrying later may
+    work, so ``RetryInfo`` says when."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self, message: str, retry_after_s: float = 1.0, *, reason: str = "DEPENDENCY_UNAVAILABLE"
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, reason=reason)
+
+    def details(self) -> Sequence[Message]:
+        fraction, whole = math.modf(max(self.retry_after_s, 0.0))
+        delay = duration_pb2.Duration(seconds=int(whole), nanos=int(fraction * 1e9))
+        return (error_details_pb2.RetryInfo(retry_delay=delay),)
+
+
 class Aborted(DomainError):
     """A concurrency conflict (e.g. an etag mismatch); the client may retry the sequence."""
 

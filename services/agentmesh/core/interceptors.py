@@ -42,6 +42,7 @@ from agentmesh.core import context
 from agentmesh.core.auth import Authenticator
 from agentmesh.core.errors import DomainError, internal_status, to_rpc_status
 from agentmesh.core.metrics import MethodMetrics
+from agentmesh.core.outages import as_unavailable
 
 REQUEST_ID_KEY: Final = "x-request-id"
 AUTHORIZATION_KEY: Final = "authorization"
@@ -346,6 +347,8 @@ class ServerInterceptor(_ServerInterceptorBase):
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             self._record(method, call, started, code, None)
             raise exc
+        if not isinstance(exc, DomainError):
+            exc = as_unavailable(exc) or exc  # a database or cache outage is not a bug
         if isinstance(exc, DomainError):
             self._record(method, call, started, exc.code, exc)
             await call.abort_with_status(to_rpc_status(exc, call.request_id))
