@@ -430,9 +430,9 @@ _METHOD_NOTES = """\
 `agentmesh.v1.AgentService/GetAgent` with a bare handler that returns the prebuilt
 `builtin_registry().proto("echo")` message, registered as generated code registers a
 servicer (generic + registered-method handlers; `agentmesh.bench.echo_server`); *ours* is the
-real service, `python -m agentmesh.agent` (OpenTelemetry interceptor with the SDK
-TracerProvider, spans recorded but not exported; our `ServerInterceptor`: request id, HS256
-JWT auth from a cached token, error mapping, Prometheus metrics; log level info). Same
+real service, `python -m agentmesh.agent` (our one `ServerInterceptor`: OpenTelemetry server
+span with the SDK TracerProvider, recorded but not exported; request id, HS256 JWT auth from
+a cached token, error mapping, Prometheus metrics; log level info). Same
 request (`name: "agents/echo"`), same response bytes. Every call carries
 `authorization: Bearer <token>` and `x-request-id`. Each target has its own Envoy
 (`envoy --concurrency 1`) rendered from `envoy/envoy.yaml.j2` by `dev_values` +
