@@ -10,6 +10,7 @@ from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.embedders import Embedder, build_embedder
+from agentmesh.memory.memories import prepare_memory_store
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
@@ -22,9 +23,12 @@ async def build_memory(settings: Settings, embedder: Embedder | None = None) -> 
     settings.require("database_url", "redis_url")
     chosen = embedder or build_embedder(settings)
     pool = await create_pool(settings)
+    # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
+    # match the settings; rebuilds the index when its m / ef_construction changed.
+    await prepare_memory_store(pool, settings)
     redis_client = create_redis(settings)
     deps = MemoryDeps(settings=settings, pool=pool, redis=redis_client, embedder=chosen)
-    servicer = MemoryServicer(deps)  # type: ignore[abstract]  # see fill_unimplemented
+    servicer = MemoryServicer(deps)
 
     def register(server: grpc.aio.Server) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)
@@ -32,6 +36,10 @@ async def build_memory(settings: Settings, embedder: Embedder | None = None) -> 
     async def close() -> None:
         await pool.close()
         await redis_client.aclose()
+        # Remote embedders hold an HTTP connection pool; local ones have nothing to close.
+        close_embedder = getattr(chosen, "aclose", None)
+        if close_embedder is not None:
+            await close_embedder()
 
     return ServiceSpec(
         name="memory",

@@ -1,17 +1,22 @@
 """Embedders: text in, unit vectors out, behind one small interface.
 
-``hash`` is deterministic and needs no model (development and tests); the real
-ones (a local model, an OpenAI-compatible endpoint) implement the same protocol.
-Vectors are L2-normalised so cosine similarity is a dot product.
+``hash`` is deterministic and needs no model (development and tests); ``minilm``
+runs all-MiniLM-L6-v2 locally (the optional ``minilm`` extra); ``openai`` calls
+an OpenAI-compatible ``/embeddings`` endpoint. Vectors are L2-normalised so
+cosine similarity is a dot product.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.memory.embedders import minilm
+from agentmesh.memory.embedders.errors import EmbedderMisbehaved, EmbedderUnavailable
 from agentmesh.memory.embedders.hashing import HashEmbedder
+from agentmesh.memory.embedders.openai_compat import OpenAIEmbedder
 
 
 class Embedder(Protocol):
@@ -29,12 +34,68 @@ class Embedder(Protocol):
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    """The embedder named by ``memory_embedder``, checked against ``memory_embedding_dim``."""
+    """The embedder named by ``memory_embedder``, checked against ``memory_embedding_dim``.
+
+    Raises ConfigError at start for a missing extra, a missing URL or a dimension
+    the embedder cannot produce, so a misconfigured process never serves.
+    """
+    dim = settings.memory_embedding_dim
     if settings.memory_embedder == "hash":
-        return HashEmbedder(settings.memory_embedding_dim)
+        return HashEmbedder(dim)
+    if settings.memory_embedder == "minilm":
+        if dim != minilm.DIMENSION:
+            raise ConfigError(
+                f"AGENTMESH_MEMORY_EMBEDDER=minilm produces {minilm.DIMENSION}-dim vectors, "
+                f"but AGENTMESH_MEMORY_EMBEDDING_DIM={dim}"
+            )
+        return minilm.MiniLMEmbedder()
+    if settings.memory_embedder == "openai":
+        settings.require("memory_embedder_url")
+        assert settings.memory_embedder_url is not None  # checked just above
+        # The provider's size is only known from its answers: we ask for `dim`
+        # and embed_checked() verifies every vector it sends.
+        return OpenAIEmbedder(
+            settings.memory_embedder_url,
+            model=settings.memory_embedder_model,
+            api_key=settings.memory_embedder_api_key,
+            dimension=dim,
+            timeout_s=settings.client_deadline_ms / 1000,
+        )
     raise ConfigError(
         f"AGENTMESH_MEMORY_EMBEDDER={settings.memory_embedder!r} is not available in this build"
     )
 
 
-__all__ = ["Embedder", "HashEmbedder", "build_embedder"]
+async def embed_checked(
+    embedder: Embedder, texts: Sequence[str], dimension: int
+) -> list[list[float]]:
+    """``embedder.embed(texts)``, verified: one finite vector of ``dimension`` per text.
+
+    A provider that breaks this is misconfigured (INTERNAL, naming the numbers),
+    never a client error and never a database error further down.
+    """
+    if not texts:
+        return []
+    vectors = await embedder.embed(texts)
+    if len(vectors) != len(texts):
+        raise EmbedderMisbehaved(f"embedder returned {len(vectors)} vectors for {len(texts)} texts")
+    for vector in vectors:
+        if len(vector) != dimension:
+            raise EmbedderMisbehaved(
+                f"embedder returned {len(vector)}-dim vectors but the store holds {dimension} "
+                "(check AGENTMESH_MEMORY_EMBEDDER_MODEL and AGENTMESH_MEMORY_EMBEDDING_DIM)"
+            )
+        if not all(math.isfinite(x) for x in vector):
+            raise EmbedderMisbehaved("embedder returned a vector with NaN or infinite values")
+    return vectors
+
+
+__all__ = [
+    "Embedder",
+    "EmbedderMisbehaved",
+    "EmbedderUnavailable",
+    "HashEmbedder",
+    "OpenAIEmbedder",
+    "build_embedder",
+    "embed_checked",
+]
