@@ -146,14 +146,10 @@ class FailedPrecondition(DomainError):
         )
 
 
-class ResourceExhausted(DomainError):
-    """A quota or rate limit was hit; ``RetryInfo`` tells the client when to come back."""
+class _RetryLater(DomainError):
+    """An error the client may retry after ``retry_after_s`` (``RetryInfo``)."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(
-        self, message: str, retry_after_s: float, *, reason: str = "RESOURCE_EXHAUSTED"
-    ) -> None:
+    def __init__(self, message: str, retry_after_s: float, *, reason: str) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message, reason=reason)
 
@@ -163,7 +159,18 @@ class ResourceExhausted(DomainError):
         return (error_details_pb2.RetryInfo(retry_delay=delay),)
 
 
-class Unavailable(DomainError):
+class ResourceExhausted(_RetryLater):
+    """A quota or rate limit was hit; ``RetryInfo`` tells the client when to come back."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self, message: str, retry_after_s: float, *, reason: str = "RESOURCE_EXHAUSTED"
+    ) -> None:
+        super().__init__(message, retry_after_s, reason=reason)
+
+
+class Unavailable(_RetryLater):
     """A dependency (database, cache, provider) cannot answer now; retrying later may
     work, so ``RetryInfo`` says when."""
 
@@ -172,13 +179,7 @@ class Unavailable(DomainError):
     def __init__(
         self, message: str, retry_after_s: float = 1.0, *, reason: str = "DEPENDENCY_UNAVAILABLE"
     ) -> None:
-        self.retry_after_s = retry_after_s
-        super().__init__(message, reason=reason)
-
-    def details(self) -> Sequence[Message]:
-        fraction, whole = math.modf(max(self.retry_after_s, 0.0))
-        delay = duration_pb2.Duration(seconds=int(whole), nanos=int(fraction * 1e9))
-        return (error_details_pb2.RetryInfo(retry_delay=delay),)
+        super().__init__(message, retry_after_s, reason=reason)
 
 
 class Aborted(DomainError):
