@@ -33,6 +33,14 @@ SECRET = "component-memory-secret-of-32-bytes-min"
 
 Metadata = tuple[tuple[str, str], ...]
 
+# The shared helpers of the test modules assert too: have pytest explain their failures.
+pytest.register_assert_rewrite("component.memory_helpers")
+
+
+def credentials(tenant: str) -> Metadata:
+    """The call metadata of ``tenant``: a bearer token signed with ``SECRET``."""
+    return (("authorization", f"Bearer {mint_token(SECRET, tenant)}"),)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -106,13 +114,13 @@ async def memory(
 @pytest.fixture(scope="session")
 def tenant_a() -> Metadata:
     """Credentials of tenant ``tenant-a``."""
-    return (("authorization", f"Bearer {mint_token(SECRET, 'tenant-a')}"),)
+    return credentials("tenant-a")
 
 
 @pytest.fixture(scope="session")
 def tenant_b() -> Metadata:
     """Credentials of tenant ``tenant-b``: must never see tenant-a's data."""
-    return (("authorization", f"Bearer {mint_token(SECRET, 'tenant-b')}"),)
+    return credentials("tenant-b")
 
 
 @pytest.fixture(scope="session")

@@ -5,57 +5,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from agentmesh.core.server import start_server
 from agentmesh.memory.app import build_memory
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import Backends, memory_settings
-
-if TYPE_CHECKING:  # the async stub type exists only in the type stubs
-    Stub = memory_pb2_grpc.MemoryServiceAsyncStub
-
-Metadata = tuple[tuple[str, str], ...]
+from component.conftest import Backends, Metadata, memory_settings
+from component.memory_helpers import Stub, field_violations, rpc_error, uid
 
 pytestmark = pytest.mark.component
 
 SMALL_LIMIT = 1024
 
 
-def _uid() -> str:
-    """A fresh id suffix: the server and database live for the whole test session."""
-    return uuid.uuid4().hex[:10]
-
-
 def _name() -> str:
-    return f"artifacts/a-{_uid()}"
-
-
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-async def _violations(call: Awaitable[Any]) -> dict[str, str]:
-    """Expects INVALID_ARGUMENT; returns its BadRequest field violations by field."""
-    error = await _error(call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert any(detail.Unpack(bad_request) for detail in status.details)
-    return {v.field: v.description for v in bad_request.field_violations}
+    return f"artifacts/a-{uid(10)}"
 
 
 async def _put(
@@ -168,16 +140,16 @@ async def test_etag_guards_against_lost_updates(
     second = await _put(memory, tenant_a, name, text="v2", etag=first.etag)
     assert second.version == 2
 
-    stale = await _error(_put(memory, tenant_a, name, text="lost", etag=first.etag))
+    stale = await rpc_error(_put(memory, tenant_a, name, text="lost", etag=first.etag))
     assert stale.code() == grpc.StatusCode.ABORTED
-    forged = await _error(_put(memory, tenant_a, name, text="lost", etag='"2"'))
+    forged = await rpc_error(_put(memory, tenant_a, name, text="lost", etag='"2"'))
     assert forged.code() == grpc.StatusCode.ABORTED
     assert await _versions_in_db(db, "tenant-a", name) == [1, 2]
     assert (await _get(memory, tenant_a, name)).text == "v2"
 
     # An etag for an artifact that does not exist yet cannot match anything.
     fresh = _name()
-    missing = await _error(_put(memory, tenant_a, fresh, etag=first.etag))
+    missing = await rpc_error(_put(memory, tenant_a, fresh, etag=first.etag))
     assert missing.code() == grpc.StatusCode.ABORTED
     assert await _heads_in_db(db, "tenant-a", fresh) == 0
 
@@ -243,7 +215,7 @@ async def test_content_over_the_limit_is_invalid_and_writes_nothing(
         if kind == "text"
         else {"data": b"x" * (SMALL_LIMIT + 1)}
     )
-    violations = await _violations(
+    violations = await field_violations(
         _put(small_memory, tenant_a, name, request_id=str(uuid.uuid4()), **over)
     )
     assert str(SMALL_LIMIT) in violations[f"artifact.{kind}"]
@@ -252,7 +224,9 @@ async def test_content_over_the_limit_is_invalid_and_writes_nothing(
 
 async def test_default_limit_is_two_mib(memory: Stub, tenant_a: Metadata, db: asyncpg.Pool) -> None:
     name = _name()
-    violations = await _violations(_put(memory, tenant_a, name, data=b"x" * (2 * 1024 * 1024 + 1)))
+    violations = await field_violations(
+        _put(memory, tenant_a, name, data=b"x" * (2 * 1024 * 1024 + 1))
+    )
     assert str(2 * 1024 * 1024) in violations["artifact.data"]
     assert await _heads_in_db(db, "tenant-a", name) == 0
 
@@ -283,7 +257,7 @@ async def test_bad_puts_are_invalid_argument_and_write_nothing(
     request = memory_pb2.PutArtifactRequest(
         artifact=memory_pb2.Artifact(**values), request_id=str(uuid.uuid4())
     )
-    violations = await _violations(memory.PutArtifact(request, metadata=tenant_a))
+    violations = await field_violations(memory.PutArtifact(request, metadata=tenant_a))
     assert field in violations, violations
     if values["name"].startswith("artifacts/"):
         assert await _heads_in_db(db, "tenant-a", values["name"]) == 0
@@ -292,7 +266,7 @@ async def test_bad_puts_are_invalid_argument_and_write_nothing(
 async def test_oversize_metadata_is_invalid(memory: Stub, tenant_a: Metadata) -> None:
     metadata = struct_pb2.Struct()
     metadata.update({"blob": "x" * (16 * 1024)})
-    violations = await _violations(_put(memory, tenant_a, _name(), metadata=metadata))
+    violations = await field_violations(_put(memory, tenant_a, _name(), metadata=metadata))
     assert "artifact.metadata" in violations
 
 
@@ -308,27 +282,27 @@ async def test_unknown_artifacts_and_versions_are_not_found(
         ),
         memory.DeleteArtifact(memory_pb2.DeleteArtifactRequest(name=unknown), metadata=tenant_a),
     ):
-        error = await _error(call)
+        error = await rpc_error(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert unknown in (error.details() or "")
 
     name = _name()
     await _put(memory, tenant_a, name)
-    error = await _error(_get(memory, tenant_a, name, version=7))
+    error = await rpc_error(_get(memory, tenant_a, name, version=7))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert f"{name}@7" in (error.details() or "")
 
 
 async def test_bad_reads_are_invalid_argument(memory: Stub, tenant_a: Metadata) -> None:
-    assert "version" in await _violations(_get(memory, tenant_a, _name(), version=-1))
+    assert "version" in await field_violations(_get(memory, tenant_a, _name(), version=-1))
     for name in ("", "artifacts/", "artifacts/A", "sessions/x"):
-        assert "name" in await _violations(_get(memory, tenant_a, name))
-        assert "name" in await _violations(
+        assert "name" in await field_violations(_get(memory, tenant_a, name))
+        assert "name" in await field_violations(
             memory.ListArtifactVersions(
                 memory_pb2.ListArtifactVersionsRequest(name=name), metadata=tenant_a
             )
         )
-        assert "name" in await _violations(
+        assert "name" in await field_violations(
             memory.DeleteArtifact(memory_pb2.DeleteArtifactRequest(name=name), metadata=tenant_a)
         )
 
@@ -341,7 +315,7 @@ async def test_delete_removes_every_version(
         await _put(memory, tenant_a, name)
     await memory.DeleteArtifact(memory_pb2.DeleteArtifactRequest(name=name), metadata=tenant_a)
     assert await _versions_in_db(db, "tenant-a", name) == []
-    assert (await _error(_get(memory, tenant_a, name))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await rpc_error(_get(memory, tenant_a, name))).code() == grpc.StatusCode.NOT_FOUND
 
     again = memory_pb2.DeleteArtifactRequest(name=name, allow_missing=True)
     await memory.DeleteArtifact(again, metadata=tenant_a)
@@ -351,7 +325,7 @@ async def test_delete_removes_every_version(
 async def test_list_shows_latest_versions_by_name_with_filters(
     memory: Stub, tenant_a: Metadata
 ) -> None:
-    session = f"sessions/s-{_uid()}"
+    session = f"sessions/s-{uid(10)}"
     names = sorted(_name() for _ in range(5))
     for index, name in enumerate(names):
         await _put(memory, tenant_a, name, text="old", session=session)
@@ -385,11 +359,11 @@ async def test_bad_list_filters_are_invalid_argument(
     memory: Stub, tenant_a: Metadata, filter_: str
 ) -> None:
     request = memory_pb2.ListArtifactsRequest(filter=filter_)
-    assert "filter" in await _violations(memory.ListArtifacts(request, metadata=tenant_a))
+    assert "filter" in await field_violations(memory.ListArtifacts(request, metadata=tenant_a))
 
 
 async def test_page_tokens_are_bound_and_checked(memory: Stub, tenant_a: Metadata) -> None:
-    session = f"sessions/s-{_uid()}"
+    session = f"sessions/s-{uid(10)}"
     name = _name()
     for _ in range(2):
         await _put(memory, tenant_a, _name(), session=session)
@@ -401,7 +375,9 @@ async def test_page_tokens_are_bound_and_checked(memory: Stub, tenant_a: Metadat
     assert page.next_page_token
     for token, filter_ in ((page.next_page_token, 'media_type = "text/plain"'), ("bogus", "")):
         request = memory_pb2.ListArtifactsRequest(page_token=token, filter=filter_)
-        assert "page_token" in await _violations(memory.ListArtifacts(request, metadata=tenant_a))
+        assert "page_token" in await field_violations(
+            memory.ListArtifacts(request, metadata=tenant_a)
+        )
 
     versions = await memory.ListArtifactVersions(
         memory_pb2.ListArtifactVersionsRequest(name=name, page_size=1), metadata=tenant_a
@@ -409,7 +385,7 @@ async def test_page_tokens_are_bound_and_checked(memory: Stub, tenant_a: Metadat
     assert versions.next_page_token
     for token, other in ((versions.next_page_token, _name()), (page.next_page_token, name)):
         versions_request = memory_pb2.ListArtifactVersionsRequest(name=other, page_token=token)
-        assert "page_token" in await _violations(
+        assert "page_token" in await field_violations(
             memory.ListArtifactVersions(versions_request, metadata=tenant_a)
         )
 
@@ -417,21 +393,21 @@ async def test_page_tokens_are_bound_and_checked(memory: Stub, tenant_a: Metadat
 async def test_other_tenants_never_see_artifacts(
     memory: Stub, tenant_a: Metadata, tenant_b: Metadata, db: asyncpg.Pool
 ) -> None:
-    session = f"sessions/s-{_uid()}"
+    session = f"sessions/s-{uid(10)}"
     name = _name()
     await _put(memory, tenant_a, name, text="a1", session=session)
     await _put(memory, tenant_a, name, text="a2", session=session)
 
-    assert (await _error(_get(memory, tenant_b, name))).code() == grpc.StatusCode.NOT_FOUND
-    assert (await _error(_get(memory, tenant_b, name, 1))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await rpc_error(_get(memory, tenant_b, name))).code() == grpc.StatusCode.NOT_FOUND
+    assert (await rpc_error(_get(memory, tenant_b, name, 1))).code() == grpc.StatusCode.NOT_FOUND
     assert await _list_all(memory, tenant_b, f'session = "{session}"', size=10) == []
-    versions = await _error(
+    versions = await rpc_error(
         memory.ListArtifactVersions(
             memory_pb2.ListArtifactVersionsRequest(name=name), metadata=tenant_b
         )
     )
     assert versions.code() == grpc.StatusCode.NOT_FOUND
-    deleted = await _error(
+    deleted = await rpc_error(
         memory.DeleteArtifact(memory_pb2.DeleteArtifactRequest(name=name), metadata=tenant_b)
     )
     assert deleted.code() == grpc.StatusCode.NOT_FOUND
@@ -439,7 +415,7 @@ async def test_other_tenants_never_see_artifacts(
     # The same id is a different artifact for tenant-b, starting at version 1; an
     # etag of tenant-a's artifact means nothing there.
     a_latest = await _get(memory, tenant_a, name)
-    mixed = await _error(_put(memory, tenant_b, name, text="b?", etag=a_latest.etag))
+    mixed = await rpc_error(_put(memory, tenant_b, name, text="b?", etag=a_latest.etag))
     assert mixed.code() == grpc.StatusCode.ABORTED
     own = await _put(memory, tenant_b, name, text="b1", session=session)
     assert own.version == 1

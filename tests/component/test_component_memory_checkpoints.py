@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict, cast
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypedDict, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 
@@ -30,23 +27,10 @@ from agentmesh.memory.app import build_memory
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import SECRET, Backends, memory_settings
-
-if TYPE_CHECKING:  # the async stub type exists only in the type stubs
-    Stub = memory_pb2_grpc.MemoryServiceAsyncStub
-
-Metadata = tuple[tuple[str, str], ...]
+from component.conftest import SECRET, Backends, Metadata, credentials, memory_settings
+from component.memory_helpers import Stub, field_violations, rpc_error, uid
 
 pytestmark = pytest.mark.component
-
-
-def _uid() -> str:
-    """A fresh id: the server and database live for the whole test session."""
-    return uuid.uuid4().hex[:12]
-
-
-def _credentials(tenant: str) -> Metadata:
-    return (("authorization", f"Bearer {mint_token(SECRET, tenant)}"),)
 
 
 def _checkpoint(
@@ -80,7 +64,7 @@ def _write(task_id: str, channel: str, data: bytes, idx: int = 0) -> memory_pb2.
 
 async def _chain(stub: Stub, md: Metadata, thread_id: str, n: int, ns: str = "") -> list[str]:
     """Puts ``n`` checkpoints in a parent chain; returns their ids oldest first."""
-    ids = [f"{i:08d}-{_uid()}" for i in range(n)]
+    ids = [f"{i:08d}-{uid()}" for i in range(n)]
     for i, checkpoint_id in enumerate(ids):
         parent = ids[i - 1] if i else ""
         await stub.PutCheckpoint(
@@ -88,23 +72,6 @@ async def _chain(stub: Stub, md: Metadata, thread_id: str, n: int, ns: str = "")
             metadata=md,
         )
     return ids
-
-
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-async def _violations(call: Awaitable[Any]) -> dict[str, str]:
-    """Expects INVALID_ARGUMENT; returns its BadRequest field violations by field."""
-    error = await _error(call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert any(detail.Unpack(bad_request) for detail in status.details)
-    return {v.field: v.description for v in bad_request.field_violations}
 
 
 async def _ids(stub: Stub, md: Metadata, thread_id: str) -> list[str]:
@@ -120,7 +87,7 @@ async def _ids(stub: Stub, md: Metadata, thread_id: str) -> list[str]:
 async def test_put_get_round_trip_keeps_bytes_metadata_and_writes(
     memory: Stub, tenant_a: Metadata
 ) -> None:
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     metadata = {"source": "loop", "step": 3, "run_id": "r1", "big": 2**53 + 1, "f": 1.5}
     await memory.PutCheckpoint(_checkpoint(thread, "c1", metadata=metadata), metadata=tenant_a)
     stored = await memory.PutCheckpointWrites(
@@ -147,20 +114,20 @@ async def test_put_get_round_trip_keeps_bytes_metadata_and_writes(
 
 
 async def test_missing_checkpoints_are_not_found(memory: Stub, tenant_a: Metadata) -> None:
-    thread = f"t-{_uid()}"
-    missing = await _error(
+    thread = f"t-{uid()}"
+    missing = await rpc_error(
         memory.GetCheckpoint(memory_pb2.GetCheckpointRequest(thread_id=thread), metadata=tenant_a)
     )
     assert missing.code() == grpc.StatusCode.NOT_FOUND
     await memory.PutCheckpoint(_checkpoint(thread, "c1"), metadata=tenant_a)
-    wrong_id = await _error(
+    wrong_id = await rpc_error(
         memory.GetCheckpoint(
             memory_pb2.GetCheckpointRequest(thread_id=thread, checkpoint_id="nope"),
             metadata=tenant_a,
         )
     )
     assert wrong_id.code() == grpc.StatusCode.NOT_FOUND
-    other_ns = await _error(
+    other_ns = await rpc_error(
         memory.GetCheckpoint(
             memory_pb2.GetCheckpointRequest(thread_id=thread, checkpoint_ns="child:1"),
             metadata=tenant_a,
@@ -172,17 +139,17 @@ async def test_missing_checkpoints_are_not_found(memory: Stub, tenant_a: Metadat
 async def test_another_tenant_sees_and_touches_nothing(
     memory: Stub, tenant_a: Metadata, tenant_b: Metadata
 ) -> None:
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     await _chain(memory, tenant_a, thread, 2)
 
-    hidden = await _error(
+    hidden = await rpc_error(
         memory.GetCheckpoint(memory_pb2.GetCheckpointRequest(thread_id=thread), metadata=tenant_b)
     )
     assert hidden.code() == grpc.StatusCode.NOT_FOUND
     assert await _ids(memory, tenant_b, thread) == []
-    copy = await _error(
+    copy = await rpc_error(
         memory.CopyThread(
-            memory_pb2.CopyThreadRequest(source_thread_id=thread, target_thread_id=f"t-{_uid()}"),
+            memory_pb2.CopyThreadRequest(source_thread_id=thread, target_thread_id=f"t-{uid()}"),
             metadata=tenant_b,
         )
     )
@@ -200,56 +167,60 @@ async def test_another_tenant_sees_and_touches_nothing(
 
 async def test_bad_requests_name_every_bad_field(memory: Stub, tenant_a: Metadata) -> None:
     empty = memory_pb2.PutCheckpointRequest(checkpoint=memory_pb2.Checkpoint(metadata_json="[1]"))
-    assert set(await _violations(memory.PutCheckpoint(empty, metadata=tenant_a))) == {
+    assert set(await field_violations(memory.PutCheckpoint(empty, metadata=tenant_a))) == {
         "checkpoint.thread_id",
         "checkpoint.checkpoint_id",
         "checkpoint.checkpoint",
         "checkpoint.metadata_json",
     }
     nul = _checkpoint("t\x00", "c", metadata={"x": "a\x00b"})
-    assert set(await _violations(memory.PutCheckpoint(nul, metadata=tenant_a))) == {
+    assert set(await field_violations(memory.PutCheckpoint(nul, metadata=tenant_a))) == {
         "checkpoint.thread_id",
         "checkpoint.metadata_json",
     }
     oversize = _checkpoint("t", "c", metadata={"x": "y" * 300_000})
-    assert "checkpoint.metadata_json" in await _violations(
+    assert "checkpoint.metadata_json" in await field_violations(
         memory.PutCheckpoint(oversize, metadata=tenant_a)
     )
     no_writes = memory_pb2.PutCheckpointWritesRequest(thread_id="t", checkpoint_id="c")
-    assert "writes" in await _violations(memory.PutCheckpointWrites(no_writes, metadata=tenant_a))
+    assert "writes" in await field_violations(
+        memory.PutCheckpointWrites(no_writes, metadata=tenant_a)
+    )
     bad_write = memory_pb2.PutCheckpointWritesRequest(
         thread_id="t", checkpoint_id="c", writes=[memory_pb2.PendingWrite(task_id="k")]
     )
-    assert set(await _violations(memory.PutCheckpointWrites(bad_write, metadata=tenant_a))) == {
+    assert set(
+        await field_violations(memory.PutCheckpointWrites(bad_write, metadata=tenant_a))
+    ) == {
         "writes[0].channel",
         "writes[0].value",
     }
-    assert "thread_id" in await _violations(
+    assert "thread_id" in await field_violations(
         memory.GetCheckpoint(memory_pb2.GetCheckpointRequest(), metadata=tenant_a)
     )
-    assert "metadata_filter_json" in await _violations(
+    assert "metadata_filter_json" in await field_violations(
         memory.ListCheckpoints(
             memory_pb2.ListCheckpointsRequest(metadata_filter_json="{oops"), metadata=tenant_a
         )
     )
-    assert "page_token" in await _violations(
+    assert "page_token" in await field_violations(
         memory.ListCheckpoints(
             memory_pb2.ListCheckpointsRequest(page_token="garbage!"), metadata=tenant_a
         )
     )
-    assert "target_thread_id" in await _violations(
+    assert "target_thread_id" in await field_violations(
         memory.CopyThread(
             memory_pb2.CopyThreadRequest(source_thread_id="t", target_thread_id="t"),
             metadata=tenant_a,
         )
     )
-    assert "run_ids" in await _violations(
+    assert "run_ids" in await field_violations(
         memory.DeleteCheckpointsForRuns(
             memory_pb2.DeleteCheckpointsForRunsRequest(), metadata=tenant_a
         )
     )
     assert set(
-        await _violations(
+        await field_violations(
             memory.PruneCheckpoints(memory_pb2.PruneCheckpointsRequest(), metadata=tenant_a)
         )
     ) == {"thread_ids", "keep_latest"}
@@ -258,7 +229,7 @@ async def test_bad_requests_name_every_bad_field(memory: Stub, tenant_a: Metadat
 async def test_writes_are_idempotent_but_special_writes_are_replaced(
     memory: Stub, tenant_a: Metadata
 ) -> None:
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     await memory.PutCheckpoint(_checkpoint(thread, "c1"), metadata=tenant_a)
 
     async def put(*writes: memory_pb2.PendingWrite) -> int:
@@ -282,7 +253,7 @@ async def test_writes_are_idempotent_but_special_writes_are_replaced(
 async def test_writes_may_arrive_before_their_checkpoint(memory: Stub, tenant_a: Metadata) -> None:
     """LangGraph submits a checkpoint and writes against it concurrently
     (durability "async"/"exit"), so the service must not insist on the order."""
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     early = memory_pb2.PutCheckpointWritesRequest(
         thread_id=thread, checkpoint_id="c1", writes=[_write("t1", "ch", b"1")]
     )
@@ -295,7 +266,7 @@ async def test_writes_may_arrive_before_their_checkpoint(memory: Stub, tenant_a:
 
 
 async def test_list_pages_over_every_thread_of_the_tenant_newest_first(memory: Stub) -> None:
-    md = _credentials(f"lister-{_uid()}")
+    md = credentials(f"lister-{uid()}")
     for thread in ("t1", "t2"):
         await _chain(memory, md, thread, 3)
         await _chain(memory, md, thread, 1, ns="child:1")
@@ -329,14 +300,14 @@ async def test_list_pages_over_every_thread_of_the_tenant_newest_first(memory: S
     replayed = memory_pb2.ListCheckpointsRequest(
         thread_id="t1", page_size=3, page_token=first.next_page_token
     )
-    assert "page_token" in await _violations(memory.ListCheckpoints(replayed, metadata=md))
+    assert "page_token" in await field_violations(memory.ListCheckpoints(replayed, metadata=md))
 
 
 async def test_list_pages_are_cut_to_fit_the_message_limit(
     memory: Stub, tenant_a: Metadata
 ) -> None:
     """Three 1.5 MB states cannot share a 4 MiB response: one per page, none lost."""
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     for checkpoint_id in ("c1", "c2", "c3"):
         request = _checkpoint(thread, checkpoint_id)
         request.checkpoint.checkpoint.data = b"x" * 1_500_000
@@ -355,7 +326,7 @@ async def test_list_pages_are_cut_to_fit_the_message_limit(
 
 
 async def test_copy_thread_copies_everything_once(memory: Stub, tenant_a: Metadata) -> None:
-    source, target = f"t-{_uid()}", f"t-{_uid()}"
+    source, target = f"t-{uid()}", f"t-{uid()}"
     ids = await _chain(memory, tenant_a, source, 3)
     await memory.PutCheckpointWrites(
         memory_pb2.PutCheckpointWritesRequest(
@@ -375,17 +346,17 @@ async def test_copy_thread_copies_everything_once(memory: Stub, tenant_a: Metada
     assert latest.checkpoint.parent_checkpoint_id == ids[-2]
     assert len(latest.pending_writes) == 1
 
-    again = await _error(
+    again = await rpc_error(
         memory.CopyThread(
             memory_pb2.CopyThreadRequest(source_thread_id=source, target_thread_id=target),
             metadata=tenant_a,
         )
     )
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
-    missing = await _error(
+    missing = await rpc_error(
         memory.CopyThread(
             memory_pb2.CopyThreadRequest(
-                source_thread_id=f"t-{_uid()}", target_thread_id=f"t-{_uid()}"
+                source_thread_id=f"t-{uid()}", target_thread_id=f"t-{uid()}"
             ),
             metadata=tenant_a,
         )
@@ -396,7 +367,7 @@ async def test_copy_thread_copies_everything_once(memory: Stub, tenant_a: Metada
 async def test_delete_for_runs_and_delete_thread_remove_writes_too(
     memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
-    thread, run = f"t-{_uid()}", f"run-{_uid()}"
+    thread, run = f"t-{uid()}", f"run-{uid()}"
     await memory.PutCheckpoint(
         _checkpoint(thread, "c1", metadata={"run_id": run}), metadata=tenant_a
     )
@@ -424,7 +395,7 @@ async def test_delete_for_runs_and_delete_thread_remove_writes_too(
 
 
 async def test_prune_keeps_latest_per_namespace(memory: Stub, tenant_a: Metadata) -> None:
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     root = await _chain(memory, tenant_a, thread, 4)
     child = await _chain(memory, tenant_a, thread, 3, ns="child:1")
     pruned = await memory.PruneCheckpoints(
@@ -453,7 +424,7 @@ async def keep3(backends: Backends) -> AsyncIterator[Stub]:
 async def test_retention_keeps_the_latest_n_per_thread_and_namespace(
     keep3: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     ids = [f"{i:08d}" for i in range(5)]
     for i, checkpoint_id in enumerate(ids):
         parent = ids[i - 1] if i else ""
@@ -492,7 +463,7 @@ async def test_retention_keeps_the_ancestors_delta_channels_need(
 ) -> None:
     """A LangGraph DeltaChannel rebuilds its value from the writes of the ancestors back
     to its last snapshot; metadata counts them, and retention keeps that chain."""
-    thread = f"t-{_uid()}"
+    thread = f"t-{uid()}"
     ids = [f"{i:08d}" for i in range(11)]
 
     async def put(i: int, counters: dict[str, list[int]]) -> None:
@@ -534,8 +505,8 @@ def _graph() -> StateGraph[_State, None, _State, _State]:
 
 async def test_a_graph_resumes_its_thread_from_another_saver(memory_server: RunningServer) -> None:
     """Two savers (two agent replicas) on one thread: state survives in the service."""
-    token = mint_token(SECRET, f"graph-{_uid()}")
-    config: Any = {"configurable": {"thread_id": f"t-{_uid()}"}}
+    token = mint_token(SECRET, f"graph-{uid()}")
+    config: Any = {"configurable": {"thread_id": f"t-{uid()}"}}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
         first = _graph().compile(checkpointer=AgentmeshSaver(channel, token=token))
         await first.ainvoke(_State(log=["hi"]), config)
@@ -547,7 +518,7 @@ async def test_a_graph_resumes_its_thread_from_another_saver(memory_server: Runn
 
 
 async def test_saver_forwards_the_served_calls_credential(memory_server: RunningServer) -> None:
-    tenant = f"forward-{_uid()}"
+    tenant = f"forward-{uid()}"
     authorization = f"Bearer {mint_token(SECRET, tenant)}"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
         saver = AgentmeshSaver(channel)
@@ -561,7 +532,7 @@ async def test_saver_forwards_the_served_calls_credential(memory_server: Running
 
 
 async def test_sync_methods_run_from_other_threads_only(memory_server: RunningServer) -> None:
-    token = mint_token(SECRET, f"sync-{_uid()}")
+    token = mint_token(SECRET, f"sync-{uid()}")
     thread_config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
         saver = AgentmeshSaver(channel, token=token)
@@ -580,7 +551,7 @@ async def test_sync_methods_run_from_other_threads_only(memory_server: RunningSe
 
 
 async def test_copy_errors_surface_as_value_errors(memory_server: RunningServer) -> None:
-    token = mint_token(SECRET, f"copy-{_uid()}")
+    token = mint_token(SECRET, f"copy-{uid()}")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
         saver = AgentmeshSaver(channel, token=token)
         with pytest.raises(ValueError, match="has no checkpoints"):

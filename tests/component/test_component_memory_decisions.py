@@ -6,45 +6,20 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from agentmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import common_pb2, memory_pb2
 
-Metadata = tuple[tuple[str, str], ...]
-if TYPE_CHECKING:  # the async stub type exists only in the type stubs
-    Stub = memory_pb2_grpc.MemoryServiceAsyncStub
+# `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
+from component.conftest import Metadata
+from component.memory_helpers import Stub, field_violations, rpc_error, uid
 
 pytestmark = pytest.mark.component
-
-
-def _uid() -> str:
-    """A fresh id suffix: the server and database live for the whole test session."""
-    return uuid.uuid4().hex[:10]
-
-
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-async def _violations(call: Awaitable[Any]) -> dict[str, str]:
-    """Expects INVALID_ARGUMENT; returns its BadRequest field violations by field."""
-    error = await _error(call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert any(detail.Unpack(bad_request) for detail in status.details)
-    return {v.field: v.description for v in bad_request.field_violations}
 
 
 def _decision(agent: str, **fields: Any) -> memory_pb2.Decision:
@@ -82,7 +57,7 @@ async def _list_all(stub: Stub, md: Metadata, filter_: str, size: int) -> list[s
 
 
 async def test_create_and_get_round_trip_every_field(memory: Stub, tenant_a: Metadata) -> None:
-    agent = f"agents/a-{_uid()}"
+    agent = f"agents/a-{uid(10)}"
     metadata = struct_pb2.Struct()
     metadata.update({"route": "fast", "depth": 2})
     sent = memory_pb2.Decision(
@@ -134,14 +109,14 @@ async def test_empty_trace_id_defaults_to_the_callers_trace(
 ) -> None:
     trace_id = uuid.uuid4().hex
     traced = (*tenant_a, ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"))
-    created = await _create(memory, traced, _decision(f"agents/t-{_uid()}"))
+    created = await _create(memory, traced, _decision(f"agents/t-{uid(10)}"))
     assert created.trace_id == trace_id
 
 
 async def test_request_id_makes_create_idempotent(
     memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
-    agent = f"agents/i-{_uid()}"
+    agent = f"agents/i-{uid(10)}"
     request = memory_pb2.CreateDecisionRequest(
         decision=_decision(agent), request_id=str(uuid.uuid4())
     )
@@ -186,10 +161,10 @@ async def test_request_id_makes_create_idempotent(
 async def test_bad_decisions_are_invalid_argument_and_write_nothing(
     memory: Stub, tenant_a: Metadata, db: asyncpg.Pool, fields: dict[str, Any], field: str
 ) -> None:
-    agent = f"agents/bad-{_uid()}"
+    agent = f"agents/bad-{uid(10)}"
     values: dict[str, Any] = {"agent": agent, "chosen_action": "agents/x", **fields}
     decision = memory_pb2.Decision(**values)
-    violations = await _violations(
+    violations = await field_violations(
         memory.CreateDecision(
             memory_pb2.CreateDecisionRequest(decision=decision, request_id=str(uuid.uuid4())),
             metadata=tenant_a,
@@ -209,19 +184,19 @@ async def test_bad_metadata_is_invalid_argument(
 ) -> None:
     struct = struct_pb2.Struct()
     struct.update(metadata)
-    violations = await _violations(
-        _create(memory, tenant_a, _decision(f"agents/m-{_uid()}", metadata=struct))
+    violations = await field_violations(
+        _create(memory, tenant_a, _decision(f"agents/m-{uid(10)}", metadata=struct))
     )
     assert "decision.metadata" in violations
 
 
 async def test_get_unknown_or_malformed(memory: Stub, tenant_a: Metadata) -> None:
-    error = await _error(
+    error = await rpc_error(
         memory.GetDecision(memory_pb2.GetDecisionRequest(name="decisions/nope"), metadata=tenant_a)
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     for name in ("", "decisions/", "sessions/x", "decisions/UPPER"):
-        violations = await _violations(
+        violations = await field_violations(
             memory.GetDecision(memory_pb2.GetDecisionRequest(name=name), metadata=tenant_a)
         )
         assert "name" in violations
@@ -230,8 +205,8 @@ async def test_get_unknown_or_malformed(memory: Stub, tenant_a: Metadata) -> Non
 async def test_list_is_newest_first_across_pages_with_every_filter(
     memory: Stub, tenant_a: Metadata
 ) -> None:
-    agent, other = f"agents/l-{_uid()}", f"agents/o-{_uid()}"
-    session, job = f"sessions/s-{_uid()}", f"jobs/j-{_uid()}"
+    agent, other = f"agents/l-{uid(10)}", f"agents/o-{uid(10)}"
+    session, job = f"sessions/s-{uid(10)}", f"jobs/j-{uid(10)}"
     created = []
     for index in range(7):
         created.append(
@@ -275,7 +250,7 @@ async def test_list_is_newest_first_across_pages_with_every_filter(
 
 
 async def test_page_tokens_are_bound_to_their_filter(memory: Stub, tenant_a: Metadata) -> None:
-    agent = f"agents/p-{_uid()}"
+    agent = f"agents/p-{uid(10)}"
     for _ in range(3):
         await _create(memory, tenant_a, _decision(agent))
     page = await memory.ListDecisions(
@@ -287,7 +262,7 @@ async def test_page_tokens_are_bound_to_their_filter(memory: Stub, tenant_a: Met
     reused = memory_pb2.ListDecisionsRequest(
         page_size=1, page_token=page.next_page_token, filter='agent = "conductor"'
     )
-    assert "page_token" in await _violations(memory.ListDecisions(reused, metadata=tenant_a))
+    assert "page_token" in await field_violations(memory.ListDecisions(reused, metadata=tenant_a))
 
     # A token with the right shape for this filter but a made-up position.
     forged_payload = json.loads(
@@ -297,7 +272,9 @@ async def test_page_tokens_are_bound_to_their_filter(memory: Stub, tenant_a: Met
     forged_token = base64.urlsafe_b64encode(json.dumps(forged_payload).encode()).decode()
     for token in ("garbage!!", "e30", forged_token):
         forged = memory_pb2.ListDecisionsRequest(page_token=token, filter=f'agent = "{agent}"')
-        assert "page_token" in await _violations(memory.ListDecisions(forged, metadata=tenant_a))
+        assert "page_token" in await field_violations(
+            memory.ListDecisions(forged, metadata=tenant_a)
+        )
 
 
 @pytest.mark.parametrize(
@@ -318,21 +295,21 @@ async def test_bad_filters_are_invalid_argument(
     memory: Stub, tenant_a: Metadata, filter_: str
 ) -> None:
     request = memory_pb2.ListDecisionsRequest(filter=filter_)
-    assert "filter" in await _violations(memory.ListDecisions(request, metadata=tenant_a))
+    assert "filter" in await field_violations(memory.ListDecisions(request, metadata=tenant_a))
 
 
 async def test_negative_page_size_is_invalid_argument(memory: Stub, tenant_a: Metadata) -> None:
     request = memory_pb2.ListDecisionsRequest(page_size=-1)
-    assert "page_size" in await _violations(memory.ListDecisions(request, metadata=tenant_a))
+    assert "page_size" in await field_violations(memory.ListDecisions(request, metadata=tenant_a))
 
 
 async def test_other_tenants_never_see_decisions(
     memory: Stub, tenant_a: Metadata, tenant_b: Metadata
 ) -> None:
-    agent = f"agents/iso-{_uid()}"
+    agent = f"agents/iso-{uid(10)}"
     created = await _create(memory, tenant_a, _decision(agent))
 
-    error = await _error(
+    error = await rpc_error(
         memory.GetDecision(memory_pb2.GetDecisionRequest(name=created.name), metadata=tenant_b)
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND

@@ -12,15 +12,15 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pgvector.asyncpg import register_vector
@@ -40,8 +40,10 @@ from agentmesh.memory.memories import (
 )
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
-Metadata = tuple[tuple[str, str], ...]
-Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
+# `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
+from component.conftest import Metadata
+from component.memory_helpers import Stub, expect_error, expect_invalid, struct, uid
+
 DIM = 384
 
 
@@ -49,14 +51,7 @@ DIM = 384
 
 
 def fresh_namespace(*rest: str) -> str:
-    return "/".join(("t" + uuid.uuid4().hex[:10], *rest))
-
-
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
+    return "/".join(("t" + uid(10), *rest))
 
 
 def details_of(error: grpc.aio.AioRpcError, kind: Any) -> list[Any]:
@@ -69,22 +64,6 @@ def details_of(error: grpc.aio.AioRpcError, kind: Any) -> list[Any]:
             detail.Unpack(message)
             found.append(message)
     return found
-
-
-async def expect_invalid(call: Awaitable[Any], *fields: str) -> None:
-    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
-    named = {
-        violation.field
-        for bad in details_of(error, error_details_pb2.BadRequest)
-        for violation in bad.field_violations
-    }
-    assert set(fields) <= named, (fields, named, error.details())
-
-
-def struct(**values: Any) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 def in_seconds(seconds: float) -> timestamp_pb2.Timestamp:

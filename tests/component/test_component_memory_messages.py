@@ -5,56 +5,26 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from agentmesh.core.paging import encode_page_token
-from agentmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import common_pb2, memory_pb2
 
-Metadata = tuple[tuple[str, str], ...]
-# The async stub type exists only in the generated .pyi, hence the string alias.
-Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
-
+# `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
+from component.conftest import Metadata
+from component.memory_helpers import Stub, expect_error, expect_invalid, unique
 
 # ------------------------------------------------------------------ helpers
 
 
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    """The fields named by the BadRequest detail of a rich error status."""
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None, "no google.rpc.Status details on the error"
-    fields: set[str] = set()
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            fields.update(violation.field for violation in bad_request.field_violations)
-    return fields
-
-
-async def expect_invalid(call: Awaitable[Any], *fields: str) -> None:
-    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
-    assert set(fields) <= violated_fields(error), error.details()
-
-
 async def new_session(memory: Stub, auth: Metadata) -> str:
     session = await memory.CreateSession(
-        memory_pb2.CreateSessionRequest(
-            session=memory_pb2.Session(), session_id=f"m-{uuid.uuid4().hex[:12]}"
-        ),
+        memory_pb2.CreateSessionRequest(session=memory_pb2.Session(), session_id=unique("m")),
         metadata=auth,
     )
     return session.name

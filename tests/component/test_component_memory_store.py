@@ -7,35 +7,28 @@ import json
 import uuid
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from agentmesh.core.auth import mint_token
 from agentmesh.core.server import RunningServer
 from agentmesh.langgraph import AgentmeshStore
-from agentmesh.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import SECRET
-
-if TYPE_CHECKING:  # the async stub type exists only in the type stubs
-    Stub = memory_pb2_grpc.MemoryServiceAsyncStub
-
-Metadata = tuple[tuple[str, str], ...]
+from component.conftest import Metadata, credentials
+from component.memory_helpers import Stub, field_violations, rpc_error, unique
 
 pytestmark = pytest.mark.component
 
 
 def _fresh_tenant() -> tuple[str, Metadata]:
     """A tenant of its own, so searches and listings see only this test's items."""
-    tenant = f"store-{uuid.uuid4().hex[:12]}"
-    return tenant, (("authorization", f"Bearer {mint_token(SECRET, tenant)}"),)
+    tenant = unique("store")
+    return tenant, credentials(tenant)
 
 
 def _put(
@@ -53,23 +46,6 @@ def _put(
     if ttl_s is not None:
         request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl_s)))
     return request
-
-
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-async def _violations(call: Awaitable[Any]) -> dict[str, str]:
-    """Expects INVALID_ARGUMENT; returns its BadRequest field violations by field."""
-    error = await _error(call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert any(detail.Unpack(bad_request) for detail in status.details)
-    return {v.field: v.description for v in bad_request.field_violations}
 
 
 async def _search(stub: Stub, md: Metadata, **fields: Any) -> list[str]:
@@ -104,7 +80,7 @@ async def test_put_get_update_delete(memory: Stub) -> None:
     await memory.DeleteStoreItem(  # deleting again is fine
         memory_pb2.DeleteStoreItemRequest(namespace=ns, key="prefs"), metadata=md
     )
-    gone = await _error(
+    gone = await rpc_error(
         memory.GetStoreItem(memory_pb2.GetStoreItemRequest(namespace=ns, key="prefs"), metadata=md)
     )
     assert gone.code() == grpc.StatusCode.NOT_FOUND
@@ -116,7 +92,7 @@ async def test_another_tenant_sees_and_touches_nothing(
     ns = ["isolation", uuid.uuid4().hex[:8]]
     await memory.PutStoreItem(_put(ns, "k", {"secret": "a's"}), metadata=tenant_a)
 
-    hidden = await _error(
+    hidden = await rpc_error(
         memory.GetStoreItem(
             memory_pb2.GetStoreItemRequest(namespace=ns, key="k"), metadata=tenant_b
         )
@@ -138,43 +114,46 @@ async def test_bad_requests_are_invalid_argument_with_fields(
         return memory.PutStoreItem(memory_pb2.PutStoreItemRequest(**fields), metadata=tenant_a)
 
     item = memory_pb2.StoreItem
-    assert set(await _violations(put(item=item(value_json="{}")))) == {"item.namespace", "item.key"}
-    assert "item.namespace[1]" in await _violations(
+    assert set(await field_violations(put(item=item(value_json="{}")))) == {
+        "item.namespace",
+        "item.key",
+    }
+    assert "item.namespace[1]" in await field_violations(
         put(item=item(namespace=["a", ""], key="k", value_json="{}"))
     )
-    assert "item.namespace[0]" in await _violations(
+    assert "item.namespace[0]" in await field_violations(
         put(item=item(namespace=["*"], key="k", value_json="{}"))
     )
     for bad_json in ("", "[1]", "{nope", '{"x": NaN}', '{"x": "\\u0000"}'):
-        assert "item.value_json" in await _violations(
+        assert "item.value_json" in await field_violations(
             put(item=item(namespace=["a"], key="k", value_json=bad_json))
         ), bad_json
     big = json.dumps({"x": "y" * (1024 * 1024)})
-    assert "item.value_json" in await _violations(
+    assert "item.value_json" in await field_violations(
         put(item=item(namespace=["a"], key="k", value_json=big))
     )
-    assert "index_fields" in await _violations(
+    assert "index_fields" in await field_violations(
         memory.PutStoreItem(_put(["a"], "k", {}, index_fields=["$none", "x"]), metadata=tenant_a)
     )
     negative = _put(["a"], "k", {})
     negative.ttl.CopyFrom(duration_pb2.Duration(seconds=-5))
-    assert "ttl" in await _violations(memory.PutStoreItem(negative, metadata=tenant_a))
+    assert "ttl" in await field_violations(memory.PutStoreItem(negative, metadata=tenant_a))
 
     def search(**fields: Any) -> Awaitable[memory_pb2.SearchStoreItemsResponse]:
         return memory.SearchStoreItems(
             memory_pb2.SearchStoreItemsRequest(**fields), metadata=tenant_a
         )
 
-    assert "limit" in await _violations(search(limit=5000))
-    assert "offset" in await _violations(search(offset=-1))
-    assert "filter_json" in await _violations(search(filter_json="[]"))
-    assert "filter_json" in await _violations(search(filter_json='{"a": {"$like": 1}}'))
-    assert "max_depth" in await _violations(
+    assert "limit" in await field_violations(search(limit=5000))
+    assert "offset" in await field_violations(search(offset=-1))
+    assert "filter_json" in await field_violations(search(filter_json="[]"))
+    assert "filter_json" in await field_violations(search(filter_json='{"a": {"$like": 1}}'))
+    assert "max_depth" in await field_violations(
         memory.ListStoreNamespaces(
             memory_pb2.ListStoreNamespacesRequest(max_depth=-1), metadata=tenant_a
         )
     )
-    assert "key" in await _violations(
+    assert "key" in await field_violations(
         memory.GetStoreItem(memory_pb2.GetStoreItemRequest(namespace=["a"]), metadata=tenant_a)
     )
 
@@ -290,7 +269,7 @@ async def test_expired_items_vanish_and_reads_can_refresh(memory: Stub, db: asyn
         " WHERE tenant = $1 AND key = 'short'",
         tenant,
     )
-    expired = await _error(
+    expired = await rpc_error(
         memory.GetStoreItem(
             memory_pb2.GetStoreItemRequest(namespace=["t"], key="short"), metadata=md
         )

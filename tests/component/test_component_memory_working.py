@@ -5,51 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import grpc
 import pytest
 import redis.asyncio
 from google.protobuf import duration_pb2, json_format, struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from agentmesh.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import memory_pb2
 
-Metadata = tuple[tuple[str, str], ...]
-# The async stub type exists only in the generated .pyi, hence the string alias.
-Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
+# `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
+from component.conftest import Metadata
+from component.memory_helpers import Stub, expect_error, expect_invalid, unique
 
 DEFAULT_TTL_S = 86_400  # memory_working_ttl_s of the component settings
 
 
 # ------------------------------------------------------------------ helpers
-
-
-async def expect_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    """The fields named by the BadRequest detail of a rich error status."""
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None, "no google.rpc.Status details on the error"
-    fields: set[str] = set()
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            fields.update(violation.field for violation in bad_request.field_violations)
-    return fields
-
-
-async def expect_invalid(call: Awaitable[Any], *fields: str) -> None:
-    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
-    assert set(fields) <= violated_fields(error), error.details()
 
 
 def value(python: Any) -> struct_pb2.Value:
@@ -63,7 +35,7 @@ def plain(working: memory_pb2.WorkingMemory) -> dict[str, Any]:
 async def new_session(memory: Stub, auth: Metadata, session_id: str | None = None) -> str:
     session = await memory.CreateSession(
         memory_pb2.CreateSessionRequest(
-            session=memory_pb2.Session(), session_id=session_id or f"w-{uuid.uuid4().hex[:12]}"
+            session=memory_pb2.Session(), session_id=session_id or unique("w")
         ),
         metadata=auth,
     )
@@ -200,7 +172,7 @@ async def test_a_recreated_session_does_not_inherit_stale_working_memory(
 ) -> None:
     """An update racing a DeleteSession can leave a hash behind; the next session of
     the same id must not see it."""
-    session_id = f"w-{uuid.uuid4().hex[:12]}"
+    session_id = unique("w")
     name = await new_session(memory, tenant_a, session_id)
     await update(memory, tenant_a, name, {"secret": "old"})
     key = redis_key("tenant-a", name)

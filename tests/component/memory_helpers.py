@@ -1,0 +1,91 @@
+"""Helpers shared by the Memory component tests: the stub type, fresh ids, rich errors.
+
+Import them as ``component.memory_helpers`` (the name mypy resolves too: mypy_path
+has tests/). conftest.py registers this module for pytest's assertion rewriting, so
+a failed ``assert`` here explains itself as it would inside a test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeAlias, cast
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agentmesh.v1 import memory_pb2_grpc
+
+# The async stub type exists only in the generated .pyi, hence the string alias.
+Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
+
+
+# ------------------------------------------------------------------ fresh ids
+
+
+def uid(length: int = 12) -> str:
+    """A fresh id suffix: the server and database live for the whole test session."""
+    return uuid.uuid4().hex[:length]
+
+
+def unique(prefix: str = "s") -> str:
+    """A fresh ``prefix-`` id: the database is shared by every test of the session."""
+    return f"{prefix}-{uid()}"
+
+
+# ------------------------------------------------------------------ messages
+
+
+def struct(**values: Any) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+# ------------------------------------------------------------------ errors
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    return caught.value
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    """The fields named by the BadRequest detail of a rich error status."""
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    assert status is not None, "no google.rpc.Status details on the error"
+    fields: set[str] = set()
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields.update(violation.field for violation in bad_request.field_violations)
+    return fields
+
+
+async def expect_invalid(call: Awaitable[Any], *fields: str) -> None:
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert set(fields) <= violated_fields(error), error.details()
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The gRPC error ``call`` raises, whatever its code."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def field_violations(call: Awaitable[Any]) -> dict[str, str]:
+    """Expects INVALID_ARGUMENT; returns its BadRequest field violations by field."""
+    error = await rpc_error(call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert any(detail.Unpack(bad_request) for detail in status.details)
+    return {v.field: v.description for v in bad_request.field_violations}
