@@ -314,7 +314,7 @@ class SessionRpcs(RpcGroup):
         session = request.session
         violations = Violations()
         session_id = violations.check(lambda: SESSIONS.parse(session.name, field="session.name"))
-        paths = violations.check(lambda: _mask_paths(request.update_mask.paths))
+        paths = violations.check(lambda: _mask_paths(request.update_mask.paths, session))
         expected = (
             violations.check(lambda: convert.parse_etag(session.etag, field="session.etag"))
             if session.etag
@@ -416,10 +416,19 @@ class SessionRpcs(RpcGroup):
         )
 
 
-def _mask_paths(paths: Sequence[str]) -> frozenset[str]:
-    """The fields an update writes: empty or ``*`` mean all of them (contract)."""
-    if not paths or "*" in paths:
+def _mask_paths(paths: Sequence[str], session: memory_pb2.Session) -> frozenset[str]:
+    """The fields an update writes (contract, AIP-134): ``*`` means all of them; an
+    empty mask means those set in ``session``, so a PATCH of one field from a web
+    client never clears the others."""
+    if "*" in paths:
         return frozenset(_MASKABLE)
+    if not paths:
+        present = {
+            "display_name": bool(session.display_name),
+            "labels": bool(session.labels),
+            "metadata": session.HasField("metadata"),
+        }
+        return frozenset(path for path, is_set in present.items() if is_set)
     unknown = [path for path in paths if path not in _MASKABLE]
     if unknown:
         raise InvalidArgument(

@@ -2580,8 +2580,8 @@ class Memory(betterproto2.Message):
     embedding: "list[float]" = betterproto2.field(6, betterproto2.TYPE_FLOAT, repeated=True)
     """
     Precomputed embedding. When empty the server embeds `content`. Its length
-    must equal the server's dimension (INVALID_ARGUMENT otherwise). Not
-    returned by reads unless asked (`ListMemoriesRequest.view`).
+    must equal the server's dimension (INVALID_ARGUMENT otherwise). Never
+    returned by reads (input only).
     """
 
     session: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
@@ -3766,8 +3766,9 @@ class UpdateSessionRequest(betterproto2.Message):
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
     """
-    Fields to update: `display_name`, `labels`, `metadata`. Empty means all
-    three; `*` is the same.
+    Fields to update: `display_name`, `labels`, `metadata`. Empty means the
+    fields that are set in `session` (AIP-134), so a PATCH carrying only
+    `display_name` leaves labels and metadata alone; `*` replaces all three.
     """
 
 
