@@ -383,17 +383,20 @@ async def _insert(
     groups = list(new.values())
     merged = [_merged_fields(group) for group in groups]
     # clock_timestamp(), not now(): rows of one batch get distinct, increasing
-    # creation times, so "newest first" keeps the batch's order stable.
+    # creation times, so "newest first" keeps the batch's order stable. It is read
+    # once per row (the LATERAL refers to the row, so it is evaluated per row) and
+    # used for both columns: two calls would differ by a microsecond.
     rows = await conn.fetch(
         f"""
             INSERT INTO memory.memories (tenant, id, namespace, kind, content, metadata,
                 embedding, session, expire_time, merge_count, create_time, update_time)
             SELECT $1, u.id, u.namespace, u.kind, u.content, u.metadata, u.embedding,
-                u.session, u.expire_time, u.merges, clock_timestamp(), clock_timestamp()
+                u.session, u.expire_time, u.merges, t.now, t.now
             FROM unnest($2::text[], $3::text[], $4::smallint[], $5::text[], $6::jsonb[],
                 $7::vector[], $8::text[], $9::timestamptz[], $10::int[])
                 AS u(id, namespace, kind, content, metadata, embedding, session,
                      expire_time, merges)
+            CROSS JOIN LATERAL (SELECT clock_timestamp() AS now, u.id AS row_id) AS t
             RETURNING {_COLUMNS}
             """,
         tenant,
