@@ -880,3 +880,32 @@ async def test_hnsw_recall_at_10_against_an_exact_scan(
     finally:
         await conn.close()
     assert sum(recalls) / len(recalls) >= 0.9, recalls
+
+
+async def test_top_k_above_ef_search_still_returns_top_k(backends: Any) -> None:
+    """The contract: top_k results whatever hnsw.ef_search is (searches run on the
+    connection's ef_search; a larger top_k takes the SET LOCAL path)."""
+    async with server_with(backends, None, AGENTMESH_MEMORY_HNSW_EF_SEARCH="2") as (stub, auth):
+        namespace = fresh_namespace()
+        words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+        await stub.BatchCreateMemories(
+            memory_pb2.BatchCreateMemoriesRequest(
+                requests=[
+                    memory_pb2.CreateMemoryRequest(
+                        memory=memory_pb2.Memory(
+                            namespace=namespace, content=f"{word} likes {other} tea"
+                        )
+                    )
+                    for word in words
+                    for other in ("green", "black")
+                ]
+            ),
+            metadata=auth,
+        )
+        found = await stub.SearchMemories(
+            memory_pb2.SearchMemoriesRequest(
+                text="likes tea", namespace_prefix=namespace, top_k=10, min_score=-1.0
+            ),
+            metadata=auth,
+        )
+        assert len(found.results) == 10

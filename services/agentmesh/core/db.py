@@ -7,6 +7,7 @@ credentials fail the process at once. Afterwards asyncpg reconnects by itself;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 # asyncpg ships neither type hints nor a py.typed marker.
@@ -44,7 +45,21 @@ async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
         ) from exc
 
 
-async def create_pool(settings: Settings) -> asyncpg.Pool:
+async def _keep_session_state(connection: asyncpg.Connection) -> None:
+    """Pool reset that sends nothing to the server.
+
+    asyncpg's default runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one more round trip per RPC. Our code keeps no
+    session state (``SET LOCAL`` and transaction-scoped advisory locks only, no
+    LISTEN, no cursors outside transactions), and asyncpg still rolls back a
+    transaction left open and clears its own state before calling this. Session
+    settings given to ``create_pool`` stay, as intended.
+    """
+
+
+async def create_pool(
+    settings: Settings, *, server_settings: Mapping[str, str] | None = None
+) -> asyncpg.Pool:
     """Open the pool for ``settings.database_url`` (required).
 
     Unix sockets work through the URL query: ``postgresql://postgres@/db?host=/run/pg``.
@@ -59,9 +74,12 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         max_size=settings.db_pool_max_size,
         init=_init_connection,
         connect=_connect,
+        reset=_keep_session_state,
         server_settings={
             "application_name": f"agentmesh-{settings.service}",
             "statement_timeout": str(settings.db_statement_timeout_ms),
+            # Service-specific session defaults (e.g. pgvector's hnsw.* settings).
+            **(server_settings or {}),
         },
     )
 

@@ -10,7 +10,7 @@ from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.embedders import Embedder, build_embedder
-from agentmesh.memory.memories import prepare_memory_store
+from agentmesh.memory.memories import prepare_memory_store, search_session_settings
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
@@ -22,7 +22,9 @@ async def build_memory(settings: Settings, embedder: Embedder | None = None) -> 
     embedder named by the settings (tests may pass their own)."""
     settings.require("database_url", "redis_url")
     chosen = embedder or build_embedder(settings)
-    pool = await create_pool(settings)
+    # Searches use these as connection defaults, so a search is one round trip
+    # (no transaction just to SET LOCAL them); see memories.run_search.
+    pool = await create_pool(settings, server_settings=search_session_settings(settings))
     # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
     # match the settings; rebuilds the index when its m / ef_construction changed.
     await prepare_memory_store(pool, settings)

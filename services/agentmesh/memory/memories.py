@@ -618,21 +618,36 @@ def search_sql(tenant: str, query: SearchQuery) -> tuple[str, list[Any]]:
     return sql, where.params
 
 
+def search_session_settings(settings: Settings) -> dict[str, str]:
+    """Connection defaults for searches: ``hnsw.ef_search`` from the settings and
+    ``relaxed_order`` iterative scans (the scan continues past filtered-out rows and
+    may return slightly out of order, hence the re-sort in run_search)."""
+    return {
+        "hnsw.ef_search": str(settings.memory_hnsw_ef_search),
+        "hnsw.iterative_scan": "relaxed_order",
+    }
+
+
 async def run_search(
     conn: asyncpg.Connection, tenant: str, query: SearchQuery, ef_search: int
 ) -> list[tuple[asyncpg.Record, float]]:
-    """Runs the search in its own transaction (for the ``SET LOCAL``s); best first."""
+    """Runs the search; best first.
+
+    The pool's connections carry ``search_session_settings``, so the usual search is
+    one statement. Only a ``top_k`` above ``ef_search`` (which would cap the result
+    count) needs a transaction to raise it with ``SET LOCAL``.
+    """
     sql, params = search_sql(tenant, query)
-    async with conn.transaction():
-        # ef_search below top_k would cap the result count; relaxed_order lets the
-        # scan continue past filtered-out rows and may return slightly out of
-        # order, hence the re-sort below.
-        await conn.execute(
-            "SELECT set_config('hnsw.ef_search', $1, true),"
-            " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-            str(max(ef_search, query.top_k)),
-        )
+    if query.top_k <= ef_search:
         rows = await conn.fetch(sql, *params)
+    else:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT set_config('hnsw.ef_search', $1, true),"
+                " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                str(query.top_k),
+            )
+            rows = await conn.fetch(sql, *params)
     scored = [(row, max(-1.0, min(1.0, 1.0 - row["distance"]))) for row in rows]
     scored.sort(key=lambda hit: (-hit[1], hit[0]["id"]))
     return [hit for hit in scored if hit[1] >= query.min_score]
