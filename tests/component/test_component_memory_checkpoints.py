@@ -257,12 +257,129 @@ async def test_writes_may_arrive_before_their_checkpoint(memory: Stub, tenant_a:
     early = memory_pb2.PutCheckpointWritesRequest(
         thread_id=thread, checkpoint_id="c1", writes=[_write("t1", "ch", b"1")]
     )
-    await memory.PutCheckpointWrites(early, metadata=tenant_a)
+    stored = await memory.PutCheckpointWrites(early, metadata=tenant_a)  # not NOT_FOUND
+    assert stored.stored_count == 1
+    # Writes alone are no checkpoint: nothing reads them yet.
+    missing = await rpc_error(
+        memory.GetCheckpoint(
+            memory_pb2.GetCheckpointRequest(thread_id=thread, checkpoint_id="c1"),
+            metadata=tenant_a,
+        )
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert await _ids(memory, tenant_a, thread) == []
+
     await memory.PutCheckpoint(_checkpoint(thread, "c1"), metadata=tenant_a)
     found = await memory.GetCheckpoint(
         memory_pb2.GetCheckpointRequest(thread_id=thread), metadata=tenant_a
     )
-    assert [w.channel for w in found.pending_writes] == ["ch"]
+    assert [(w.task_id, w.channel, w.value.data) for w in found.pending_writes] == [
+        ("t1", "ch", b"1")
+    ]
+    listed = await memory.ListCheckpoints(
+        memory_pb2.ListCheckpointsRequest(thread_id=thread), metadata=tenant_a
+    )
+    assert [[w.channel for w in t.pending_writes] for t in listed.checkpoints] == [["ch"]]
+
+
+async def _orphans(db: asyncpg.Pool, thread: str) -> list[str]:
+    """Checkpoint ids of the thread's writes that have no stored checkpoint."""
+    rows = await db.fetch(
+        """
+        SELECT DISTINCT w.checkpoint_id FROM memory.checkpoint_writes AS w
+        WHERE w.thread_id = $1 AND NOT EXISTS (
+            SELECT 1 FROM memory.checkpoints AS c
+            WHERE c.tenant = w.tenant AND c.thread_id = w.thread_id
+              AND c.checkpoint_ns = w.checkpoint_ns AND c.checkpoint_id = w.checkpoint_id
+        )
+        ORDER BY 1
+        """,
+        thread,
+    )
+    return [row["checkpoint_id"] for row in rows]
+
+
+async def _put_writes(stub: Stub, md: Metadata, thread: str, checkpoint_id: str) -> None:
+    await stub.PutCheckpointWrites(
+        memory_pb2.PutCheckpointWritesRequest(
+            thread_id=thread, checkpoint_id=checkpoint_id, writes=[_write("t", "ch", b"1")]
+        ),
+        metadata=md,
+    )
+
+
+async def test_writes_of_a_checkpoint_never_stored_are_not_left_forever(
+    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+) -> None:
+    """Writes whose checkpoint never lands (a failed run) carry no run id and belong to
+    no copied checkpoint; DeleteThread always removes them, a prune when that
+    checkpoint could not be kept anyway."""
+    thread, run = f"t-{uid()}", f"run-{uid()}"
+    ids = [f"{i:08d}" for i in range(1, 5)]
+    for i, checkpoint_id in enumerate(ids):
+        metadata = {"run_id": run, "step": i}
+        await memory.PutCheckpoint(
+            _checkpoint(thread, checkpoint_id, metadata=metadata), metadata=tenant_a
+        )
+    # Never stored: one older than every checkpoint, one newer (still in flight).
+    await _put_writes(memory, tenant_a, thread, "00000000")
+    await _put_writes(memory, tenant_a, thread, "00000009")
+
+    # Not the run's: they stay.
+    await memory.DeleteCheckpointsForRuns(
+        memory_pb2.DeleteCheckpointsForRunsRequest(run_ids=["other-run"]), metadata=tenant_a
+    )
+    assert await _orphans(db, thread) == ["00000000", "00000009"]
+
+    # Not copied: on the target their checkpoint could never land.
+    target = f"t-{uid()}"
+    copied = await memory.CopyThread(
+        memory_pb2.CopyThreadRequest(source_thread_id=thread, target_thread_id=target),
+        metadata=tenant_a,
+    )
+    assert copied.copied_checkpoints == 4
+    assert await _orphans(db, target) == []
+
+    # keep 5 of 4: the old one could still be kept if it landed, so its writes stay.
+    await memory.PruneCheckpoints(
+        memory_pb2.PruneCheckpointsRequest(thread_ids=[thread], keep_latest=5),
+        metadata=tenant_a,
+    )
+    assert await _orphans(db, thread) == ["00000000", "00000009"]
+    # keep 2: 00000000 has 2 newer checkpoints and would be pruned on arrival; the
+    # writes running ahead of the newest checkpoint stay.
+    pruned = await memory.PruneCheckpoints(
+        memory_pb2.PruneCheckpointsRequest(thread_ids=[thread], keep_latest=2),
+        metadata=tenant_a,
+    )
+    assert pruned.deleted_checkpoints == 2
+    assert await _orphans(db, thread) == ["00000009"]
+    await memory.PutCheckpoint(_checkpoint(thread, "00000009"), metadata=tenant_a)
+    latest = await memory.GetCheckpoint(
+        memory_pb2.GetCheckpointRequest(thread_id=thread), metadata=tenant_a
+    )
+    assert latest.checkpoint.checkpoint_id == "00000009"
+    assert [w.channel for w in latest.pending_writes] == ["ch"]
+
+    # DeleteThread leaves nothing of the thread behind.
+    await _put_writes(memory, tenant_a, thread, "00000010")
+    await memory.DeleteThread(memory_pb2.DeleteThreadRequest(thread_id=thread), metadata=tenant_a)
+    remaining = "SELECT count(*) FROM memory.checkpoint_writes WHERE thread_id = $1"
+    assert await db.fetchval(remaining, thread) == 0
+
+
+async def test_a_thread_with_only_early_writes_has_nothing_to_copy(
+    memory: Stub, tenant_a: Metadata
+) -> None:
+    thread = f"t-{uid()}"
+    await _put_writes(memory, tenant_a, thread, "c1")
+    missing = await rpc_error(
+        memory.CopyThread(
+            memory_pb2.CopyThreadRequest(source_thread_id=thread, target_thread_id=f"t-{uid()}"),
+            metadata=tenant_a,
+        )
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_list_pages_over_every_thread_of_the_tenant_newest_first(memory: Stub) -> None:

@@ -47,6 +47,11 @@ _SELECT_CHECKPOINT: Final = """
 # delta channels have gone `n` supersteps without a snapshot also keeps its `n + 1`
 # nearest ancestors (by parent link): DeltaChannel rebuilds its value by walking the
 # parent chain back to a snapshot, so deleting those would silently empty the channel.
+#
+# Writes whose checkpoint is not stored (PutCheckpointWrites accepts them, see there)
+# go too when that checkpoint could not survive this pass if it landed now: `keep`
+# newer checkpoints exist in its namespace and no kept checkpoint names it as parent.
+# Writes that run ahead of their checkpoint are for the newest one, so they stay.
 _PRUNE: Final = f"""
 WITH RECURSIVE ranked AS (
     SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, metadata,
@@ -95,6 +100,26 @@ doomed_writes AS (
     USING doomed AS d
     WHERE w.tenant = $1 AND w.thread_id = d.thread_id AND w.checkpoint_ns = d.checkpoint_ns
       AND w.checkpoint_id = d.checkpoint_id
+),
+orphan_writes AS (
+    DELETE FROM memory.checkpoint_writes AS w
+    WHERE w.tenant = $1 AND w.thread_id = ANY($2::text[])
+      AND ($4::text IS NULL OR w.checkpoint_ns = $4)
+      AND NOT EXISTS (
+          SELECT 1 FROM ranked AS r
+          WHERE r.thread_id = w.thread_id AND r.checkpoint_ns = w.checkpoint_ns
+            AND r.checkpoint_id = w.checkpoint_id
+      )
+      AND EXISTS (
+          SELECT 1 FROM ranked AS r
+          WHERE r.thread_id = w.thread_id AND r.checkpoint_ns = w.checkpoint_ns
+            AND r.rank = $3 AND r.checkpoint_id > w.checkpoint_id
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM kept AS k
+          WHERE k.thread_id = w.thread_id AND k.checkpoint_ns = w.checkpoint_ns
+            AND k.parent_checkpoint_id = w.checkpoint_id
+      )
 )
 SELECT count(*) FROM doomed
 """
@@ -249,7 +274,8 @@ async def prune(
 ) -> int:
     """Keeps the newest ``keep_latest`` checkpoints per thread and namespace (only
     ``checkpoint_ns`` when given) and their delta-channel ancestors; returns how many
-    checkpoints were deleted (their writes go with them)."""
+    checkpoints were deleted. Their writes go with them, and so do the writes of
+    checkpoints that were never stored and could not be kept if they were (``_PRUNE``)."""
     deleted: int = await conn.fetchval(_PRUNE, tenant, list(thread_ids), keep_latest, checkpoint_ns)
     return deleted
 
@@ -327,6 +353,12 @@ class CheckpointRpcs(RpcGroup):
 
         writes = _dedupe_writes(request.writes)
         tenant = self.tenant()
+        # The checkpoint need not exist: LangGraph submits a checkpoint and the writes
+        # against it concurrently (durability "async"/"exit"), and its own savers accept
+        # writes for a checkpoint they do not hold. The writes wait under the
+        # checkpoint's key (the table has no foreign key, on purpose) and come back with
+        # it once it lands; DeleteThread and PruneCheckpoints clear those whose
+        # checkpoint never comes.
         # A regular write (idx >= 0) is stored once: a retried task must not replace
         # what the first attempt recorded. Special writes (errors, interrupts, negative
         # idx) are replaced, as in LangGraph's own savers.
@@ -458,6 +490,7 @@ class CheckpointRpcs(RpcGroup):
         check = _Violations()
         check.text(request.thread_id, "thread_id", required=True, max_chars=MAX_ID_CHARS)
         check.raise_if_any()
+        # Every write of the thread goes, also those of checkpoints never stored.
         deleted: int = await self.deps.pool.fetchval(
             """
             WITH doomed AS (
@@ -502,6 +535,9 @@ class CheckpointRpcs(RpcGroup):
         check = _Violations()
         _id_list(request.run_ids, "run_ids", check)
         check.raise_if_any()
+        # Writes go with their checkpoints. Writes of a checkpoint not stored carry no
+        # run id (only checkpoint metadata does), so they stay: they join their checkpoint
+        # if it lands, and DeleteThread or a prune removes them if it never does.
         deleted: int = await self.deps.pool.fetchval(
             """
             WITH doomed AS (
@@ -637,13 +673,22 @@ async def _copy_thread(conn: asyncpg.Connection, tenant: str, source: str, targe
     )
     if copied == 0:
         raise NotFound("thread", source)
+    # Only the writes of the checkpoints just copied: a write whose checkpoint the source
+    # does not hold (yet) belongs to a checkpoint that can only ever land on the source,
+    # so on the target it would wait forever.
     await conn.execute(
         """
         INSERT INTO memory.checkpoint_writes (tenant, thread_id, checkpoint_ns, checkpoint_id,
             task_id, idx, channel, type, value, task_path)
-        SELECT tenant, $3, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, value,
-               task_path
-        FROM memory.checkpoint_writes WHERE tenant = $1 AND thread_id = $2
+        SELECT w.tenant, $3, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.channel,
+               w.type, w.value, w.task_path
+        FROM memory.checkpoint_writes AS w
+        WHERE w.tenant = $1 AND w.thread_id = $2
+          AND EXISTS (
+              SELECT 1 FROM memory.checkpoints AS c
+              WHERE c.tenant = $1 AND c.thread_id = $3 AND c.checkpoint_ns = w.checkpoint_ns
+                AND c.checkpoint_id = w.checkpoint_id
+          )
         -- Writes that reached the target ahead of their checkpoint stay as they are.
         ON CONFLICT DO NOTHING
         """,

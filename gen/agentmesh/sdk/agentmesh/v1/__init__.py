@@ -2945,12 +2945,12 @@ class PutCheckpointWritesRequest(betterproto2.Message):
 
     checkpoint_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    Id of the checkpoint the writes belong to.
+    Id of the checkpoint the writes belong to; it need not be stored yet.
     """
 
     writes: "list[PendingWrite]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    The writes.
+    The writes, 1-10,000.
     """
 
 
@@ -4893,7 +4893,14 @@ class MemoryServiceStub:
     ) -> "PutCheckpointWritesResponse":
         """
         Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
-        Idempotent per (task, index). Errors: INVALID_ARGUMENT, NOT_FOUND (checkpoint).
+        Idempotent per (task, index). The checkpoint need not be stored yet, and this
+        never answers NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        when a run fails, without) the checkpoint itself. Such writes wait under the
+        checkpoint's key and are returned with it once PutCheckpoint stores it; until
+        then no read returns them. DeleteThread removes them, and PruneCheckpoints
+        when the checkpoint could not be kept anyway.
+        Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+        than 10,000 writes, a write without task id, channel or value).
         """
 
         return self._channel.unary_unary(
@@ -4904,8 +4911,10 @@ class MemoryServiceStub:
 
     def get_checkpoint(self, message: "GetCheckpointRequest") -> "CheckpointTuple":
         """
-        Gets one checkpoint with its pending writes: the given id, or the latest of
-        the thread and namespace. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        Gets one checkpoint with its pending writes (also those stored before the
+        checkpoint): the given id, or the latest of the thread and namespace.
+        Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+        such checkpoint; writes alone do not make one).
         """
 
         return self._channel.unary_unary(
@@ -4917,7 +4926,8 @@ class MemoryServiceStub:
     def list_checkpoints(self, message: "ListCheckpointsRequest") -> "ListCheckpointsResponse":
         """
         Lists checkpoints newest first, filtered by thread, namespace, metadata and
-        `before`. Errors: INVALID_ARGUMENT (bad filter or page token).
+        `before`, each with its pending writes (also those stored before it).
+        Errors: INVALID_ARGUMENT (bad filter or page token).
         """
 
         return self._channel.unary_unary(
@@ -4928,8 +4938,9 @@ class MemoryServiceStub:
 
     def delete_thread(self, message: "DeleteThreadRequest") -> "DeleteThreadResponse":
         """
-        Deletes every checkpoint and write of a thread. Idempotent (a missing thread
-        is not an error). Errors: INVALID_ARGUMENT.
+        Deletes every checkpoint and write of a thread, in every namespace, including
+        writes whose checkpoint was never stored. Idempotent (a missing thread is not
+        an error). Errors: INVALID_ARGUMENT (missing thread id).
         """
 
         return self._channel.unary_unary(
@@ -4940,9 +4951,11 @@ class MemoryServiceStub:
 
     def copy_thread(self, message: "CopyThreadRequest") -> "CopyThreadResponse":
         """
-        Copies every checkpoint and write of a thread to another thread id.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (source), ALREADY_EXISTS (target has
-        checkpoints).
+        Copies every checkpoint of a thread, with its writes, to another thread id.
+        Writes of checkpoints the source does not hold are not copied (that
+        checkpoint can only land on the source).
+        Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+        has no checkpoints), ALREADY_EXISTS (the target has checkpoints).
         """
 
         return self._channel.unary_unary(
@@ -4955,8 +4968,10 @@ class MemoryServiceStub:
         self, message: "DeleteCheckpointsForRunsRequest"
     ) -> "DeleteCheckpointsForRunsResponse":
         """
-        Deletes the checkpoints and writes created by the given runs.
-        Errors: INVALID_ARGUMENT.
+        Deletes the checkpoints created by the given runs (metadata `run_id`), with
+        their writes. Writes of checkpoints not stored carry no run id and stay
+        (DeleteThread or PruneCheckpoints removes them).
+        Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
         """
 
         return self._channel.unary_unary(
@@ -4967,8 +4982,11 @@ class MemoryServiceStub:
 
     def prune_checkpoints(self, message: "PruneCheckpointsRequest") -> "PruneCheckpointsResponse":
         """
-        Keeps only the latest checkpoints of the given threads.
-        Errors: INVALID_ARGUMENT (no threads, keep_latest < 1).
+        Keeps only the latest checkpoints of the given threads (per namespace, plus
+        the ancestors LangGraph delta channels still need), deleting the others with
+        their writes. Writes of a checkpoint not stored go too when `keep_latest`
+        newer checkpoints exist in its namespace (it could not be kept if it landed).
+        Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
         """
 
         return self._channel.unary_unary(
@@ -5655,7 +5673,14 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "PutCheckpointWritesResponse":
         """
         Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
-        Idempotent per (task, index). Errors: INVALID_ARGUMENT, NOT_FOUND (checkpoint).
+        Idempotent per (task, index). The checkpoint need not be stored yet, and this
+        never answers NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        when a run fails, without) the checkpoint itself. Such writes wait under the
+        checkpoint's key and are returned with it once PutCheckpoint stores it; until
+        then no read returns them. DeleteThread removes them, and PruneCheckpoints
+        when the checkpoint could not be kept anyway.
+        Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+        than 10,000 writes, a write without task id, channel or value).
         """
 
         return await self._unary_unary(
@@ -5676,8 +5701,10 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "CheckpointTuple":
         """
-        Gets one checkpoint with its pending writes: the given id, or the latest of
-        the thread and namespace. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        Gets one checkpoint with its pending writes (also those stored before the
+        checkpoint): the given id, or the latest of the thread and namespace.
+        Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+        such checkpoint; writes alone do not make one).
         """
 
         return await self._unary_unary(
@@ -5699,7 +5726,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "ListCheckpointsResponse":
         """
         Lists checkpoints newest first, filtered by thread, namespace, metadata and
-        `before`. Errors: INVALID_ARGUMENT (bad filter or page token).
+        `before`, each with its pending writes (also those stored before it).
+        Errors: INVALID_ARGUMENT (bad filter or page token).
         """
 
         return await self._unary_unary(
@@ -5720,8 +5748,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "DeleteThreadResponse":
         """
-        Deletes every checkpoint and write of a thread. Idempotent (a missing thread
-        is not an error). Errors: INVALID_ARGUMENT.
+        Deletes every checkpoint and write of a thread, in every namespace, including
+        writes whose checkpoint was never stored. Idempotent (a missing thread is not
+        an error). Errors: INVALID_ARGUMENT (missing thread id).
         """
 
         return await self._unary_unary(
@@ -5742,9 +5771,11 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "CopyThreadResponse":
         """
-        Copies every checkpoint and write of a thread to another thread id.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (source), ALREADY_EXISTS (target has
-        checkpoints).
+        Copies every checkpoint of a thread, with its writes, to another thread id.
+        Writes of checkpoints the source does not hold are not copied (that
+        checkpoint can only land on the source).
+        Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+        has no checkpoints), ALREADY_EXISTS (the target has checkpoints).
         """
 
         return await self._unary_unary(
@@ -5765,8 +5796,10 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "DeleteCheckpointsForRunsResponse":
         """
-        Deletes the checkpoints and writes created by the given runs.
-        Errors: INVALID_ARGUMENT.
+        Deletes the checkpoints created by the given runs (metadata `run_id`), with
+        their writes. Writes of checkpoints not stored carry no run id and stay
+        (DeleteThread or PruneCheckpoints removes them).
+        Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
         """
 
         return await self._unary_unary(
@@ -5787,8 +5820,11 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "PruneCheckpointsResponse":
         """
-        Keeps only the latest checkpoints of the given threads.
-        Errors: INVALID_ARGUMENT (no threads, keep_latest < 1).
+        Keeps only the latest checkpoints of the given threads (per namespace, plus
+        the ancestors LangGraph delta channels still need), deleting the others with
+        their writes. Writes of a checkpoint not stored go too when `keep_latest`
+        newer checkpoints exist in its namespace (it could not be kept if it landed).
+        Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
         """
 
         return await self._unary_unary(
