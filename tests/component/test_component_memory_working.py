@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import grpc
 import pytest
 import redis.asyncio
 from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from agentmesh.v1 import memory_pb2
+from agentmesh.core.server import RunningServer, start_server
+from agentmesh.memory.app import build_memory
+from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import Metadata
-from component.memory_helpers import Stub, expect_error, expect_invalid, unique
+from component.conftest import Backends, Metadata, memory_settings
+from component.memory_helpers import Stub, expect_error, expect_invalid, rpc_error, unique
 
 DEFAULT_TTL_S = 86_400  # memory_working_ttl_s of the component settings
 
@@ -252,3 +257,137 @@ async def test_another_tenant_cannot_read_or_write(
     )
     assert await redis_client.exists(redis_key("tenant-b", name)) == 0
     assert plain(await get(memory, tenant_a, name)) == {"secret": "a's"}
+
+
+# ------------------------------------------------------------------ limits
+
+MAX_KEYS = 3
+MAX_BYTES = 100
+
+
+@pytest.fixture(scope="module")
+async def small(backends: Backends) -> AsyncIterator[Stub]:
+    """A second Memory server, on the same backends, whose working memories hold at most
+    3 keys and 100 bytes (keys plus JSON values)."""
+    settings = memory_settings(
+        backends,
+        AGENTMESH_MEMORY_WORKING_MAX_KEYS=str(MAX_KEYS),
+        AGENTMESH_MEMORY_WORKING_MAX_BYTES=str(MAX_BYTES),
+    )
+    running: RunningServer = await start_server(settings, await build_memory(settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))
+    finally:
+        await running.stop(0)
+
+
+def quota_status(error: grpc.aio.AioRpcError) -> tuple[Any, list[Any]]:
+    """The ErrorInfo and the QuotaFailure violations of a RESOURCE_EXHAUSTED error;
+    asserts that it carries no RetryInfo (retrying the same update cannot help)."""
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    assert status is not None
+    info, quota = error_details_pb2.ErrorInfo(), error_details_pb2.QuotaFailure()
+    assert any(detail.Unpack(info) for detail in status.details)
+    assert any(detail.Unpack(quota) for detail in status.details)
+    assert not any(detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for detail in status.details)
+    return info, list(quota.violations)
+
+
+async def test_an_update_over_the_key_limit_changes_nothing(
+    small: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    name = await new_session(small, tenant_a)
+    full = await update(small, tenant_a, name, {"a": 1, "b": 2, "c": 3}, ttl_s=60)
+    refused = await rpc_error(update(small, tenant_a, name, {"d": 4}, ttl_s=3600))
+    info, (violation,) = quota_status(refused)
+    assert info.reason == "WORKING_MEMORY_LIMIT_EXCEEDED"
+    assert dict(info.metadata) == {
+        "resource_name": name,
+        "limit_name": "keys",
+        "limit": "3",
+        "projected": "4",
+    }
+    assert violation.subject == name
+    assert violation.quota_id == "WorkingMemoryKeysPerSession"
+    assert violation.quota_value == MAX_KEYS
+    assert dict(violation.quota_dimensions) == {"working_memory": name}
+    # Nothing changed: not the values, not the TTL, not the update time.
+    after = await get(small, tenant_a, name)
+    assert (after.values, after.update_time) == (full.values, full.update_time)
+    assert await redis_client.pttl(redis_key("tenant-a", name)) <= 60_000
+
+    # At the limit, replacing a key, and swapping one key for another, still fit.
+    assert plain(await update(small, tenant_a, name, {"a": 10})) == {"a": 10, "b": 2, "c": 3}
+    swapped = await update(small, tenant_a, name, {"d": 4}, remove=["a"])
+    assert plain(swapped) == {"b": 2, "c": 3, "d": 4}
+
+
+async def test_an_update_over_the_size_limit_changes_nothing(
+    small: Stub, tenant_a: Metadata
+) -> None:
+    name = await new_session(small, tenant_a)
+    first = await update(small, tenant_a, name, {"k1": "x" * 40})  # 2 + 42 bytes
+    refused = await rpc_error(update(small, tenant_a, name, {"k2": "y" * 60}))  # + 2 + 62
+    info, (violation,) = quota_status(refused)
+    assert (info.metadata["limit_name"], info.metadata["projected"]) == ("bytes", "108")
+    assert (violation.quota_id, violation.quota_value) == ("WorkingMemoryBytesPerSession", 100)
+    assert (await get(small, tenant_a, name)).values == first.values
+    # A smaller value for the same key makes room.
+    await update(small, tenant_a, name, {"k1": "x"})
+    assert plain(await update(small, tenant_a, name, {"k2": "y" * 60})) == {
+        "k1": "x",
+        "k2": "y" * 60,
+    }
+
+
+@pytest.mark.parametrize(
+    "values", [{"a": 1, "b": 2, "c": 3, "d": 4}, {"big": "x" * 100}], ids=["keys", "bytes"]
+)
+async def test_a_request_over_a_limit_by_itself_is_invalid(
+    small: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis, values: dict[str, Any]
+) -> None:
+    """No working memory could take it, whatever it holds: the request is at fault."""
+    name = await new_session(small, tenant_a)
+    await expect_invalid(update(small, tenant_a, name, values), "working_memory.values")
+    assert await redis_client.exists(redis_key("tenant-a", name)) == 0
+
+
+async def test_keys_set_and_removed_in_one_request_do_not_count(
+    small: Stub, tenant_a: Metadata
+) -> None:
+    name = await new_session(small, tenant_a)
+    values = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
+    fits = await update(small, tenant_a, name, values, remove=["a", "b"])
+    assert plain(fits) == {"c": 3, "d": 4, "e": 5}
+
+
+async def test_removing_keys_works_even_over_a_lowered_limit(
+    memory: Stub, small: Stub, tenant_a: Metadata
+) -> None:
+    """Data stored under higher limits stays usable: an update that does not grow an
+    over-limit working memory passes, one that grows it does not."""
+    name = await new_session(memory, tenant_a)
+    await update(memory, tenant_a, name, {f"k{i}": i for i in range(6)})
+    await expect_error(
+        update(small, tenant_a, name, {"new": 1}), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    shrunk = await update(small, tenant_a, name, {"k0": 0.5}, remove=["k1"])
+    assert plain(shrunk) == {"k0": 0.5, "k2": 2, "k3": 3, "k4": 4, "k5": 5}
+
+
+async def test_concurrent_updates_never_overshoot_the_limit(
+    small: Stub, tenant_a: Metadata
+) -> None:
+    """The check and the write are one script: of ten racing single-key updates, exactly
+    as many land as there is room for."""
+    name = await new_session(small, tenant_a)
+    outcomes = await asyncio.gather(
+        *(update(small, tenant_a, name, {f"k{i}": i}) for i in range(10)),
+        return_exceptions=True,
+    )
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(refused) == 10 - MAX_KEYS
+    assert all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
+    assert len((await get(small, tenant_a, name)).values) == MAX_KEYS

@@ -23,6 +23,8 @@ BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 REQUEST_INFO = "type.googleapis.com/google.rpc.RequestInfo"
 RESOURCE_INFO = "type.googleapis.com/google.rpc.ResourceInfo"
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 
 # Maps whose keys are the client's own data, not field names.
 _USER_MAPS = frozenset({"labels", "metadata", "values", "data", "metadataFilter"})
@@ -1228,6 +1230,42 @@ def test_update_working_memory_merges(http: httpx.Client) -> None:
     )
     _service_error(missing, 404, 5)
     assert "bad key!" not in _ok(http.get(path))["values"]
+
+
+def test_update_working_memory_over_the_key_limit_is_429(http: httpx.Client) -> None:
+    """The dev servers' default limit, AGENTMESH_MEMORY_WORKING_MAX_KEYS=1000."""
+    session_id = _create_session(http)
+    path = f"/v1/sessions/{session_id}/workingMemory"
+    full = {f"k{i}": i for i in range(1000)}
+    assert len(_ok(http.patch(path, json={"workingMemory": {"values": full}}))["values"]) == 1000
+
+    refused = http.patch(path, json={"workingMemory": {"values": {"one-more": 1}}})
+    body = _service_error(refused, 429, 8)
+    info = _detail(body, ERROR_INFO)
+    assert info["reason"] == "WORKING_MEMORY_LIMIT_EXCEEDED"
+    name = f"sessions/{session_id}/workingMemory"
+    assert info["metadata"] == {
+        "resource_name": name,
+        "limit_name": "keys",
+        "limit": "1000",
+        "projected": "1001",
+    }
+    (violation,) = _detail(body, QUOTA_FAILURE)["violations"]
+    assert (violation["subject"], violation["quotaValue"]) == (name, "1000")
+    assert RETRY_INFO not in [d["@type"] for d in body["details"]]
+    assert "one-more" not in _ok(http.get(path))["values"]
+
+    # Making room works; a request that alone is over the limit is the client's 400.
+    swapped = http.patch(
+        path, json={"workingMemory": {"values": {"one-more": 1}}, "removeKeys": ["k0"]}
+    )
+    assert "one-more" in _ok(swapped)["values"]
+    alone = {f"k{i}": i for i in range(1001)}
+    too_many = http.patch(
+        f"/v1/sessions/{_create_session(http)}/workingMemory",
+        json={"workingMemory": {"values": alone}},
+    )
+    assert _violations(_service_error(too_many, 400, 3)) == ["working_memory.values"]
 
 
 # ------------------------------------------------------------------- edge behaviour

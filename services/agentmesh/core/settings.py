@@ -170,6 +170,13 @@ class Settings:
     memory_working_ttl_s: int = 86_400
     """Default time to live of a session's working memory."""
 
+    memory_working_max_keys: int = 1000
+    """Most keys one session's working memory may hold."""
+
+    memory_working_max_bytes: int = 1024 * 1024
+    """Largest total size of one session's working memory: the sum, over its keys, of
+    the key's length and its value's length as JSON, in bytes."""
+
     memory_request_id_ttl_s: int = 86_400
     """How long idempotency keys (``request_id``) are remembered."""
 
@@ -265,6 +272,8 @@ class Settings:
             ("memory_checkpoint_keep_latest", self.memory_checkpoint_keep_latest >= 0, ">= 0"),
             ("memory_artifact_max_bytes", self.memory_artifact_max_bytes > 0, "expected > 0"),
             ("memory_working_ttl_s", self.memory_working_ttl_s > 0, "expected > 0"),
+            ("memory_working_max_keys", self.memory_working_max_keys > 0, "expected > 0"),
+            ("memory_working_max_bytes", self.memory_working_max_bytes > 0, "expected > 0"),
             ("memory_request_id_ttl_s", self.memory_request_id_ttl_s > 0, "expected > 0"),
         ]
         problems = [

@@ -19,6 +19,7 @@ def test_defaults_depend_on_the_service() -> None:
     assert memory.grpc_host == "127.0.0.1"
     assert memory.max_message_bytes == 4 * 1024 * 1024
     assert memory.database_url is None
+    assert (memory.memory_working_max_keys, memory.memory_working_max_bytes) == (1000, 1 << 20)
     assert (memory.auth_issuer, memory.auth_audience, memory.auth_tenant_claim) == (
         "agentmesh",
         "agentmesh",
@@ -64,6 +65,8 @@ def test_unparseable_values_name_every_variable() -> None:
         ("AGENTMESH_GRPC_PORT", "70000"),
         ("AGENTMESH_LOG_LEVEL", "loud"),
         ("AGENTMESH_DB_POOL_MAX_SIZE", "0"),
+        ("AGENTMESH_MEMORY_WORKING_MAX_KEYS", "0"),
+        ("AGENTMESH_MEMORY_WORKING_MAX_BYTES", "-1"),
     ],
 )
 def test_out_of_range_values_are_refused(variable: str, value: str) -> None:

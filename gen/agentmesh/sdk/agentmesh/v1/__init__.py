@@ -3883,7 +3883,9 @@ class WorkingMemory(betterproto2.Message):
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
     )
     """
-    The keys and their JSON values. Keys: 1-128 characters of `[A-Za-z0-9_.:-]`.
+    The keys and their JSON values. Keys: 1-128 characters of `[A-Za-z0-9_.:-]`;
+    each value at most 64 KiB as JSON; in all at most the server's key and size
+    limits (see UpdateWorkingMemory).
     """
 
     expire_time: "datetime.datetime | None" = betterproto2.field(
@@ -4861,8 +4863,18 @@ class MemoryServiceStub:
         """
         Merges keys into a session's working memory atomically: keys in
         `working_memory.values` are set, keys in `remove_keys` removed, others kept;
-        the TTL is refreshed. Errors: INVALID_ARGUMENT (bad key, value too large,
-        TTL out of range), NOT_FOUND (session).
+        the TTL is refreshed. A working memory holds at most a server-set number of
+        keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+        its value's as JSON). An update that would leave it over a limit (and larger
+        than it was) changes nothing, TTL included; one that does not grow it always
+        passes, so removing keys works even over a lowered limit.
+        Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+        range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+        (session), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+        (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+        `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+        update fails the same way until keys are removed.
         """
 
         return self._channel.unary_unary(
@@ -5623,8 +5635,18 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         """
         Merges keys into a session's working memory atomically: keys in
         `working_memory.values` are set, keys in `remove_keys` removed, others kept;
-        the TTL is refreshed. Errors: INVALID_ARGUMENT (bad key, value too large,
-        TTL out of range), NOT_FOUND (session).
+        the TTL is refreshed. A working memory holds at most a server-set number of
+        keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+        its value's as JSON). An update that would leave it over a limit (and larger
+        than it was) changes nothing, TTL included; one that does not grow it always
+        passes, so removing keys works even over a lowered limit.
+        Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+        range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+        (session), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+        (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+        `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+        update fails the same way until keys are removed.
         """
 
         return await self._unary_unary(
