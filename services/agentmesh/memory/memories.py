@@ -320,7 +320,12 @@ def _merged_fields(items: Sequence[NewMemory]) -> dict[str, Any]:
 def _vectors(values: Iterable[list[float] | None]) -> list[Vector]:
     # asyncpg reads a list of lists as a 2-D array of floats; a list of Vector
     # objects is the 1-D vector[] the statements expect.
-    return [Vector(value) for value in values]
+    vectors = []
+    for value in values:
+        if value is None:  # _create embeds every item before any write
+            raise AssertionError("a memory reached the database without its embedding")
+        vectors.append(Vector(value))
+    return vectors
 
 
 def _lock_key(tenant: str, namespace: str) -> str:
