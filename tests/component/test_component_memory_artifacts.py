@@ -186,6 +186,11 @@ async def test_request_id_makes_put_idempotent(
     assert await _versions_in_db(db, "tenant-a", name) == [1]
     other = await _put(memory, tenant_a, name, request_id=str(uuid.uuid4()), text="twice")
     assert other.version == 2
+    # The key of the first put, on different content: refused, not answered with v1.
+    reused = await rpc_error(_put(memory, tenant_a, name, request_id=request_id, text="thrice"))
+    assert reused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "already used for a different request" in (reused.details() or "")
+    assert await _versions_in_db(db, "tenant-a", name) == [1, 2]
 
 
 @pytest.fixture(scope="module")

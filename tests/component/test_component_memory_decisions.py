@@ -128,6 +128,14 @@ async def test_request_id_makes_create_idempotent(
     )
     assert all(r == first for r in racing)
     assert await _count(db, agent) == 1
+    # The same key on another decision: refused, not answered with the first one.
+    other = memory_pb2.CreateDecisionRequest(
+        decision=_decision(agent, outcome="different"), request_id=request.request_id
+    )
+    assert set(await field_violations(memory.CreateDecision(other, metadata=tenant_a))) == {
+        "request_id"
+    }
+    assert await _count(db, agent) == 1
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,24 @@ async def test_the_same_request_id_appends_once(
     assert len(await stored_rows(db, parent)) == 2
 
 
+async def test_a_request_id_reused_for_other_messages_is_invalid(
+    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+) -> None:
+    parent = await new_session(memory, tenant_a)
+    request_id = str(uuid.uuid4())
+    first = await append(memory, tenant_a, parent, text("a"), request_id=request_id)
+    await expect_invalid(
+        append(memory, tenant_a, parent, text("b"), request_id=request_id), "request_id"
+    )
+    other_parent = await new_session(memory, tenant_a)
+    await expect_invalid(
+        append(memory, tenant_a, other_parent, text("a"), request_id=request_id), "request_id"
+    )
+    assert await append(memory, tenant_a, parent, text("a"), request_id=request_id) == first
+    assert len(await stored_rows(db, parent)) == 1
+    assert await stored_rows(db, other_parent) == []
+
+
 async def test_concurrent_appends_get_gapless_unique_sequences(
     memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:

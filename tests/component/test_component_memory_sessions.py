@@ -20,7 +20,14 @@ from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
 from component.conftest import Metadata
-from component.memory_helpers import Stub, expect_error, expect_invalid, struct, unique
+from component.memory_helpers import (
+    Stub,
+    expect_error,
+    expect_invalid,
+    struct,
+    unique,
+    violated_fields,
+)
 
 # ------------------------------------------------------------------ helpers
 
@@ -139,6 +146,101 @@ async def test_create_with_a_taken_id_is_already_exists_unless_replayed(
     await expect_error(
         memory.CreateSession(no_request_id, metadata=tenant_a), grpc.StatusCode.ALREADY_EXISTS
     )
+
+
+async def test_a_request_id_reused_for_a_different_request_is_invalid(
+    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+) -> None:
+    """AIP-155 replays the response of the *same* request; another request carrying the
+    key is refused instead of answered with the first one's session."""
+    request_id = str(uuid.uuid4())
+    first = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="first"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    for other in (
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="second"), request_id=request_id
+        ),
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="first"),
+            session_id=unique(),
+            request_id=request_id,
+        ),
+    ):
+        error = await expect_error(
+            memory.CreateSession(other, metadata=tenant_a), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert violated_fields(error) == {"request_id"}
+        assert "already used for a different request" in (error.details() or "")
+    # Only the first session exists, and the original request still replays.
+    created = await db.fetchval(
+        "SELECT count(*) FROM memory.sessions WHERE tenant = 'tenant-a' AND display_name = 'second'"
+    )
+    assert created == 0
+    replay = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="first"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    assert replay == first
+
+
+async def test_racing_requests_with_one_request_id_create_one_session(
+    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+) -> None:
+    """The second waits for the first's transaction, then sees its fingerprint."""
+    request_id, marker = str(uuid.uuid4()), unique("race")
+    outcomes = await asyncio.gather(
+        *(
+            memory.CreateSession(
+                memory_pb2.CreateSessionRequest(
+                    session=memory_pb2.Session(display_name=f"{marker}-{i}"),
+                    request_id=request_id,
+                ),
+                metadata=tenant_a,
+            )
+            for i in range(2)
+        ),
+        return_exceptions=True,
+    )
+    created = [o for o in outcomes if isinstance(o, memory_pb2.Session)]
+    refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(created) == 1
+    assert [e.code() for e in refused] == [grpc.StatusCode.INVALID_ARGUMENT]
+    rows = await db.fetchval(
+        "SELECT count(*) FROM memory.sessions WHERE display_name LIKE $1", f"{marker}-%"
+    )
+    assert rows == 1
+
+
+async def test_request_ids_claimed_before_fingerprints_still_replay(
+    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+) -> None:
+    """Keys stored before the fingerprint column existed have none: they replay the
+    stored response, as they did then, whatever the retry carries."""
+    request_id = str(uuid.uuid4())
+    first = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="old"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    await db.execute(
+        "UPDATE memory.request_ids SET fingerprint = NULL"
+        " WHERE tenant = 'tenant-a' AND method = 'CreateSession' AND request_id = $1",
+        request_id,
+    )
+    replay = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="changed"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    assert replay == first
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,16 @@ def test_create_session(http: httpx.Client) -> None:
     replay = _ok(http.post("/v1/sessions", params=params, json=payload))
     assert replay == session
 
+    # The same requestId on a different request is refused, not answered with the first.
+    for other_params, other_payload in (
+        (params, {**payload, "displayName": "Trip to Porto"}),
+        ({"sessionId": _uid("s"), "requestId": request_id}, payload),
+    ):
+        reused = http.post("/v1/sessions", params=other_params, json=other_payload)
+        body = _service_error(reused, 400, 3)
+        assert _violations(body) == ["request_id"]
+        assert "already used for a different request" in body["message"]
+
     # The same id without the key is a different request: 409 ALREADY_EXISTS.
     taken = http.post("/v1/sessions", params={"sessionId": session_id}, json=payload)
     body = _service_error(taken, 409, 6)

@@ -291,6 +291,7 @@ class ArtifactRpcs(RpcGroup):
                 request.request_id,
                 memory_pb2.Artifact,
                 ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                request=request,
             )
             if replay is not None:
                 return replay

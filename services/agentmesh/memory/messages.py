@@ -353,6 +353,7 @@ class MessageRpcs(RpcGroup):
                 request.request_id,
                 memory_pb2.AppendMessagesResponse,
                 ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                request=request,
             )
             if replay is not None:
                 return replay

@@ -245,6 +245,7 @@ class SessionRpcs(RpcGroup):
                 request.request_id,
                 memory_pb2.Session,
                 ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                request=request,
             )
             if replay is not None:
                 return replay

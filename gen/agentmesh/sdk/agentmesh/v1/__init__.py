@@ -1240,8 +1240,13 @@ class CreateSessionRequest(betterproto2.Message):
 
     request_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    Idempotency key (a UUID is typical): a retry carrying the same key returns
-    the first result instead of creating another session. Kept for 24 hours.
+    Idempotency key (AIP-155): at most 128 printable characters; a UUID is
+    typical. A retry of the same request carrying the same key returns the first
+    result instead of creating another session. The key belongs to the request
+    it first came with: on a request that differs in any other field it is
+    INVALID_ARGUMENT (a field violation on `request_id`, "already used for a
+    different request"), never the first request's result. Kept for 24 hours
+    (AGENTMESH_MEMORY_REQUEST_ID_TTL_S), per tenant and method.
     """
 
 
@@ -4552,10 +4557,11 @@ class MemoryServiceStub:
 
     def create_session(self, message: "CreateSessionRequest") -> "Session":
         """
-        Creates a session. Idempotent with `request_id`: a retry with the same id
-        returns the session created the first time.
-        Errors: INVALID_ARGUMENT (bad id, labels or metadata), ALREADY_EXISTS
-        (`session_id` taken by a different request).
+        Creates a session. Idempotent with `request_id`: a retry of the same request
+        with the same id returns the session created the first time.
+        Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+        used for a different request), ALREADY_EXISTS (`session_id` taken by a
+        different request).
         """
 
         return self._channel.unary_unary(
@@ -4624,7 +4630,8 @@ class MemoryServiceStub:
         a retry with the same `request_id`, returns the stored messages instead of
         appending copies.
         Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
-        messages), NOT_FOUND (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        messages, `request_id` already used for a different request), NOT_FOUND
+        (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         return self._channel.unary_unary(
@@ -4653,8 +4660,9 @@ class MemoryServiceStub:
         given. A near-duplicate in the same namespace (similarity above the
         server's merge threshold) is updated instead of copied, and returned.
         Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
-        dimension), RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo),
-        UNAVAILABLE (embedding provider down).
+        dimension, `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+        (embedding provider down).
         """
 
         return self._channel.unary_unary(
@@ -4669,7 +4677,7 @@ class MemoryServiceStub:
         """
         Creates up to 500 memories in one call, embedded in one batch; all or none.
         Errors: as CreateMemory; a violation names the index of the offending item
-        (`requests[3].memory.content`).
+        (`requests[3].memory.content`, `requests[3].request_id`).
         """
 
         return self._channel.unary_unary(
@@ -4747,7 +4755,8 @@ class MemoryServiceStub:
         deleted, and they outlive their session: an audit trail must not lose the
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
-        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references).
+        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+        `request_id` already used for a different request).
         """
 
         return self._channel.unary_unary(
@@ -4786,7 +4795,8 @@ class MemoryServiceStub:
         Stores a new version of an artifact (the first call creates it, version 1).
         Idempotent with `request_id`.
         Errors: INVALID_ARGUMENT (bad name, no content, content over the size
-        limit, bad media type), ABORTED (`etag` given and not the latest version's).
+        limit, bad media type, `request_id` already used for a different request),
+        ABORTED (`etag` given and not the latest version's).
         """
 
         return self._channel.unary_unary(
@@ -5098,10 +5108,11 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "Session":
         """
-        Creates a session. Idempotent with `request_id`: a retry with the same id
-        returns the session created the first time.
-        Errors: INVALID_ARGUMENT (bad id, labels or metadata), ALREADY_EXISTS
-        (`session_id` taken by a different request).
+        Creates a session. Idempotent with `request_id`: a retry of the same request
+        with the same id returns the session created the first time.
+        Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+        used for a different request), ALREADY_EXISTS (`session_id` taken by a
+        different request).
         """
 
         return await self._unary_unary(
@@ -5220,7 +5231,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         a retry with the same `request_id`, returns the stored messages instead of
         appending copies.
         Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
-        messages), NOT_FOUND (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        messages, `request_id` already used for a different request), NOT_FOUND
+        (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         return await self._unary_unary(
@@ -5269,8 +5281,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         given. A near-duplicate in the same namespace (similarity above the
         server's merge threshold) is updated instead of copied, and returned.
         Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
-        dimension), RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo),
-        UNAVAILABLE (embedding provider down).
+        dimension, `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+        (embedding provider down).
         """
 
         return await self._unary_unary(
@@ -5293,7 +5306,7 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         """
         Creates up to 500 memories in one call, embedded in one batch; all or none.
         Errors: as CreateMemory; a violation names the index of the offending item
-        (`requests[3].memory.content`).
+        (`requests[3].memory.content`, `requests[3].request_id`).
         """
 
         return await self._unary_unary(
@@ -5431,7 +5444,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         deleted, and they outlive their session: an audit trail must not lose the
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
-        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references).
+        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+        `request_id` already used for a different request).
         """
 
         return await self._unary_unary(
@@ -5500,7 +5514,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         Stores a new version of an artifact (the first call creates it, version 1).
         Idempotent with `request_id`.
         Errors: INVALID_ARGUMENT (bad name, no content, content over the size
-        limit, bad media type), ABORTED (`etag` given and not the latest version's).
+        limit, bad media type, `request_id` already used for a different request),
+        ABORTED (`etag` given and not the latest version's).
         """
 
         return await self._unary_unary(
