@@ -60,6 +60,8 @@ MIN_PGVECTOR: Final = (0, 8, 0)
 """``hnsw.iterative_scan`` (filtered search without losing recall) came in 0.8."""
 
 HNSW_INDEX: Final = "memories_embedding_hnsw"
+MERGE_EF_SEARCH: Final = 20
+"""``hnsw.ef_search`` of the near-duplicate lookup (see write_memories)."""
 INDEXED: Final = f"embedding::halfvec({VECTOR_COLUMN_DIM})"
 """What the HNSW index holds: each embedding in half precision. Half the index size
 and memory traffic of ``vector`` (112 MB against 195 MB at 100k x 384), the same
@@ -335,11 +337,15 @@ def _lock_key(tenant: str, namespace: str) -> str:
 async def _lock_namespaces(
     conn: asyncpg.Connection, tenant: str, namespaces: Iterable[str]
 ) -> None:
-    # Sorted, so two batches touching the same namespaces cannot deadlock.
-    for namespace in sorted(set(namespaces)):
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _lock_key(tenant, namespace)
-        )
+    # Sorted, so two batches touching the same namespaces cannot deadlock; one round
+    # trip for all of them (unnest yields the array in order and the scan calls the
+    # volatile lock function row by row, in that order).
+    keys = [_lock_key(tenant, namespace) for namespace in sorted(set(namespaces))]
+    await conn.execute(
+        "SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+        " FROM unnest($1::text[]) AS k) AS locked",
+        keys,
+    )
 
 
 async def _nearest_existing(
@@ -474,8 +480,16 @@ async def write_memories(
     if not items:
         return []
     await _lock_namespaces(conn, tenant, (item.namespace for item in items))
-    # Exact ordering for the one-nearest lookup; ef_search as configured elsewhere.
-    await conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+    # The one-nearest lookup walks the index in exact order with a small beam: a
+    # near-duplicate (similarity >= the threshold, 0.95 by default) lies far closer
+    # than anything else, so a beam of MERGE_EF_SEARCH finds it at a fraction of the
+    # search beam's cost: at 20k rows in 20 namespaces, 0.24 ms per item and 500 of 500
+    # planted near-duplicates (similarity 0.967-0.99) found; ef 40 costs 0.40 ms.
+    await conn.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
+        " set_config('hnsw.ef_search', $1, true)",
+        str(MERGE_EF_SEARCH),
+    )
     existing = await _nearest_existing(conn, tenant, items, threshold)
     earlier = await _similar_earlier(conn, items, threshold)
     targets, target_of = plan_merges(len(items), existing, earlier)
