@@ -655,6 +655,101 @@ async def test_delete_checks_the_etag(memory: Stub, tenant_a: Metadata, db: asyn
     assert await session_rows(db, created.name.removeprefix("sessions/")) == 0
 
 
+async def test_an_etag_of_a_deleted_session_does_not_match_its_successor(
+    memory: Stub, tenant_a: Metadata
+) -> None:
+    """Deleted and created again, the id's version starts over: the old etag (same
+    version number) must still be stale for the new session, not a match."""
+    session_id = unique()
+    old = await create(memory, tenant_a, session_id, display_name="old")
+    await memory.DeleteSession(
+        memory_pb2.DeleteSessionRequest(name=old.name, etag=old.etag), metadata=tenant_a
+    )
+    new = await create(memory, tenant_a, session_id, display_name="new")
+    assert new.etag != old.etag
+    stale_update = memory_pb2.UpdateSessionRequest(
+        session=memory_pb2.Session(name=new.name, display_name="lost", etag=old.etag),
+        update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+    )
+    error = await expect_error(
+        memory.UpdateSession(stale_update, metadata=tenant_a), grpc.StatusCode.ABORTED
+    )
+    assert "changed since the etag was read" in (error.details() or "")
+    await expect_error(
+        memory.DeleteSession(
+            memory_pb2.DeleteSessionRequest(name=new.name, etag=old.etag), metadata=tenant_a
+        ),
+        grpc.StatusCode.ABORTED,
+    )
+    fetched = await memory.GetSession(
+        memory_pb2.GetSessionRequest(name=new.name), metadata=tenant_a
+    )
+    assert fetched == new
+    # The new session's own etag works.
+    updated = await memory.UpdateSession(
+        memory_pb2.UpdateSessionRequest(
+            session=memory_pb2.Session(name=new.name, display_name="newer", etag=new.etag),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        ),
+        metadata=tenant_a,
+    )
+    assert updated.display_name == "newer"
+    assert updated.etag not in (new.etag, old.etag)
+
+
+async def test_an_etag_of_the_earlier_version_only_form_is_stale(
+    memory: Stub, tenant_a: Metadata
+) -> None:
+    """Etags issued before incarnations (``"1"``) are the service's own, so not
+    malformed; they can match no session any more, so they are a conflict."""
+    created = await create(memory, tenant_a)
+    for call in (
+        memory.UpdateSession(
+            memory_pb2.UpdateSessionRequest(
+                session=memory_pb2.Session(name=created.name, display_name="x", etag='"1"'),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=tenant_a,
+        ),
+        memory.DeleteSession(
+            memory_pb2.DeleteSessionRequest(name=created.name, etag='"1"'), metadata=tenant_a
+        ),
+    ):
+        await expect_error(call, grpc.StatusCode.ABORTED)
+
+
+@pytest.mark.parametrize(
+    "etag",
+    [
+        "garbage",
+        '"1-not-hex"',
+        '"1-' + "a" * 31 + '"',
+        '"1-' + "A" * 32 + '"',
+        '"-1"',
+        '"99999999999999999999"',
+        '"9223372036854775808-' + "a" * 32 + '"',
+    ],
+)
+async def test_a_malformed_etag_is_invalid(memory: Stub, tenant_a: Metadata, etag: str) -> None:
+    created = await create(memory, tenant_a)
+    await expect_invalid(
+        memory.UpdateSession(
+            memory_pb2.UpdateSessionRequest(
+                session=memory_pb2.Session(name=created.name, display_name="x", etag=etag),
+                update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+            ),
+            metadata=tenant_a,
+        ),
+        "session.etag",
+    )
+    await expect_invalid(
+        memory.DeleteSession(
+            memory_pb2.DeleteSessionRequest(name=created.name, etag=etag), metadata=tenant_a
+        ),
+        "etag",
+    )
+
+
 @pytest.mark.parametrize("name", ["", "sessions/UPPER", "session/x"])
 async def test_delete_with_a_malformed_name_is_invalid(
     memory: Stub, tenant_a: Metadata, name: str

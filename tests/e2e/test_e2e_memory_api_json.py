@@ -352,10 +352,22 @@ def test_delete_session(http: httpx.Client) -> None:
     _service_error(http.delete(path), 404, 5)
     assert http.delete(path, params={"allowMissing": "true"}).status_code == 200
 
-    # The id can be used again, and nothing of the old session comes back.
-    _ok(http.post("/v1/sessions", params={"sessionId": session_id}, json={}))
+    # The id can be used again, and nothing of the old session comes back: not its
+    # messages, not its working memory, and its etag does not match the new session.
+    fresh = _ok(http.post("/v1/sessions", params={"sessionId": session_id}, json={}))
     assert _ok(http.get(f"{path}/messages"))["messages"] == []
     assert _ok(http.get(f"{path}/workingMemory"))["values"] == {}
+    assert fresh["etag"] != etag
+    old_etag = http.patch(
+        path, params={"updateMask": "displayName"}, json={"displayName": "x", "etag": etag}
+    )
+    assert _reason(_service_error(old_etag, 409, 10)) == "ETAG_MISMATCH"
+    assert _reason(_service_error(http.delete(path, params={"etag": etag}), 409, 10)) == (
+        "ETAG_MISMATCH"
+    )
+    malformed = http.delete(path, params={"etag": '"1-nope"'})
+    assert _violations(_service_error(malformed, 400, 3)) == ["etag"]
+    assert http.delete(path, params={"etag": fresh["etag"]}).status_code == 200
 
 
 # -------------------------------------------------------------------------- messages

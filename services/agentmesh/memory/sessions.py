@@ -50,7 +50,7 @@ _FILTER_RULES: Final = {
 }
 _COLUMNS: Final = (
     "id, display_name, labels, metadata, message_count, last_sequence, version,"
-    " create_time, update_time"
+    " incarnation, create_time, update_time"
 )
 
 
@@ -125,7 +125,7 @@ def session_proto(row: asyncpg.Record) -> memory_pb2.Session:
         last_sequence=row["last_sequence"],
         create_time=convert.timestamp(row["create_time"]),
         update_time=convert.timestamp(row["update_time"]),
-        etag=convert.etag(row["version"]),
+        etag=convert.session_etag(row["version"], row["incarnation"]),
     )
 
 
@@ -317,7 +317,7 @@ class SessionRpcs(RpcGroup):
         session_id = violations.check(lambda: SESSIONS.parse(session.name, field="session.name"))
         paths = violations.check(lambda: _mask_paths(request.update_mask.paths, session))
         expected = (
-            violations.check(lambda: convert.parse_etag(session.etag, field="session.etag"))
+            violations.check(lambda: convert.parse_session_etag(session.etag, field="session.etag"))
             if session.etag
             else None
         )
@@ -343,20 +343,24 @@ class SessionRpcs(RpcGroup):
         async with self.deps.pool.acquire() as conn, conn.transaction():
             # NULL means "not in the mask: keep the stored value"; one static statement
             # that checks the etag and writes, so the happy path is one round trip.
+            # An etag matches only its own incarnation of the id (see convert).
+            version, incarnation = expected or (None, None)
             row = await conn.fetchrow(
                 "UPDATE memory.sessions SET"
                 " display_name = COALESCE($4, display_name),"
                 " labels = COALESCE($5::jsonb, labels),"
                 " metadata = COALESCE($6::jsonb, metadata),"
                 " version = version + 1, update_time = now()"
-                " WHERE tenant = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)"
+                " WHERE tenant = $1 AND id = $2"
+                " AND ($3::bigint IS NULL OR (version = $3 AND incarnation = $7::uuid))"
                 f" RETURNING {_COLUMNS}",
                 tenant,
                 session_id,
-                expected,
+                version,
                 display_name,
                 labels,
                 metadata,
+                incarnation,
             )
             if row is None:
                 await self._raise_missing_or_conflict(conn, tenant, session_id)
@@ -368,21 +372,25 @@ class SessionRpcs(RpcGroup):
         violations = Violations()
         session_id = violations.check(lambda: SESSIONS.parse(request.name))
         expected = (
-            violations.check(lambda: convert.parse_etag(request.etag)) if request.etag else None
+            violations.check(lambda: convert.parse_session_etag(request.etag))
+            if request.etag
+            else None
         )
         violations.raise_if_any()
         assert session_id is not None
         tenant = self.tenant()
 
+        version, incarnation = expected or (None, None)
         async with self.deps.pool.acquire() as conn, conn.transaction():
             # Messages go with the row (ON DELETE CASCADE).
             deleted = await conn.fetchval(
-                "DELETE FROM memory.sessions"
-                " WHERE tenant = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)"
+                "DELETE FROM memory.sessions WHERE tenant = $1 AND id = $2"
+                " AND ($3::bigint IS NULL OR (version = $3 AND incarnation = $4::uuid))"
                 " RETURNING id",
                 tenant,
                 session_id,
-                expected,
+                version,
+                incarnation,
             )
             if deleted is None:
                 if request.allow_missing and not await self._exists(conn, tenant, session_id):

@@ -1437,7 +1437,7 @@ class DeleteSessionRequest(betterproto2.Message):
 
     etag: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    When set, delete only if it matches the current etag.
+    When set, delete only if it matches the current etag (see Session.etag).
     """
 
     allow_missing: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
@@ -3499,7 +3499,11 @@ class Session(betterproto2.Message):
     etag: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
     """
     Opaque version tag (AIP-154): send it back on update or delete to make the
-    change conditional on nobody having changed the session meanwhile.
+    change conditional on nobody having changed the session meanwhile. It changes
+    on every UpdateSession (not on appended messages), and it is unique across
+    incarnations of an id: an etag read before the session was deleted never
+    matches a session created later with the same id. A malformed etag is
+    INVALID_ARGUMENT; a stale one is ABORTED.
     """
 
 
@@ -4598,8 +4602,9 @@ class MemoryServiceStub:
         """
         Updates the fields named in `update_mask`. When `session.etag` is set it
         must match the stored one, so concurrent updates cannot silently overwrite
-        each other. Errors: INVALID_ARGUMENT (bad mask or values), NOT_FOUND,
-        ABORTED (etag mismatch: read again and retry).
+        each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+        service did not issue), NOT_FOUND, ABORTED (etag mismatch, also for an etag
+        of an earlier session with the same id: read again and retry).
         """
 
         return self._channel.unary_unary(
@@ -4611,7 +4616,9 @@ class MemoryServiceStub:
     def delete_session(self, message: "DeleteSessionRequest") -> "__google__protobuf__.Empty":
         """
         Deletes a session with its messages, working memory and checkpoints.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`), ABORTED (etag).
+        Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+        issue), NOT_FOUND (unless `allow_missing`), ABORTED (`etag` given and not the
+        session's current one, also when it is an earlier session's with the same id).
         """
 
         return self._channel.unary_unary(
@@ -5179,8 +5186,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         """
         Updates the fields named in `update_mask`. When `session.etag` is set it
         must match the stored one, so concurrent updates cannot silently overwrite
-        each other. Errors: INVALID_ARGUMENT (bad mask or values), NOT_FOUND,
-        ABORTED (etag mismatch: read again and retry).
+        each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+        service did not issue), NOT_FOUND, ABORTED (etag mismatch, also for an etag
+        of an earlier session with the same id: read again and retry).
         """
 
         return await self._unary_unary(
@@ -5202,7 +5210,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "__google__protobuf__.Empty":
         """
         Deletes a session with its messages, working memory and checkpoints.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`), ABORTED (etag).
+        Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+        issue), NOT_FOUND (unless `allow_missing`), ABORTED (`etag` given and not the
+        session's current one, also when it is an earlier session's with the same id).
         """
 
         return await self._unary_unary(
