@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_MAX_CACHED_WORDS = 100_000
 
 
 class HashEmbedder:
@@ -23,6 +24,9 @@ class HashEmbedder:
         if dimension < 1:
             raise ValueError("dimension must be positive")
         self._dimension = dimension
+        # word -> its features' (bucket, signed weight): texts share most words, so
+        # each word is hashed once (bounded, so arbitrary input cannot grow it forever).
+        self._features: dict[str, list[tuple[int, float]]] = {}
 
     @property
     def dimension(self) -> int:
@@ -34,12 +38,12 @@ class HashEmbedder:
     def embed_one(self, text: str) -> list[float]:
         """The vector of one text (synchronous: pure CPU, microseconds per word)."""
         vector = [0.0] * self._dimension
-        words = _WORD.findall(text.lower())
-        for word in words:
-            self._add(vector, "w:" + word, 1.0)
-            padded = f"#{word}#"
-            for i in range(len(padded) - 2):
-                self._add(vector, "t:" + padded[i : i + 3], 0.5)
+        for word in _WORD.findall(text.lower()):
+            features = self._features.get(word)
+            if features is None:
+                features = self._word_features(word)
+            for bucket, weight in features:
+                vector[bucket] += weight
         norm = math.sqrt(sum(x * x for x in vector))
         if norm == 0.0:
             # No word characters at all: a fixed unit vector, so the result is still a
@@ -48,8 +52,18 @@ class HashEmbedder:
             return vector
         return [x / norm for x in vector]
 
-    def _add(self, vector: list[float], feature: str, weight: float) -> None:
+    def _word_features(self, word: str) -> list[tuple[int, float]]:
+        """The word itself (weight 1) and its character trigrams with ``#`` marking
+        its ends (weight 0.5 each), as (bucket, signed weight)."""
+        padded = f"#{word}#"
+        features = [self._feature("w:" + word, 1.0)]
+        features += [self._feature("t:" + padded[i : i + 3], 0.5) for i in range(len(padded) - 2)]
+        if len(self._features) >= _MAX_CACHED_WORDS:
+            self._features.clear()
+        self._features[word] = features
+        return features
+
+    def _feature(self, feature: str, weight: float) -> tuple[int, float]:
         digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
         bucket = int.from_bytes(digest[:4], "little") % self._dimension
-        sign = 1.0 if digest[4] & 1 else -1.0
-        vector[bucket] += sign * weight
+        return bucket, weight if digest[4] & 1 else -weight
