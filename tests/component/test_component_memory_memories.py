@@ -143,15 +143,47 @@ async def test_create_then_get_returns_the_stored_memory(memory: Stub, tenant_a:
     assert fetched == created
 
 
-async def test_request_id_replays_the_first_response(
+async def test_request_id_replays_the_first_response_of_the_same_request(
     memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
     namespace = fresh_namespace()
     request_id = str(uuid.uuid4())
     first = await create(memory, tenant_a, namespace, "alpha beta", request_id=request_id)
-    again = await create(memory, tenant_a, namespace, "utterly different", request_id=request_id)
+    again = await create(memory, tenant_a, namespace, "alpha beta", request_id=request_id)
     assert again == first
-    assert await rows_in(db, namespace) == 1
+    # The same key on a different request is the client's mistake, not a retry.
+    await expect_invalid(
+        create(memory, tenant_a, namespace, "utterly different", request_id=request_id),
+        "request_id",
+    )
+    # A batch item carrying that key replays when it is the same request...
+    same = memory_pb2.CreateMemoryRequest(
+        memory=memory_pb2.Memory(namespace=namespace, content="alpha beta"),
+        request_id=request_id,
+    )
+    fresh = memory_pb2.CreateMemoryRequest(
+        memory=memory_pb2.Memory(namespace=namespace, content="gamma delta epsilon")
+    )
+    response = await memory.BatchCreateMemories(
+        memory_pb2.BatchCreateMemoriesRequest(requests=[fresh, same]), metadata=tenant_a
+    )
+    assert response.memories[1] == first
+    assert await rows_in(db, namespace) == 2
+    # ...and is refused, by its index, when it is not; the whole batch writes nothing.
+    other = memory_pb2.CreateMemoryRequest(
+        memory=memory_pb2.Memory(namespace=namespace, content="zeta eta theta"),
+    )
+    changed = memory_pb2.CreateMemoryRequest(
+        memory=memory_pb2.Memory(namespace=namespace, content="alpha beta", kind=3),
+        request_id=request_id,
+    )
+    await expect_invalid(
+        memory.BatchCreateMemories(
+            memory_pb2.BatchCreateMemoriesRequest(requests=[other, changed]), metadata=tenant_a
+        ),
+        "requests[1].request_id",
+    )
+    assert await rows_in(db, namespace) == 2
 
 
 async def test_a_client_vector_is_used_as_given(memory: Stub, tenant_a: Metadata) -> None:

@@ -807,7 +807,7 @@ class MemoryRpcs(RpcGroup):
         self, request: memory_pb2.CreateMemoryRequest, context: ServicerContext
     ) -> memory_pb2.Memory:
         item = validate_create(request, self._dimension)
-        (memory,) = await self._create([item])
+        (memory,) = await self._create([item], [request], batch=False)
         return memory
 
     async def BatchCreateMemories(
@@ -817,9 +817,17 @@ class MemoryRpcs(RpcGroup):
         if not 1 <= count <= MAX_BATCH:
             raise InvalidArgument("requests", f"{count} items; send 1-{MAX_BATCH}")
         items = _validate_batch(request.requests, self._dimension)
-        return memory_pb2.BatchCreateMemoriesResponse(memories=await self._create(items))
+        return memory_pb2.BatchCreateMemoriesResponse(
+            memories=await self._create(items, request.requests, batch=True)
+        )
 
-    async def _create(self, items: list[NewMemory]) -> list[memory_pb2.Memory]:
+    async def _create(
+        self,
+        items: list[NewMemory],
+        requests: Sequence[memory_pb2.CreateMemoryRequest],
+        *,
+        batch: bool,
+    ) -> list[memory_pb2.Memory]:
         """Embeds what needs it in ONE embedder call (outside any transaction: a
         remote provider may take seconds), then writes all or nothing."""
         missing = [item for item in items if item.embedding is None]
@@ -831,7 +839,9 @@ class MemoryRpcs(RpcGroup):
         tenant = self.tenant()
         settings = self.deps.settings
         async with self.deps.pool.acquire() as conn, conn.transaction():
-            replayed = await _claim_all(conn, tenant, items, settings.memory_request_id_ttl_s)
+            replayed = await _claim_all(
+                conn, tenant, items, requests, settings.memory_request_id_ttl_s, batch=batch
+            )
             fresh = [j for j in range(len(items)) if j not in replayed]
             rows = await write_memories(
                 conn, tenant, [items[j] for j in fresh], settings.memory_merge_similarity
@@ -1041,15 +1051,30 @@ def _validate_batch(
 
 
 async def _claim_all(
-    conn: asyncpg.Connection, tenant: str, items: Sequence[NewMemory], ttl_s: int
+    conn: asyncpg.Connection,
+    tenant: str,
+    items: Sequence[NewMemory],
+    requests: Sequence[memory_pb2.CreateMemoryRequest],
+    ttl_s: int,
+    *,
+    batch: bool,
 ) -> dict[int, memory_pb2.Memory]:
     """Claims every item's request_id (sorted: two overlapping batches must not
-    deadlock); returns the stored responses of items that were done before."""
+    deadlock); returns the stored responses of items that were done before. A key
+    reused for a different CreateMemoryRequest (single or batch item alike) is
+    INVALID_ARGUMENT on that item's request_id."""
     replayed: dict[int, memory_pb2.Memory] = {}
     keyed = sorted((item.request_id, j) for j, item in enumerate(items) if item.request_id)
     for request_id, j in keyed:
         replay = await claim(
-            conn, tenant, "CreateMemory", request_id, memory_pb2.Memory, ttl_s=ttl_s
+            conn,
+            tenant,
+            "CreateMemory",
+            request_id,
+            memory_pb2.Memory,
+            ttl_s=ttl_s,
+            request=requests[j],
+            field=f"requests[{j}].request_id" if batch else "request_id",
         )
         if replay is not None:
             replayed[j] = replay
