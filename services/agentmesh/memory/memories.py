@@ -238,21 +238,21 @@ def _integral(value: Any) -> Any:
 
 def to_proto(row: asyncpg.Record) -> memory_pb2.Memory:
     """A stored row as the wire resource (the embedding is INPUT_ONLY: never sent)."""
-    memory = memory_pb2.Memory(
+    # One constructor call (None leaves a message field unset): a search builds up to
+    # a hundred of these per call.
+    return memory_pb2.Memory(
         name=MEMORIES.format(row["id"]),
         namespace=row["namespace"],
         kind=row["kind"],
         content=row["content"],
+        metadata=json_to_struct(row["metadata"]),
         session=SESSIONS.format(row["session"]) if row["session"] else "",
         merge_count=row["merge_count"],
         etag=etag(row["version"]),
+        expire_time=timestamp(row["expire_time"]),
+        create_time=timestamp(row["create_time"]),
+        update_time=timestamp(row["update_time"]),
     )
-    memory.metadata.CopyFrom(json_to_struct(row["metadata"]))
-    for name in ("expire_time", "create_time", "update_time"):
-        stamp = timestamp(row[name])
-        if stamp is not None:
-            getattr(memory, name).CopyFrom(stamp)
-    return memory
 
 
 # -------------------------------------------------- near-duplicate merging
