@@ -11,6 +11,8 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
+import uvloop
+
 from agentmesh.core.server import ServiceSpec, serve
 from agentmesh.core.settings import ConfigError, Settings
 
@@ -22,7 +24,11 @@ def run_service(service: str, build: Builder) -> None:
     try:
         settings = Settings.from_env(service=service)
         settings.require_auth()
-        asyncio.run(_serve(settings, build))
+        # uvloop: libuv's event loop, a drop-in for asyncio's that spends less CPU per
+        # socket read, write and wake-up, which is most of a short RPC's own cost
+        # (ADR 0013; figures in docs/benchmarks.md).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(settings, build))
     except ConfigError as exc:
         print(f"agentmesh-{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
