@@ -87,13 +87,18 @@ migrate: env ## apply migrations/ to AGENTMESH_DATABASE_URL (default: the make-d
 	AGENTMESH_DATABASE_URL='$(AGENTMESH_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
 
 .PHONY: test
-test: env check-gen lint ## the whole suite (unit, integration, component, e2e) against real servers
+test: env bench-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: env ## benchmarks; writes docs/benchmarks.md (BENCH_ARGS="--small" for a smoke run)
-	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+bench: env bench-tools ## benchmarks; writes docs/benchmarks.md (BENCH_ARGS="--small" for a smoke run)
 	$(BIN)/python -m agentmesh.bench $(BENCH_ARGS)
+
+# h2load (Debian's nghttp2-client) drives the benchmarks' load; the suite runs the small
+# bench as a smoke test, so `make test` needs it too.
+.PHONY: bench-tools
+bench-tools:
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 
 .PHONY: clean
 clean: ## remove the environment, caches and dev data (.data/)
