@@ -174,7 +174,9 @@ async def test_request_id_replays_the_first_response_of_the_same_request(
         memory=memory_pb2.Memory(namespace=namespace, content="zeta eta theta"),
     )
     changed = memory_pb2.CreateMemoryRequest(
-        memory=memory_pb2.Memory(namespace=namespace, content="alpha beta", kind=3),
+        memory=memory_pb2.Memory(
+            namespace=namespace, content="alpha beta", kind=memory_pb2.MEMORY_KIND_PROCEDURAL
+        ),
         request_id=request_id,
     )
     await expect_invalid(
