@@ -431,8 +431,10 @@ _METHOD_NOTES = """\
 `builtin_registry().proto("echo")` message, registered as generated code registers a
 servicer (generic + registered-method handlers; `agentmesh.bench.echo_server`); *ours* is the
 real service, `python -m agentmesh.agent` (our one `ServerInterceptor`: OpenTelemetry server
-span with the SDK TracerProvider, recorded but not exported; request id, HS256 JWT auth from
-a cached token, error mapping, Prometheus metrics; log level info). Same
+span from the SDK TracerProvider, non-recording because no exporter is configured (sampler
+ALWAYS_OFF, as in any deployment without a collector); request id, HS256 JWT auth from
+a cached token, error mapping, Prometheus metrics; log level info). Both run on uvloop, as
+every service does (ADR 0014), so the ratio measures our code, not the event loop. Same
 request (`name: "agents/echo"`), same response bytes. Every call carries
 `authorization: Bearer <token>` and `x-request-id`. Each target has its own Envoy
 (`envoy --concurrency 1`) rendered from `envoy/envoy.yaml.j2` by `dev_values` +

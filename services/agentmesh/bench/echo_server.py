@@ -5,14 +5,14 @@
 Every variant serves `agentmesh.v1.AgentService/GetAgent` with the same prebuilt `Agent`
 message as the real service (`builtin_registry().proto("echo")`), plus gRPC health so
 that Envoy's active health check admits it. They differ only in what runs around that
-handler:
+handler; all run on uvloop, like the services:
 
 - ``raw``: a plain `grpc.aio.server()`, no interceptors, a generic handler returning the
   message: the physical baseline ("raw echo server": same wire cost, no framework).
 - ``servicer``: the real `AgentServicer` (resource-name parsing), no interceptors.
 - ``servicer+ours``: plus our `ServerInterceptor` (tracing, request id, JWT auth, error
   mapping, Prometheus metrics), with the SDK TracerProvider installed as `serve()` does
-  (spans recorded, not exported); `python -m agentmesh.agent` adds only health,
+  (no exporter, so spans are non-recording); `python -m agentmesh.agent` adds only health,
   reflection and the /metrics HTTP server to this.
 - ``servicer+otel``: the servicer behind opentelemetry-instrumentation-grpc's aio server
   interceptor instead, for reference: what our interceptor's built-in tracing replaced.

@@ -1576,9 +1576,10 @@ index is created with `maintenance_work_mem = 1GB` (timed). For each `ef_search`
 service is restarted with `AGENTMESH_MEMORY_HNSW_EF_SEARCH`, every query is sent once to
 warm up, then the measured passes go over direct gRPC one at a time (p50/p99) and with 8 in
 flight; recall@10 = mean |returned ∩ exact top-10| / 10. "Database alone" is the
-service's statement shape (`ORDER BY embedding <=> $q LIMIT 10` with the tenant and expiry
-filters, `hnsw.ef_search` and `iterative_scan = relaxed_order` set locally) timed on one
-plain asyncpg connection.
+service's statement shape (`ORDER BY embedding::halfvec(384) <=> $q::halfvec(384) LIMIT 10`
+with the tenant and expiry filters, the index's half-precision expression; `hnsw.ef_search`
+and `iterative_scan = relaxed_order` set once on the session, as the service's pool does)
+timed on one plain asyncpg connection: one round trip per search, like the service's.
 
 **Caveats.** Two shared cores: h2load, Envoy, the service and PostgreSQL compete, so
 absolute figures move by ±20 % between runs; compare ratios taken in the same run.

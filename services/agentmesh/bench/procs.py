@@ -97,7 +97,7 @@ def start_agent(port: int, metrics_port: int, secret: str, work_dir: Path) -> Ch
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    # Spans are recorded but not exported: no collector in the bench.
+    # No collector in the bench: spans are non-recording (tracing.configure_tracing).
     for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGENTMESH_OTLP_ENDPOINT"):
         env.pop(key, None)
     return env

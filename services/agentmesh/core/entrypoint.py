@@ -26,7 +26,7 @@ def run_service(service: str, build: Builder) -> None:
         settings.require_auth()
         # uvloop: libuv's event loop, a drop-in for asyncio's that spends less CPU per
         # socket read, write and wake-up, which is most of a short RPC's own cost
-        # (ADR 0013; figures in docs/benchmarks.md).
+        # (ADR 0014; figures in docs/benchmarks.md).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(_serve(settings, build))
     except ConfigError as exc:
