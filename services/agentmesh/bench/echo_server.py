@@ -14,6 +14,9 @@ handler; all run on uvloop, like the services:
   mapping, Prometheus metrics), with the SDK TracerProvider installed as `serve()` does
   (no exporter, so spans are non-recording); `python -m agentmesh.agent` adds only health,
   reflection and the /metrics HTTP server to this.
+- ``servicer+ours@registration``: the same interceptor applied to the handlers when they
+  are registered (`InterceptingRegistrar`) instead of through grpc.aio's interceptor
+  chain, which runs per call.
 - ``servicer+otel``: the servicer behind opentelemetry-instrumentation-grpc's aio server
   interceptor instead, for reference: what our interceptor's built-in tracing replaced.
 
@@ -38,13 +41,19 @@ from agentmesh.agent.app import SERVICE_NAME
 from agentmesh.agent.registry import builtin_registry
 from agentmesh.agent.servicer import AgentServicer
 from agentmesh.core.auth import Authenticator
-from agentmesh.core.interceptors import ServerInterceptor
+from agentmesh.core.interceptors import InterceptingRegistrar, ServerInterceptor
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.settings import Settings
 from agentmesh.core.tracing import configure_tracing
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
-VARIANTS: Final = ("raw", "servicer", "servicer+ours", "servicer+otel")
+VARIANTS: Final = (
+    "raw",
+    "servicer",
+    "servicer+ours",
+    "servicer+ours@registration",
+    "servicer+otel",
+)
 
 
 def echo_agent() -> agent_pb2.Agent:
@@ -88,14 +97,18 @@ async def serve(variant: str, port: int, secret: str) -> None:
         configure_tracing(settings)
     if "otel" in variant:
         interceptors.append(aio_server_interceptor())
-    if "ours" in variant:
-        interceptors.append(ServerInterceptor(Authenticator.from_settings(settings)))
+    ours = ServerInterceptor(Authenticator.from_settings(settings)) if "ours" in variant else None
+    if ours is not None and not variant.endswith("@registration"):
+        interceptors.append(ours)
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     if variant == "raw":
         add_raw_handler(server)
     else:
         servicer = AgentServicer(builtin_registry())  # type: ignore[abstract]  # fill_unimplemented
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+        target: Any = server
+        if ours is not None and variant.endswith("@registration"):
+            target = InterceptingRegistrar(server, ours)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, target)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")

@@ -37,6 +37,11 @@ ORDER: Final = (*VARIANTS, AGENT)
 LAYERS: Final = (
     ("AgentServicer instead of a bare handler", "servicer", "raw"),
     ("our ServerInterceptor, tracing included", "servicer+ours", "servicer"),
+    (
+        "the same, wrapped at registration instead of an interceptor chain",
+        "servicer+ours@registration",
+        "servicer",
+    ),
     ("opentelemetry-instrumentation-grpc aio interceptor (replaced)", "servicer+otel", "servicer"),
     ("health, reflection, /metrics server (full process)", AGENT, "servicer+ours"),
     ("everything: ours minus raw", AGENT, "raw"),
