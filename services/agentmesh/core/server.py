@@ -2,6 +2,16 @@
 
 A service describes itself with a :class:`ServiceSpec` and calls :func:`serve` from its
 entry point; tests call :func:`start_server` with the same spec and stop it themselves.
+
+Health has two meanings, under different ``grpc.health.v1`` service names:
+
+- **readiness**: ``""`` and each full service name (``agentmesh.v1.MemoryService``)
+  follow the dependency probes; Envoy's health checks and the Kubernetes readiness
+  probe ask these;
+- **liveness**: :data:`LIVENESS` is ``SERVING`` from start to drain whatever the
+  dependencies do. Its answer comes from a handler on the event loop, so a timely
+  answer is itself the proof that the loop is responsive; the Kubernetes liveness
+  probe asks it, so a database outage never restarts a pod (ADR 0015).
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ from agentmesh.core.tracing import configure_tracing, shutdown_tracing
 
 Probe = Callable[[], Awaitable[None]]
 """A dependency check: returns when the dependency answers, raises when it does not."""
+
+LIVENESS: Final = "agentmesh.liveness"
+"""The health service name for liveness: SERVING while the process answers at all,
+independent of the probes (the Kubernetes ``livenessProbe`` asks for it)."""
 
 _OVERALL: Final = ""  # the health service name that means "the whole server"
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
@@ -109,7 +123,8 @@ class RunningServer:
         self._log: Any = structlog.get_logger("agentmesh.server").bind()
 
     async def check_health(self) -> bool:
-        """Run every probe once and publish the result; returns whether all passed."""
+        """Run every probe once and publish the result as readiness (``""`` and the
+        service names; never :data:`LIVENESS`); returns whether all passed."""
         healthy = await self._probe()
         if healthy != self._serving:
             status = _SERVING if healthy else _NOT_SERVING
@@ -179,9 +194,10 @@ class RunningServer:
 async def start_server(settings: Settings, spec: ServiceSpec) -> RunningServer:
     """Build, bind and start the server for ``spec``; returns once it accepts calls.
 
-    One interceptor, :class:`ServerInterceptor`, does tracing, auth, errors and metrics. Health
-    starts from one probe round run before returning, then follows the probes every
-    ``health_interval_s``. Needs auth settings (:meth:`Settings.require_auth`).
+    One interceptor, :class:`ServerInterceptor`, does tracing, auth, errors and metrics.
+    Readiness starts from one probe round run before returning, then follows the probes
+    every ``health_interval_s``; liveness (:data:`LIVENESS`) is SERVING from the start.
+    Needs auth settings (:meth:`Settings.require_auth`).
     """
     authenticator = Authenticator.from_settings(settings)
     server = grpc.aio.server(
@@ -190,6 +206,8 @@ async def start_server(settings: Settings, spec: ServiceSpec) -> RunningServer:
     )
     spec.register(server)
     health_servicer = HealthServicer()
+    # Liveness follows nothing but the process itself: set once, never by the probes.
+    await health_servicer.set(LIVENESS, _SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -30,7 +30,7 @@ from agentmesh.core.channels import open_channel
 from agentmesh.core.context import current_call, current_tenant
 from agentmesh.core.errors import NotFound
 from agentmesh.core.logging import configure_logging
-from agentmesh.core.server import RunningServer, ServiceSpec, start_server
+from agentmesh.core.server import LIVENESS, RunningServer, ServiceSpec, start_server
 from agentmesh.core.settings import ConfigError, Settings
 from agentmesh.core.tracing import configure_tracing
 
@@ -504,12 +504,19 @@ async def test_health_follows_the_probes(harness: Harness, fault: str) -> None:
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     assert await all_are(serving)  # no token needed for health
+    assert await status(LIVENESS) == serving
     try:
         harness.faults[fault] = True
         await eventually(lambda: all_are(not_serving))
+        # Readiness is down, liveness is not: a dependency outage must not restart us.
+        assert await status(LIVENESS) == serving
+        await harness.server.check_health()  # one more failing round changes nothing
+        assert await status(LIVENESS) == serving
+        assert not await all_are(serving)
     finally:
         harness.faults[fault] = False
     await eventually(lambda: all_are(serving))
+    assert await status(LIVENESS) == serving
     events = [line["event"] for line in harness.log_lines()]
     assert events.count("health probe failed") >= 1
     assert "health changed" in events
@@ -598,10 +605,18 @@ async def test_stop_drains_in_flight_calls_then_runs_on_stop() -> None:
         slow = channel.unary_unary(f"/{SERVICE}/Slow", None, None)(b"0.3", metadata=AUTH)
         await asyncio.sleep(0.1)  # let the slow call reach its handler
 
+        live = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=LIVENESS)
+        )
+        assert (await live.read()).status == health_pb2.HealthCheckResponse.SERVING
+
         stopping = asyncio.create_task(running.stop(grace_s=1.0))
 
         # Load balancers watching health learn first; the in-flight call still completes.
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Liveness ends with the server too (Kubernetes stops liveness probes of a pod
+        # being deleted, and a draining server refuses new calls anyway).
+        assert (await live.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert await slow == b"done"
         await stopping
         assert stopped == ["pool closed"]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentmesh.core.server import LIVENESS
 from agentmesh.devstack import paths
 from agentmesh.devstack.envoy_config import SERVICE_NAMES, main, validate_envoy_config
 
@@ -86,10 +87,32 @@ def test_service_deployments_probe_their_grpc_service(manifests: list[Manifest])
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["grpc"] == GRPC_PORT
         assert "metrics" in ports
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": GRPC_PORT, "service": full_name}, (
+        # Readiness asks the service's name, which follows its dependency probes (and is
+        # what Envoy health-checks); liveness and startup ask the liveness name, which
+        # a database outage does not turn NOT_SERVING (ADR 0015).
+        assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT, "service": full_name}
+        for probe in ("startupProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": GRPC_PORT, "service": LIVENESS}, (
                 f"{key}.{probe}"
             )
+
+
+def test_liveness_restarts_a_stuck_service_within_a_minute(manifests: list[Manifest]) -> None:
+    # No longer lenient: liveness cannot flap on a dependency outage, so a process that
+    # stops answering is restarted promptly.
+    deployments = of_kind(manifests, "Deployment")
+    for key in SERVICE_NAMES:
+        (container,) = deployments[key]["spec"]["template"]["spec"]["containers"]
+        liveness = container["livenessProbe"]
+        assert liveness["failureThreshold"] * liveness["periodSeconds"] <= 60, key
+        assert liveness["failureThreshold"] >= 2, f"{key}: one slow answer must not restart"
+        assert liveness["timeoutSeconds"] < liveness["periodSeconds"], key
+        readiness = container["readinessProbe"]
+        # Out of rotation (readiness) well before a restart (liveness) is considered.
+        assert (
+            readiness["failureThreshold"] * readiness["periodSeconds"]
+            < liveness["failureThreshold"] * liveness["periodSeconds"]
+        ), key
 
 
 def test_worker_and_envoy_have_probes(manifests: list[Manifest]) -> None:
