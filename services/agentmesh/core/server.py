@@ -20,7 +20,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import grpc
 import structlog
@@ -29,7 +29,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from agentmesh.core.auth import Authenticator
-from agentmesh.core.interceptors import ServerInterceptor
+from agentmesh.core.interceptors import InterceptingRegistrar, ServerInterceptor
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.metrics import MetricsServer, start_metrics_server
 from agentmesh.core.settings import Settings
@@ -194,21 +194,24 @@ class RunningServer:
 async def start_server(settings: Settings, spec: ServiceSpec) -> RunningServer:
     """Build, bind and start the server for ``spec``; returns once it accepts calls.
 
-    One interceptor, :class:`ServerInterceptor`, does tracing, auth, errors and metrics.
-    Readiness starts from one probe round run before returning, then follows the probes
-    every ``health_interval_s``; liveness (:data:`LIVENESS`) is SERVING from the start.
+    One interceptor, :class:`ServerInterceptor`, does tracing, auth, errors and metrics;
+    it is applied to every handler as it is registered (:class:`InterceptingRegistrar`),
+    not through grpc.aio's per-call interceptor chain. Reflection alone is registered on
+    the bare server (it needs the real ``grpc.aio.Server`` and, like health, takes no
+    credential and gets no span). Readiness starts from one probe round run before
+    returning, then follows the probes every ``health_interval_s``; liveness
+    (:data:`LIVENESS`) is SERVING from the start.
     Needs auth settings (:meth:`Settings.require_auth`).
     """
     authenticator = Authenticator.from_settings(settings)
-    server = grpc.aio.server(
-        interceptors=[ServerInterceptor(authenticator)],
-        options=server_options(settings),
-    )
-    spec.register(server)
+    server = grpc.aio.server(options=server_options(settings))
+    registrar = InterceptingRegistrar(server, ServerInterceptor(authenticator))
+    spec.register(cast("grpc.aio.Server", registrar))
     health_servicer = HealthServicer()
     # Liveness follows nothing but the process itself: set once, never by the probes.
     await health_servicer.set(LIVENESS, _SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
+    registrar.finish()
     reflection.enable_server_reflection(
         [*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
