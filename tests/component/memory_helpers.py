@@ -7,8 +7,9 @@ a failed ``assert`` here explains itself as it would inside a test.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -17,10 +18,35 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from agentmesh.core.server import start_server
+from agentmesh.memory.app import build_memory
 from agentmesh.v1 import memory_pb2_grpc
+from component.conftest import Backends, memory_settings
 
 # The async stub type exists only in the generated .pyi, hence the string alias.
 Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
+
+
+# ------------------------------------------------------------------ servers
+
+
+@contextlib.asynccontextmanager
+async def serve_memory(backends: Backends, **overrides: str) -> AsyncIterator[Stub]:
+    """Another Memory server on the same backends, with settings ``overrides``
+    (``AGENTMESH_*`` variables), and a stub of it; stopped on exit."""
+    settings = memory_settings(backends, **overrides)
+    running = await start_server(settings, await build_memory(settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))
+    finally:
+        await running.stop(0)
+
+
+HARD_DELETE: dict[str, str] = {
+    "AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "0",
+}
+"""Settings of a server without soft delete: DeleteSession removes everything at once."""
 
 
 # ------------------------------------------------------------------ fresh ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -19,15 +20,27 @@ from agentmesh.memory.sessions import delete_session_threads
 from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import Metadata
+from component.conftest import Backends, Metadata
 from component.memory_helpers import (
+    HARD_DELETE,
     Stub,
     expect_error,
     expect_invalid,
+    serve_memory,
     struct,
     unique,
     violated_fields,
 )
+
+
+@pytest.fixture(scope="module")
+async def hard_delete(backends: Backends) -> AsyncIterator[Stub]:
+    """A Memory server whose purge window is 0: DeleteSession removes the session and
+    everything it holds at once, as before soft delete (the soft delete's own tests are
+    in test_component_memory_soft_delete.py)."""
+    async with serve_memory(backends, **HARD_DELETE) as stub:
+        yield stub
+
 
 # ------------------------------------------------------------------ helpers
 
@@ -576,9 +589,10 @@ async def test_update_unknown_is_not_found(memory: Stub, tenant_a: Metadata) -> 
 # ------------------------------------------------------------------ delete
 
 
-async def test_delete_removes_messages_and_working_memory(
-    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool, redis_client: redis.asyncio.Redis
+async def test_delete_without_purge_window_removes_messages_and_working_memory(
+    hard_delete: Stub, tenant_a: Metadata, db: asyncpg.Pool, redis_client: redis.asyncio.Redis
 ) -> None:
+    memory = hard_delete
     created = await create(memory, tenant_a)
     session_id = created.name.removeprefix("sessions/")
     await memory.AppendMessages(
@@ -612,6 +626,13 @@ async def test_delete_removes_messages_and_working_memory(
     assert await redis_client.exists(key) == 0
     await expect_error(
         memory.GetSession(memory_pb2.GetSessionRequest(name=created.name), metadata=tenant_a),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    # Gone for good: there is nothing to undelete.
+    await expect_error(
+        memory.UndeleteSession(
+            memory_pb2.UndeleteSessionRequest(name=created.name), metadata=tenant_a
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
 
@@ -652,14 +673,22 @@ async def test_delete_checks_the_etag(memory: Stub, tenant_a: Metadata, db: asyn
     await memory.DeleteSession(
         memory_pb2.DeleteSessionRequest(name=created.name, etag=created.etag), metadata=tenant_a
     )
-    assert await session_rows(db, created.name.removeprefix("sessions/")) == 0
+    deleted = await db.fetchval(
+        "SELECT delete_time IS NOT NULL FROM memory.sessions WHERE tenant = $1 AND id = $2",
+        "tenant-a",
+        created.name.removeprefix("sessions/"),
+    )
+    assert deleted is True  # soft-deleted: kept until its purge time
 
 
 async def test_an_etag_of_a_deleted_session_does_not_match_its_successor(
-    memory: Stub, tenant_a: Metadata
+    hard_delete: Stub, tenant_a: Metadata
 ) -> None:
     """Deleted and created again, the id's version starts over: the old etag (same
-    version number) must still be stale for the new session, not a match."""
+    version number) must still be stale for the new session, not a match. (With soft
+    delete the id is free again only once the session is purged: see the soft delete
+    and janitor tests.)"""
+    memory = hard_delete
     session_id = unique()
     old = await create(memory, tenant_a, session_id, display_name="old")
     await memory.DeleteSession(
@@ -790,11 +819,12 @@ async def test_delete_session_threads_removes_only_the_sessions_threads(
         await conn.execute("DROP TABLE scratch_checkpoints, scratch_writes")
 
 
-async def test_delete_removes_the_sessions_checkpoints(
-    memory: Stub, tenant_a: Metadata, db: asyncpg.Pool
+async def test_delete_without_purge_window_removes_the_sessions_checkpoints(
+    hard_delete: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
     """Wiring of the hook against the real checkpoint tables (owned by checkpoints.py);
     rows are written directly with only the columns the convention relies on."""
+    memory = hard_delete
     created = await create(memory, tenant_a)
     session_id = created.name.removeprefix("sessions/")
     threads = [session_id, f"{session_id}:sub", f"{session_id}x"]

@@ -21,7 +21,15 @@ from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
 from component.conftest import Backends, Metadata, memory_settings
-from component.memory_helpers import Stub, expect_error, expect_invalid, rpc_error, unique
+from component.memory_helpers import (
+    HARD_DELETE,
+    Stub,
+    expect_error,
+    expect_invalid,
+    rpc_error,
+    serve_memory,
+    unique,
+)
 
 DEFAULT_TTL_S = 86_400  # memory_working_ttl_s of the component settings
 
@@ -173,24 +181,45 @@ async def test_concurrent_updates_of_distinct_keys_all_land(
 
 
 async def test_a_recreated_session_does_not_inherit_stale_working_memory(
-    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+    backends: Backends, tenant_a: Metadata, redis_client: redis.asyncio.Redis
 ) -> None:
     """An update racing a DeleteSession can leave a hash behind; the next session of
-    the same id must not see it."""
+    the same id must not see it. (A server without a purge window, so the id is free
+    again at once; after a purge by the janitor the same holds.)"""
+    async with serve_memory(backends, **HARD_DELETE) as memory:
+        session_id = unique("w")
+        name = await new_session(memory, tenant_a, session_id)
+        await update(memory, tenant_a, name, {"secret": "old"})
+        key = redis_key("tenant-a", name)
+        stale: dict[Any, Any] = await redis_client.hgetall(key)
+        await memory.DeleteSession(
+            memory_pb2.DeleteSessionRequest(name=f"sessions/{session_id}"), metadata=tenant_a
+        )
+        assert await redis_client.exists(key) == 0
+        await redis_client.hset(key, mapping=stale)  # the racing update's late write
+        await new_session(memory, tenant_a, session_id)
+        assert not (await get(memory, tenant_a, name)).values
+        fresh = await update(memory, tenant_a, name, {"new": 1})
+        assert plain(fresh) == {"new": 1.0}
+
+
+async def test_a_deleted_sessions_working_memory_is_not_found_and_undelete_restores_it(
+    memory: Stub, tenant_a: Metadata, redis_client: redis.asyncio.Redis
+) -> None:
+    """Soft delete keeps the hash (with its TTL running) so an undelete gives it back;
+    meanwhile reads and writes are NOT_FOUND and change nothing."""
     session_id = unique("w")
     name = await new_session(memory, tenant_a, session_id)
-    await update(memory, tenant_a, name, {"secret": "old"})
+    await update(memory, tenant_a, name, {"step": "pay"}, ttl_s=600)
     key = redis_key("tenant-a", name)
-    stale: dict[Any, Any] = await redis_client.hgetall(key)
-    await memory.DeleteSession(
-        memory_pb2.DeleteSessionRequest(name=f"sessions/{session_id}"), metadata=tenant_a
-    )
-    assert await redis_client.exists(key) == 0
-    await redis_client.hset(key, mapping=stale)  # the racing update's late write
-    await new_session(memory, tenant_a, session_id)
-    assert not (await get(memory, tenant_a, name)).values
-    fresh = await update(memory, tenant_a, name, {"new": 1})
-    assert plain(fresh) == {"new": 1.0}
+    session = f"sessions/{session_id}"
+    await memory.DeleteSession(memory_pb2.DeleteSessionRequest(name=session), metadata=tenant_a)
+    assert await redis_client.exists(key) == 1
+    await expect_error(get(memory, tenant_a, name), grpc.StatusCode.NOT_FOUND)
+    await expect_error(update(memory, tenant_a, name, {"step": "x"}), grpc.StatusCode.NOT_FOUND)
+    assert 0 < await redis_client.pttl(key) <= 600_000  # its own TTL, untouched
+    await memory.UndeleteSession(memory_pb2.UndeleteSessionRequest(name=session), metadata=tenant_a)
+    assert plain(await get(memory, tenant_a, name)) == {"step": "pay"}
 
 
 # ------------------------------------------------------------------ bad input

@@ -329,6 +329,8 @@ def test_update_session_with_stale_etag_is_409_aborted(http: httpx.Client) -> No
 
 
 def test_delete_session(http: httpx.Client) -> None:
+    """Soft delete (the mesh runs the default 7-day purge window): gone for every route,
+    the id still taken, until UndeleteSession or the purge."""
     session_id = _create_session(http, displayName="doomed")
     path = f"/v1/sessions/{session_id}"
     _ok(
@@ -342,6 +344,8 @@ def test_delete_session(http: httpx.Client) -> None:
 
     stale = http.delete(path, params={"etag": '"999999"'})
     assert _reason(_service_error(stale, 409, 10)) == "ETAG_MISMATCH"
+    malformed = http.delete(path, params={"etag": '"1-nope"'})
+    assert _violations(_service_error(malformed, 400, 3)) == ["etag"]
 
     deleted = http.delete(path, params={"etag": etag})
     assert deleted.status_code == 200, deleted.text
@@ -349,25 +353,107 @@ def test_delete_session(http: httpx.Client) -> None:
 
     for gone in (path, f"{path}/messages", f"{path}/workingMemory"):
         _service_error(http.get(gone), 404, 5)
+    appended = http.post(
+        f"{path}/messages:append",
+        json={"messages": [{"role": "ROLE_USER", "parts": [{"text": "late"}]}]},
+    )
+    _service_error(appended, 404, 5)
+    patched = http.patch(path, params={"updateMask": "displayName"}, json={"displayName": "x"})
+    _service_error(patched, 404, 5)
+    # Deleting again changes nothing: 404, or 200 with allowMissing.
     _service_error(http.delete(path), 404, 5)
     assert http.delete(path, params={"allowMissing": "true"}).status_code == 200
+    _service_error(http.delete(path, params={"etag": etag}), 404, 5)
 
-    # The id can be used again, and nothing of the old session comes back: not its
-    # messages, not its working memory, and its etag does not match the new session.
-    fresh = _ok(http.post("/v1/sessions", params={"sessionId": session_id}, json={}))
-    assert _ok(http.get(f"{path}/messages"))["messages"] == []
-    assert _ok(http.get(f"{path}/workingMemory"))["values"] == {}
-    assert fresh["etag"] != etag
-    old_etag = http.patch(
-        path, params={"updateMask": "displayName"}, json={"displayName": "x", "etag": etag}
+    # The id stays taken until the purge: 409 with its own reason and the purge time.
+    taken = _service_error(
+        http.post("/v1/sessions", params={"sessionId": session_id}, json={}), 409, 6
     )
-    assert _reason(_service_error(old_etag, 409, 10)) == "ETAG_MISMATCH"
-    assert _reason(_service_error(http.delete(path, params={"etag": etag}), 409, 10)) == (
-        "ETAG_MISMATCH"
+    info = _detail(taken, ERROR_INFO)
+    assert info["reason"] == "SESSION_DELETED"
+    purge_time = _assert_timestamp(info["metadata"]["purge_time"])
+    delete_time = _assert_timestamp(info["metadata"]["delete_time"])
+    assert (purge_time - delete_time).total_seconds() == 7 * 86_400
+    assert info["metadata"]["purge_time"] in taken["message"]
+    assert _detail(taken, RESOURCE_INFO)["resourceName"] == f"sessions/{session_id}"
+
+
+def test_list_sessions_show_deleted(http: httpx.Client) -> None:
+    run = _uid("run")
+    live = _create_session(http, labels={"run": run})
+    doomed = _create_session(http, labels={"run": run})
+    assert http.delete(f"/v1/sessions/{doomed}").status_code == 200
+    by_run = f'labels.run = "{run}"'
+
+    default = _ok(http.get("/v1/sessions", params={"filter": by_run}))
+    assert [s["name"] for s in default["sessions"]] == [f"sessions/{live}"]
+    assert "deleteTime" not in default["sessions"][0]  # unset message fields are left out
+
+    shown = _ok(http.get("/v1/sessions", params={"filter": by_run, "showDeleted": "true"}))
+    deleted, alive = shown["sessions"]
+    assert deleted["name"] == f"sessions/{doomed}"
+    _has_keys(deleted, (*SESSION_KEYS, "deleteTime", "purgeTime"))
+    delete_time = _assert_timestamp(deleted["deleteTime"])
+    purge_time = _assert_timestamp(deleted["purgeTime"])
+    assert (purge_time - delete_time).total_seconds() == 7 * 86_400
+    assert alive["name"] == f"sessions/{live}"
+    assert "deleteTime" not in alive
+    assert "purgeTime" not in alive
+
+    trash = _ok(
+        http.get(
+            "/v1/sessions",
+            params={
+                "filter": f'{by_run} AND delete_time >= "1970-01-01T00:00:00Z"',
+                "showDeleted": True,
+            },
+        )
     )
-    malformed = http.delete(path, params={"etag": '"1-nope"'})
-    assert _violations(_service_error(malformed, 400, 3)) == ["etag"]
-    assert http.delete(path, params={"etag": fresh["etag"]}).status_code == 200
+    assert [s["name"] for s in trash["sessions"]] == [f"sessions/{doomed}"]
+    bad = http.get("/v1/sessions", params={"showDeleted": "maybe"})
+    _error(bad, 400, 3)  # Envoy refuses a value that is not a bool
+
+
+def test_undelete_session(http: httpx.Client) -> None:
+    session_id = _create_session(http, displayName="restore me")
+    path = f"/v1/sessions/{session_id}"
+    _ok(
+        http.post(
+            f"{path}/messages:append",
+            json={"messages": [{"role": "ROLE_USER", "parts": [{"text": "kept"}]}]},
+        )
+    )
+    _ok(http.patch(f"{path}/workingMemory", json={"workingMemory": {"values": {"step": 2}}}))
+    before = _ok(http.get(path))
+    assert http.delete(path).status_code == 200
+
+    restored = _ok(http.post(f"{path}:undelete", json={}))
+    _has_keys(restored, SESSION_KEYS)
+    assert "deleteTime" not in restored
+    assert "purgeTime" not in restored
+    assert restored["displayName"] == "restore me"
+    assert restored["messageCount"] == "1"
+    assert restored["createTime"] == before["createTime"]
+    assert restored["etag"] != before["etag"]
+    assert _ok(http.get(path)) == restored
+    messages = _ok(http.get(f"{path}/messages"))["messages"]
+    assert [m["parts"][0]["text"] for m in messages] == ["kept"]
+    assert _ok(http.get(f"{path}/workingMemory"))["values"] == {"step": 2}
+
+    # Not deleted (e.g. a retry of the undelete): 409; unknown: 404; malformed: 400.
+    again = _service_error(http.post(f"{path}:undelete", json={}), 409, 6)
+    assert _reason(again) == "RESOURCE_ALREADY_EXISTS"
+    assert "not deleted" in again["message"]
+    _service_error(http.post(f"/v1/sessions/{_uid('nobody')}:undelete", json={}), 404, 5)
+    bad = _service_error(http.post("/v1/sessions/Bad_Name:undelete", json={}), 400, 3)
+    assert _violations(bad) == ["name"]
+    # The old etag is stale: the delete and the undelete each changed the session.
+    stale = http.patch(
+        path,
+        params={"updateMask": "displayName"},
+        json={"displayName": "x", "etag": before["etag"]},
+    )
+    assert _reason(_service_error(stale, 409, 10)) == "ETAG_MISMATCH"
 
 
 # -------------------------------------------------------------------------- messages

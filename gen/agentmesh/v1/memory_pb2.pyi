@@ -72,6 +72,8 @@ class Session(google.protobuf.message.Message):
     CREATE_TIME_FIELD_NUMBER: builtins.int
     UPDATE_TIME_FIELD_NUMBER: builtins.int
     ETAG_FIELD_NUMBER: builtins.int
+    DELETE_TIME_FIELD_NUMBER: builtins.int
+    PURGE_TIME_FIELD_NUMBER: builtins.int
     name: builtins.str
     display_name: builtins.str
     message_count: builtins.int
@@ -85,6 +87,10 @@ class Session(google.protobuf.message.Message):
     def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     @property
     def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    @property
+    def delete_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    @property
+    def purge_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -97,9 +103,11 @@ class Session(google.protobuf.message.Message):
         create_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         update_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
         etag: builtins.str = ...,
+        delete_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        purge_time: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "last_sequence", b"last_sequence", "message_count", b"message_count", "metadata", b"metadata", "name", b"name", "update_time", b"update_time"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "metadata", b"metadata", "purge_time", b"purge_time", "update_time", b"update_time"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "last_sequence", b"last_sequence", "message_count", b"message_count", "metadata", b"metadata", "name", b"name", "purge_time", b"purge_time", "update_time", b"update_time"]) -> None: ...
 
 global___Session = Session
 
@@ -148,17 +156,20 @@ class ListSessionsRequest(google.protobuf.message.Message):
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     FILTER_FIELD_NUMBER: builtins.int
+    SHOW_DELETED_FIELD_NUMBER: builtins.int
     page_size: builtins.int
     page_token: builtins.str
     filter: builtins.str
+    show_deleted: builtins.bool
     def __init__(
         self,
         *,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
         filter: builtins.str = ...,
+        show_deleted: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "show_deleted", b"show_deleted"]) -> None: ...
 
 global___ListSessionsRequest = ListSessionsRequest
 
@@ -222,6 +233,21 @@ class DeleteSessionRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["allow_missing", b"allow_missing", "etag", b"etag", "name", b"name"]) -> None: ...
 
 global___DeleteSessionRequest = DeleteSessionRequest
+
+@typing.final
+class UndeleteSessionRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name"]) -> None: ...
+
+global___UndeleteSessionRequest = UndeleteSessionRequest
 
 @typing.final
 class Message(google.protobuf.message.Message):

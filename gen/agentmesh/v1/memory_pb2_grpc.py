@@ -60,6 +60,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.DeleteSessionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.UndeleteSession = channel.unary_unary(
+                '/agentmesh.v1.MemoryService/UndeleteSession',
+                request_serializer=agentmesh_dot_v1_dot_memory__pb2.UndeleteSessionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_memory__pb2.Session.FromString,
+                _registered_method=True)
         self.AppendMessages = channel.unary_unary(
                 '/agentmesh.v1.MemoryService/AppendMessages',
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.AppendMessagesRequest.SerializeToString,
@@ -250,6 +255,12 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -474,6 +485,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteSession,
                     request_deserializer=agentmesh_dot_v1_dot_memory__pb2.DeleteSessionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'UndeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteSession,
+                    request_deserializer=agentmesh_dot_v1_dot_memory__pb2.UndeleteSessionRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_memory__pb2.Session.SerializeToString,
             ),
             'AppendMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendMessages,
@@ -771,6 +787,33 @@ class MemoryService:
             '/agentmesh.v1.MemoryService/DeleteSession',
             agentmesh_dot_v1_dot_memory__pb2.DeleteSessionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.MemoryService/UndeleteSession',
+            agentmesh_dot_v1_dot_memory__pb2.UndeleteSessionRequest.SerializeToString,
+            agentmesh_dot_v1_dot_memory__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

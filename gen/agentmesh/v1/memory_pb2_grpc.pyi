@@ -45,6 +45,11 @@ class MemoryServiceStub:
         google.protobuf.empty_pb2.Empty,
     ]
 
+    UndeleteSession: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.UndeleteSessionRequest,
+        agentmesh.v1.memory_pb2.Session,
+    ]
+
     AppendMessages: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.AppendMessagesRequest,
         agentmesh.v1.memory_pb2.AppendMessagesResponse,
@@ -229,6 +234,11 @@ class MemoryServiceAsyncStub:
     DeleteSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteSessionRequest,
         google.protobuf.empty_pb2.Empty,
+    ]
+
+    UndeleteSession: grpc.aio.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.UndeleteSessionRequest,
+        agentmesh.v1.memory_pb2.Session,
     ]
 
     AppendMessages: grpc.aio.UnaryUnaryMultiCallable[
@@ -426,6 +436,13 @@ class MemoryServiceServicer(metaclass=abc.ABCMeta):
         request: agentmesh.v1.memory_pb2.DeleteSessionRequest,
         context: _ServicerContext,
     ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]: ...
+
+    @abc.abstractmethod
+    def UndeleteSession(
+        self,
+        request: agentmesh.v1.memory_pb2.UndeleteSessionRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]: ...
 
     @abc.abstractmethod
     def AppendMessages(

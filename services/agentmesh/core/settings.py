@@ -32,6 +32,8 @@ _DEFAULT_METRICS_PORTS: Final = {
 }
 _ENVIRONMENTS: Final = ("dev", "prod")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+MAX_SESSION_PURGE_AFTER_S: Final = 10 * 365 * 86_400
+"""Longest purge window of deleted sessions; keeps ``now() + window`` a sane timestamp."""
 
 
 class ConfigError(Exception):
@@ -180,6 +182,10 @@ class Settings:
     memory_request_id_ttl_s: int = 86_400
     """How long idempotency keys (``request_id``) are remembered."""
 
+    memory_session_purge_after_s: int = 7 * 86_400
+    """How long a deleted session is kept (soft delete, AIP-164) before the janitor
+    purges it; UndeleteSession restores it until then. 0 deletes at once (no undelete)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service: str) -> Settings:
         """Load settings for ``service`` from ``environ`` (default: ``os.environ``).
@@ -275,6 +281,11 @@ class Settings:
             ("memory_working_max_keys", self.memory_working_max_keys > 0, "expected > 0"),
             ("memory_working_max_bytes", self.memory_working_max_bytes > 0, "expected > 0"),
             ("memory_request_id_ttl_s", self.memory_request_id_ttl_s > 0, "expected > 0"),
+            (
+                "memory_session_purge_after_s",
+                0 <= self.memory_session_purge_after_s <= MAX_SESSION_PURGE_AFTER_S,
+                f"expected 0-{MAX_SESSION_PURGE_AFTER_S} (10 years)",
+            ),
         ]
         problems = [
             f"{env_var(name)}={getattr(self, name)!r}: {why}" for name, ok, why in checks if not ok

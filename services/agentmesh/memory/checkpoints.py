@@ -4,6 +4,12 @@ The agent runtime's saver (``agentmesh.langgraph.saver``) serializes checkpoints
 writes with LangGraph's own serializer; this service stores those bytes opaquely and
 reads only the metadata, which arrives as JSON text and is kept as ``jsonb`` so list
 filters can match on it. Every statement is scoped by the caller's tenant.
+
+A session's threads (``<session id>`` and ``<session id>:<suffix>``) are hidden while
+the session is deleted and not purged yet (``sessions.thread_session_deleted``): reads
+and deletions skip them, so an undelete finds them as they were, and writes to them
+are NOT_FOUND naming the session, as appending to its messages is. The check rides in
+the statement that reads or writes, so it costs no extra round trip.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import asyncpg  # type: ignore[import-untyped]
 
 from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import AlreadyExists, InvalidArgument, NotFound
+from agentmesh.core.names import SESSIONS
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
 from agentmesh.memory.convert import timestamp
 from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.sessions import thread_session_deleted, thread_session_id
 from agentmesh.v1 import memory_pb2
 
 MAX_ID_CHARS: Final = 512
@@ -61,6 +69,7 @@ WITH RECURSIVE ranked AS (
     FROM memory.checkpoints
     WHERE tenant = $1 AND thread_id = ANY($2::text[])
       AND ($4::text IS NULL OR checkpoint_ns = $4)
+      AND NOT {thread_session_deleted("thread_id")}
 ),
 kept (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, budget) AS (
     SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
@@ -123,6 +132,11 @@ orphan_writes AS (
 )
 SELECT count(*) FROM doomed
 """
+
+
+def _deleted_session(thread_id: str) -> NotFound:
+    """The error of a write to a thread of a deleted session."""
+    return NotFound(SESSIONS.resource_type, SESSIONS.format(thread_session_id(thread_id)))
 
 
 class _Violations:
@@ -299,16 +313,19 @@ class CheckpointRpcs(RpcGroup):
         keep_latest = self.deps.settings.memory_checkpoint_keep_latest
         async with self.deps.pool.acquire() as conn, conn.transaction():
             # Idempotent: LangGraph may put the same checkpoint again (a retried call).
-            await conn.execute(
-                """
+            # No row comes back only when the thread's session is deleted.
+            stored = await conn.fetchval(
+                f"""
                 INSERT INTO memory.checkpoints (tenant, thread_id, checkpoint_ns, checkpoint_id,
                     parent_checkpoint_id, type, checkpoint, metadata)
-                VALUES ($1, $2, $3, $4, NULLIF($5, ''), $6, $7, $8::jsonb)
+                SELECT $1, $2, $3, $4, NULLIF($5, ''), $6, $7, $8::jsonb
+                WHERE NOT {thread_session_deleted("$2")}
                 ON CONFLICT (tenant, thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
                 SET parent_checkpoint_id = EXCLUDED.parent_checkpoint_id,
                     type = EXCLUDED.type,
                     checkpoint = EXCLUDED.checkpoint,
                     metadata = EXCLUDED.metadata
+                RETURNING 1
                 """,
                 tenant,
                 thread_id,
@@ -319,6 +336,8 @@ class CheckpointRpcs(RpcGroup):
                 checkpoint.checkpoint.data,
                 metadata,
             )
+            if stored is None:
+                raise _deleted_session(thread_id)
             # Retention rides on the write that grows the thread, in its transaction,
             # so a thread never holds more than the setting allows (plus the ancestors
             # its delta channels still need, see _PRUNE).
@@ -363,8 +382,9 @@ class CheckpointRpcs(RpcGroup):
         # what the first attempt recorded. Special writes (errors, interrupts, negative
         # idx) are replaced, as in LangGraph's own savers.
         async with self.deps.pool.acquire() as conn, conn.transaction():
-            stored: int = await conn.fetchval(
-                """
+            # Nothing is stored for a thread of a deleted session; `deleted` says so.
+            result = await conn.fetchrow(
+                f"""
                 WITH incoming AS (
                     SELECT * FROM unnest($5::text[], $6::int[], $7::text[], $8::text[],
                                          $9::bytea[], $10::text[])
@@ -375,13 +395,15 @@ class CheckpointRpcs(RpcGroup):
                         checkpoint_id, task_id, idx, channel, type, value, task_path)
                     SELECT $1, $2, $3, $4, task_id, idx, channel, type, value, task_path
                     FROM incoming
+                    WHERE NOT {thread_session_deleted("$2")}
                     ON CONFLICT (tenant, thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
                     DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type,
                                   value = EXCLUDED.value, task_path = EXCLUDED.task_path
                     WHERE EXCLUDED.idx < 0
                     RETURNING 1
                 )
-                SELECT count(*) FROM upserted
+                SELECT (SELECT count(*) FROM upserted) AS stored,
+                       {thread_session_deleted("$2")} AS deleted
                 """,
                 tenant,
                 request.thread_id,
@@ -394,7 +416,9 @@ class CheckpointRpcs(RpcGroup):
                 [w.value.data for w in writes],
                 [w.task_path for w in writes],
             )
-        return memory_pb2.PutCheckpointWritesResponse(stored_count=stored)
+        if result["deleted"]:
+            raise _deleted_session(request.thread_id)
+        return memory_pb2.PutCheckpointWritesResponse(stored_count=result["stored"])
 
     async def GetCheckpoint(
         self, request: memory_pb2.GetCheckpointRequest, context: ServicerContext
@@ -406,7 +430,10 @@ class CheckpointRpcs(RpcGroup):
         check.raise_if_any()
 
         tenant = self.tenant()
-        where = "WHERE tenant = $1 AND thread_id = $2 AND checkpoint_ns = $3"
+        where = (
+            "WHERE tenant = $1 AND thread_id = $2 AND checkpoint_ns = $3"
+            f" AND NOT {thread_session_deleted('$2')}"
+        )
         async with self.deps.pool.acquire() as conn:
             if request.checkpoint_id:
                 row = await conn.fetchrow(
@@ -491,13 +518,18 @@ class CheckpointRpcs(RpcGroup):
         check.text(request.thread_id, "thread_id", required=True, max_chars=MAX_ID_CHARS)
         check.raise_if_any()
         # Every write of the thread goes, also those of checkpoints never stored.
+        # A thread of a deleted session looks empty: nothing to delete (an undelete
+        # gives it back whole, the purge removes it).
+        hidden = thread_session_deleted("$2")
         deleted: int = await self.deps.pool.fetchval(
-            """
+            f"""
             WITH doomed AS (
-                DELETE FROM memory.checkpoints WHERE tenant = $1 AND thread_id = $2 RETURNING 1
+                DELETE FROM memory.checkpoints
+                WHERE tenant = $1 AND thread_id = $2 AND NOT {hidden} RETURNING 1
             ),
             doomed_writes AS (
-                DELETE FROM memory.checkpoint_writes WHERE tenant = $1 AND thread_id = $2
+                DELETE FROM memory.checkpoint_writes
+                WHERE tenant = $1 AND thread_id = $2 AND NOT {hidden}
             )
             SELECT count(*) FROM doomed
             """,
@@ -539,10 +571,11 @@ class CheckpointRpcs(RpcGroup):
         # run id (only checkpoint metadata does), so they stay: they join their checkpoint
         # if it lands, and DeleteThread or a prune removes them if it never does.
         deleted: int = await self.deps.pool.fetchval(
-            """
+            f"""
             WITH doomed AS (
                 DELETE FROM memory.checkpoints
                 WHERE tenant = $1 AND run_id = ANY($2::text[])
+                  AND NOT {thread_session_deleted("thread_id")}
                 RETURNING thread_id, checkpoint_ns, checkpoint_id
             ),
             doomed_writes AS (
@@ -614,7 +647,7 @@ def _list_conditions(
     position: dict[str, Any] | None,
 ) -> tuple[str, list[Any]]:
     """The WHERE clause of a ListCheckpoints page and its arguments."""
-    conditions = ["tenant = $1"]
+    conditions = ["tenant = $1", f"NOT {thread_session_deleted('thread_id')}"]
     args: list[Any] = [tenant]
 
     def where(condition: str, *values: Any) -> None:
@@ -649,11 +682,24 @@ def _position(position: dict[str, Any]) -> tuple[str, str, str]:
 async def _copy_thread(conn: asyncpg.Connection, tenant: str, source: str, target: str) -> int:
     """Copies every checkpoint and write of ``source`` to ``target`` (same ids, so the
     copy lists in the same order); the caller's transaction makes it all-or-nothing."""
-    if await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM memory.checkpoints WHERE tenant = $1 AND thread_id = $2)",
+    # A deleted session's thread: as a source it has no checkpoints to copy; as a
+    # target it takes no writes.
+    found = await conn.fetchrow(
+        f"""
+        SELECT EXISTS (SELECT 1 FROM memory.checkpoints WHERE tenant = $1 AND thread_id = $3)
+                   AS target_taken,
+               {thread_session_deleted("$2")} AS source_hidden,
+               {thread_session_deleted("$3")} AS target_hidden
+        """,
         tenant,
+        source,
         target,
-    ):
+    )
+    if found["target_hidden"]:
+        raise _deleted_session(target)
+    if found["source_hidden"]:
+        raise NotFound("thread", source)
+    if found["target_taken"]:
         raise AlreadyExists("thread", target)
     copied: int = await conn.fetchval(
         """

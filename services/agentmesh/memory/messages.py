@@ -30,7 +30,7 @@ from agentmesh.core.names import AGENTS, SESSIONS, new_id, validate_id
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
 from agentmesh.memory import convert, idempotency
 from agentmesh.memory.rpc import RpcGroup
-from agentmesh.memory.sessions import Violations, check_request_id, struct_json
+from agentmesh.memory.sessions import LIVE, Violations, check_request_id, struct_json
 from agentmesh.v1 import common_pb2, memory_pb2
 
 MAX_MESSAGES_PER_APPEND: Final = 100
@@ -195,9 +195,11 @@ async def _append(
     conn: asyncpg.Connection, tenant: str, session_id: str, incoming: list[_Incoming]
 ) -> list[memory_pb2.Message]:
     """Appends in the caller's transaction; the one place sequences are allocated."""
+    # A deleted session is NOT_FOUND; a DeleteSession racing this append waits on the
+    # lock or makes it wait, so the append lands before the delete or not at all.
     locked = await conn.fetchrow(
         "SELECT last_sequence, now() AS now FROM memory.sessions"
-        " WHERE tenant = $1 AND id = $2 FOR UPDATE",
+        f" WHERE tenant = $1 AND id = $2 AND {LIVE} FOR UPDATE",
         tenant,
         session_id,
     )
@@ -372,7 +374,8 @@ class MessageRpcs(RpcGroup):
         sql, params = _list_sql(query, tenant, last)
         async with self.deps.pool.acquire() as conn:
             exists = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM memory.sessions WHERE tenant = $1 AND id = $2)",
+                "SELECT EXISTS (SELECT 1 FROM memory.sessions"
+                f" WHERE tenant = $1 AND id = $2 AND {LIVE})",
                 tenant,
                 query.session_id,
             )

@@ -1,8 +1,16 @@
-"""MemoryService RPCs: Sessions: create, get, list, update, delete.
+"""MemoryService RPCs: Sessions: create, get, list, update, delete, undelete.
 
-Also the helpers the other session-scoped groups (messages, working memory) share:
-input validation that reports every bad field at once, and the session lookup that
-turns "no such session for this tenant" into NOT_FOUND.
+Also the helpers the other session-scoped groups (messages, working memory,
+checkpoints) share: input validation that reports every bad field at once, and the
+session lookup that turns "no such session for this tenant" into NOT_FOUND.
+
+Deletion is soft (AIP-164) unless ``AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S`` is 0:
+DeleteSession stamps ``delete_time`` and ``purge_time`` and keeps the row with its
+messages, checkpoints and working memory; every read and write treats the session as
+missing (``LIVE``), its id stays taken, UndeleteSession clears the stamps before the
+purge time, and the janitor (``janitor.py``) purges it afterwards. Working memory is
+kept (not deleted at soft delete) so that an undelete gives the session back whole;
+Redis still expires it on its own TTL meanwhile, and the purge deletes what is left.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from datetime import datetime
 from typing import Any, Final, NoReturn, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio
 from google.protobuf import empty_pb2, json_format, struct_pb2
 
 from agentmesh.core.contract import ServicerContext
@@ -47,14 +56,17 @@ _FILTER_RULES: Final = {
     "labels.*": FieldRule(EQUALITY),
     "create_time": TIME_RANGE,
     "update_time": TIME_RANGE,
+    "delete_time": TIME_RANGE,
 }
 _COLUMNS: Final = (
     "id, display_name, labels, metadata, message_count, last_sequence, version,"
-    " incarnation, create_time, update_time"
+    " incarnation, create_time, update_time, delete_time, purge_time"
 )
-
-
-# ------------------------------------------------------------------ composition
+LIVE: Final = "delete_time IS NULL"
+"""SQL condition on ``memory.sessions``: the session is not deleted. Every read and write
+of a session or what it holds adds it, so a deleted session is NOT_FOUND everywhere."""
+_NOT_PURGED: Final = "(delete_time IS NULL OR purge_time > now())"
+"""Live, or deleted and still within its purge window (what ``show_deleted`` lists)."""
 
 
 # ------------------------------------------------------------------ validation
@@ -116,6 +128,7 @@ def check_request_id(request_id: str, violations: Violations) -> None:
 
 def session_proto(row: asyncpg.Record) -> memory_pb2.Session:
     """A ``memory.sessions`` row (``_COLUMNS``) as the wire Session."""
+    # None leaves a message field unset: delete_time and purge_time of a live session.
     return memory_pb2.Session(
         name=SESSIONS.format(row["id"]),
         display_name=row["display_name"],
@@ -126,14 +139,55 @@ def session_proto(row: asyncpg.Record) -> memory_pb2.Session:
         create_time=convert.timestamp(row["create_time"]),
         update_time=convert.timestamp(row["update_time"]),
         etag=convert.session_etag(row["version"], row["incarnation"]),
+        delete_time=convert.timestamp(row["delete_time"]),
+        purge_time=convert.timestamp(row["purge_time"]),
     )
 
 
+def _rfc3339(value: datetime) -> str:
+    """A time as the JSON API prints it (``2026-11-24T22:00:03.088894Z``)."""
+    stamp = convert.timestamp(value)
+    assert stamp is not None
+    return stamp.ToJsonString()
+
+
+class SessionDeletedError(AlreadyExists):
+    """CreateSession with the id of a deleted session that is not purged yet (AIP-164).
+
+    ALREADY_EXISTS like a live session's id, but with its own reason: the session is
+    not there to be used (a "create, or use the one that exists" client must not take
+    it for its own), and the message and metadata say when the id becomes free.
+    """
+
+    def __init__(self, session_id: str, delete_time: datetime, purge_time: datetime) -> None:
+        name = SESSIONS.format(session_id)
+        super().__init__(SESSIONS.resource_type, name)
+        purge = _rfc3339(purge_time)
+        self.message = (
+            f"{SESSIONS.resource_type} {name!r} already exists as a deleted session:"
+            f" UndeleteSession restores it until its purge at {purge}, when the id is free"
+            " again"
+        )
+        self.args = (self.message,)
+        self.reason = "SESSION_DELETED"
+        self.metadata = {
+            **self.metadata,
+            "delete_time": _rfc3339(delete_time),
+            "purge_time": purge,
+        }
+
+
+class SessionNotDeletedError(AlreadyExists):
+    """UndeleteSession of a session that is not deleted (AIP-164: ALREADY_EXISTS)."""
+
+    _verb = "exists and is not deleted: there is nothing to undelete"
+
+
 async def session_create_time(conn: asyncpg.Connection, tenant: str, session_id: str) -> datetime:
-    """The create time of the tenant's session (it tells incarnations of one id apart);
-    NOT_FOUND when the tenant has no such session."""
+    """The create time of the tenant's live session (it tells incarnations of one id
+    apart); NOT_FOUND when the tenant has no such session or it is deleted."""
     created: datetime | None = await conn.fetchval(
-        "SELECT create_time FROM memory.sessions WHERE tenant = $1 AND id = $2",
+        f"SELECT create_time FROM memory.sessions WHERE tenant = $1 AND id = $2 AND {LIVE}",
         tenant,
         session_id,
     )
@@ -178,6 +232,45 @@ async def delete_session_threads(
         )
 
 
+def thread_session_deleted(thread: str) -> str:
+    """SQL condition: the thread ``thread`` (an SQL expression, a column or a parameter)
+    belongs to a deleted session of the tenant ``$1``. By convention a session's threads
+    are ``<session id>`` and ``<session id>:<suffix>``, so the owner is the part before
+    the first ``:``; threads of no session (LangGraph's UUIDs) never match. Served by
+    the partial index of deleted sessions."""
+    # COLLATE: thread ids are "C", session ids the database's; compare as the index does.
+    return (
+        "EXISTS (SELECT 1 FROM memory.sessions AS s WHERE s.tenant = $1"
+        f" AND s.id = split_part({thread}, ':', 1) COLLATE \"default\""
+        " AND s.delete_time IS NOT NULL)"
+    )
+
+
+def thread_session_id(thread_id: str) -> str:
+    """The session id a thread id would belong to (see ``thread_session_deleted``)."""
+    return thread_id.split(":", 1)[0]
+
+
+async def purge_due_session(
+    conn: asyncpg.Connection, redis_client: redis.asyncio.Redis, tenant: str, session_id: str
+) -> bool:
+    """Purges the tenant's session if it is deleted and past its purge time, as the
+    janitor would, in the caller's transaction: the row (its messages cascade), its
+    threads' checkpoints, its working memory. Returns whether it did."""
+    purged = await conn.fetchval(
+        "DELETE FROM memory.sessions WHERE tenant = $1 AND id = $2 AND purge_time <= now()"
+        " RETURNING id",
+        tenant,
+        session_id,
+    )
+    if purged is None:
+        return False
+    await delete_session_threads(conn, tenant, session_id)
+    # Redis last: if it fails, the transaction rolls back and nothing is half-purged.
+    await redis_client.delete(working_memory_key(tenant, session_id))
+    return True
+
+
 # ------------------------------------------------------------------ listing
 
 
@@ -216,7 +309,7 @@ def _page_after_sql(position: Mapping[str, Any] | None, params: list[Any]) -> li
 
 
 class SessionRpcs(RpcGroup):
-    """Sessions: create, get, list, update, delete."""
+    """Sessions: create, get, list, update, delete, undelete."""
 
     async def CreateSession(
         self, request: memory_pb2.CreateSessionRequest, context: ServicerContext
@@ -249,19 +342,15 @@ class SessionRpcs(RpcGroup):
             )
             if replay is not None:
                 return replay
-            row = await conn.fetchrow(
-                "INSERT INTO memory.sessions (tenant, id, display_name, labels, metadata)"
-                " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)"
-                f" ON CONFLICT (tenant, id) DO NOTHING RETURNING {_COLUMNS}",
-                tenant,
-                session_id,
-                session.display_name,
-                json.dumps(dict(session.labels)),
-                metadata,
-            )
+            values = (session.display_name, json.dumps(dict(session.labels)), metadata)
+            row = await _insert_session(conn, tenant, session_id, *values)
+            # A deleted session past its purge time that the janitor has not reached yet
+            # no longer holds the id: purge it here and take the id.
+            if row is None and await purge_due_session(conn, self.deps.redis, tenant, session_id):
+                row = await _insert_session(conn, tenant, session_id, *values)
             if row is None:
                 # Raising rolls the request_id claim back with the transaction.
-                raise AlreadyExists(SESSIONS.resource_type, SESSIONS.format(session_id))
+                await _raise_taken(conn, tenant, session_id)
             created = session_proto(row)
             await idempotency.remember(conn, tenant, "CreateSession", request.request_id, created)
         return created
@@ -271,7 +360,7 @@ class SessionRpcs(RpcGroup):
     ) -> memory_pb2.Session:
         session_id = SESSIONS.parse(request.name)
         row = await self.deps.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM memory.sessions WHERE tenant = $1 AND id = $2",
+            f"SELECT {_COLUMNS} FROM memory.sessions WHERE tenant = $1 AND id = $2 AND {LIVE}",
             self.tenant(),
             session_id,
         )
@@ -285,10 +374,13 @@ class SessionRpcs(RpcGroup):
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         terms = parse_filter(request.filter, _FILTER_RULES)
         query = {"filter": request.filter}
+        if request.show_deleted:  # absent otherwise, so tokens issued before stay valid
+            query["show_deleted"] = "true"
         position = decode_page_token(request.page_token, query)
         params: list[Any] = [self.tenant()]
         conditions = [
             "tenant = $1",
+            _NOT_PURGED if request.show_deleted else LIVE,
             *_filter_sql(terms, params),
             *_page_after_sql(position, params),
         ]
@@ -351,7 +443,7 @@ class SessionRpcs(RpcGroup):
                 " labels = COALESCE($5::jsonb, labels),"
                 " metadata = COALESCE($6::jsonb, metadata),"
                 " version = version + 1, update_time = now()"
-                " WHERE tenant = $1 AND id = $2"
+                f" WHERE tenant = $1 AND id = $2 AND {LIVE}"
                 " AND ($3::bigint IS NULL OR (version = $3 AND incarnation = $7::uuid))"
                 f" RETURNING {_COLUMNS}",
                 tenant,
@@ -381,48 +473,124 @@ class SessionRpcs(RpcGroup):
         tenant = self.tenant()
 
         version, incarnation = expected or (None, None)
+        purge_after_s = self.deps.settings.memory_session_purge_after_s
+        # Only a live session matches: deleting a deleted one changes nothing (its
+        # purge_time stays) and is NOT_FOUND, or success with allow_missing.
+        condition = (
+            f"tenant = $1 AND id = $2 AND {LIVE}"
+            " AND ($3::bigint IS NULL OR (version = $3 AND incarnation = $4::uuid))"
+        )
         async with self.deps.pool.acquire() as conn, conn.transaction():
-            # Messages go with the row (ON DELETE CASCADE).
-            deleted = await conn.fetchval(
-                "DELETE FROM memory.sessions WHERE tenant = $1 AND id = $2"
-                " AND ($3::bigint IS NULL OR (version = $3 AND incarnation = $4::uuid))"
-                " RETURNING id",
-                tenant,
-                session_id,
-                version,
-                incarnation,
-            )
+            if purge_after_s:
+                # Soft delete: everything stays until the janitor purges it at purge_time.
+                # The version moves, so etags read before the delete are stale after an
+                # undelete.
+                deleted = await conn.fetchval(
+                    "UPDATE memory.sessions SET delete_time = now(),"
+                    " purge_time = now() + make_interval(secs => $5), version = version + 1"
+                    f" WHERE {condition} RETURNING id",
+                    tenant,
+                    session_id,
+                    version,
+                    incarnation,
+                    float(purge_after_s),
+                )
+            else:
+                # Messages go with the row (ON DELETE CASCADE).
+                deleted = await conn.fetchval(
+                    f"DELETE FROM memory.sessions WHERE {condition} RETURNING id",
+                    tenant,
+                    session_id,
+                    version,
+                    incarnation,
+                )
             if deleted is None:
-                if request.allow_missing and not await self._exists(conn, tenant, session_id):
+                if request.allow_missing and not await _is_live(conn, tenant, session_id):
                     return empty_pb2.Empty()
                 await self._raise_missing_or_conflict(conn, tenant, session_id)
-            await delete_session_threads(conn, tenant, session_id)
-            # Redis last and still inside the transaction: if it fails, the delete rolls
-            # back and a retry removes everything; working memory left by a racing
-            # update is ignored by the next incarnation of the id (see working.py).
-            await self.deps.redis.delete(working_memory_key(tenant, session_id))
+            if not purge_after_s:
+                await delete_session_threads(conn, tenant, session_id)
+                # Redis last and still inside the transaction: if it fails, the delete
+                # rolls back and a retry removes everything; working memory left by a
+                # racing update is ignored by the next incarnation of the id (working.py).
+                await self.deps.redis.delete(working_memory_key(tenant, session_id))
         return empty_pb2.Empty()
 
-    @staticmethod
-    async def _exists(conn: asyncpg.Connection, tenant: str, session_id: str) -> bool:
-        found: bool = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM memory.sessions WHERE tenant = $1 AND id = $2)",
-            tenant,
-            session_id,
-        )
-        return found
+    async def UndeleteSession(
+        self, request: memory_pb2.UndeleteSessionRequest, context: ServicerContext
+    ) -> memory_pb2.Session:
+        session_id = SESSIONS.parse(request.name)
+        tenant = self.tenant()
+        async with self.deps.pool.acquire() as conn:
+            # Past its purge time a session is purged for every purpose, whether or not
+            # the janitor has removed the row yet. The version moves: a new etag.
+            row = await conn.fetchrow(
+                "UPDATE memory.sessions SET delete_time = NULL, purge_time = NULL,"
+                " version = version + 1"
+                " WHERE tenant = $1 AND id = $2 AND delete_time IS NOT NULL AND purge_time > now()"
+                f" RETURNING {_COLUMNS}",
+                tenant,
+                session_id,
+            )
+            if row is None:
+                if await _is_live(conn, tenant, session_id):
+                    raise SessionNotDeletedError(SESSIONS.resource_type, request.name)
+                raise NotFound(SESSIONS.resource_type, request.name)
+        return session_proto(row)
 
     async def _raise_missing_or_conflict(
         self, conn: asyncpg.Connection, tenant: str, session_id: str
     ) -> NoReturn:
         """After a conditional write matched no row: NOT_FOUND or an etag conflict."""
-        if not await self._exists(conn, tenant, session_id):
+        if not await _is_live(conn, tenant, session_id):
             raise NotFound(SESSIONS.resource_type, SESSIONS.format(session_id))
         raise Aborted(
             "ETAG_MISMATCH",
             f"session {SESSIONS.format(session_id)!r} changed since the etag was read;"
             " get it again and retry",
         )
+
+
+async def _is_live(conn: asyncpg.Connection, tenant: str, session_id: str) -> bool:
+    found: bool = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM memory.sessions WHERE tenant = $1 AND id = $2 AND {LIVE})",
+        tenant,
+        session_id,
+    )
+    return found
+
+
+async def _insert_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    display_name: str,
+    labels: str,
+    metadata: str | None,
+) -> asyncpg.Record | None:
+    """Inserts a session; None when the tenant's id is taken (live or deleted)."""
+    return await conn.fetchrow(
+        "INSERT INTO memory.sessions (tenant, id, display_name, labels, metadata)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)"
+        f" ON CONFLICT (tenant, id) DO NOTHING RETURNING {_COLUMNS}",
+        tenant,
+        session_id,
+        display_name,
+        labels,
+        metadata,
+    )
+
+
+async def _raise_taken(conn: asyncpg.Connection, tenant: str, session_id: str) -> NoReturn:
+    """CreateSession found the id taken: by a live session, or by a deleted one."""
+    holder = await conn.fetchrow(
+        "SELECT delete_time, purge_time FROM memory.sessions WHERE tenant = $1 AND id = $2",
+        tenant,
+        session_id,
+    )
+    if holder is not None and holder["delete_time"] is not None:
+        raise SessionDeletedError(session_id, holder["delete_time"], holder["purge_time"])
+    raise AlreadyExists(SESSIONS.resource_type, SESSIONS.format(session_id))
 
 
 def _mask_paths(paths: Sequence[str], session: memory_pb2.Session) -> frozenset[str]:

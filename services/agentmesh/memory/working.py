@@ -9,6 +9,10 @@ contain, are never shown to clients:
   deleted and created again; an UpdateWorkingMemory racing a DeleteSession could
   leave a hash behind, and the stamp keeps the new session from inheriting it.
 
+A deleted session's working memory is NOT_FOUND like the session, but stays in Redis
+until the session is purged (its own TTL still runs), so UndeleteSession gives it
+back: the undeleted session keeps its create time, hence its stamp.
+
 An update is one Lua script, so merge, removal, TTL and stamps apply atomically in
 one round trip. The script also enforces the limits of one working memory
 (``AGENTMESH_MEMORY_WORKING_MAX_KEYS``, ``..._MAX_BYTES``; the size counts each client

@@ -67,11 +67,25 @@ def test_unparseable_values_name_every_variable() -> None:
         ("AGENTMESH_DB_POOL_MAX_SIZE", "0"),
         ("AGENTMESH_MEMORY_WORKING_MAX_KEYS", "0"),
         ("AGENTMESH_MEMORY_WORKING_MAX_BYTES", "-1"),
+        ("AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S", "-1"),
+        ("AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S", str(10 * 365 * 86_400 + 1)),
     ],
 )
 def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value}, service="memory")
+
+
+def test_session_purge_window_defaults_to_a_week_and_0_deletes_at_once() -> None:
+    assert Settings.from_env({}, service="memory").memory_session_purge_after_s == 7 * 86_400
+    at_once = Settings.from_env({"AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "0"}, service="memory")
+    assert at_once.memory_session_purge_after_s == 0
+
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "a week"}, service="memory")
+    assert "AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S='a week': expected an integer" in str(
+        raised.value
+    )
 
 
 def test_unknown_service_is_refused() -> None:

@@ -121,6 +121,7 @@ __all__ = (
     "ToolCall",
     "ToolResult",
     "TypedValue",
+    "UndeleteSessionRequest",
     "UpdateMemoryRequest",
     "UpdateSessionRequest",
     "UpdateWorkingMemoryRequest",
@@ -1442,7 +1443,9 @@ class DeleteSessionRequest(betterproto2.Message):
 
     allow_missing: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
     """
-    When true, deleting a missing session succeeds (idempotent retries).
+    When true, deleting a missing or already deleted session succeeds
+    (idempotent retries); it changes nothing (a deleted session keeps its
+    `purge_time`).
     """
 
 
@@ -2463,7 +2466,16 @@ class ListSessionsRequest(betterproto2.Message):
     """
     AIP-160 subset: conjunctions (`AND`) of `labels.<key> = "<value>"`,
     `create_time >= "<RFC 3339>"`, `create_time < "<RFC 3339>"` (also
-    `update_time`). Example: `labels.channel = "web" AND create_time >= "2026-01-01T00:00:00Z"`.
+    `update_time`, and `delete_time`, which only deleted sessions have). Example:
+    `labels.channel = "web" AND create_time >= "2026-01-01T00:00:00Z"`.
+    """
+
+    show_deleted: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    When true, deleted sessions not purged yet are listed too, with their
+    `delete_time` and `purge_time` (AIP-164); `delete_time >= "1970-01-01T00:00:00Z"`
+    in `filter` then lists only those. A page token is valid only with the same
+    `show_deleted` it was issued for.
     """
 
 
@@ -3502,8 +3514,27 @@ class Session(betterproto2.Message):
     change conditional on nobody having changed the session meanwhile. It changes
     on every UpdateSession (not on appended messages), and it is unique across
     incarnations of an id: an etag read before the session was deleted never
-    matches a session created later with the same id. A malformed etag is
-    INVALID_ARGUMENT; a stale one is ABORTED.
+    matches a session created later with the same id. DeleteSession and
+    UndeleteSession change it too. A malformed etag is INVALID_ARGUMENT; a
+    stale one is ABORTED.
+    """
+
+    delete_time: "datetime.datetime | None" = betterproto2.field(
+        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the session was deleted (AIP-164); unset while it is not. Only
+    ListSessions with `show_deleted` returns deleted sessions.
+    """
+
+    purge_time: "datetime.datetime | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When a deleted session is purged: removed for good with its messages,
+    working memory and checkpoints, after which it cannot be undeleted and its
+    id is free again. `delete_time` plus the server's purge window; unset while
+    the session is not deleted.
     """
 
 
@@ -3735,6 +3766,23 @@ class TypedValue(betterproto2.Message):
 
 
 default_message_pool.register_message("agentmesh.v1", "TypedValue", TypedValue)
+
+
+@dataclass(eq=False, repr=False)
+class UndeleteSessionRequest(betterproto2.Message):
+    """
+    Request for MemoryService.UndeleteSession.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The deleted session, `sessions/{session}`.
+    """
+
+
+default_message_pool.register_message(
+    "agentmesh.v1", "UndeleteSessionRequest", UndeleteSessionRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -4562,10 +4610,14 @@ class MemoryServiceStub:
     def create_session(self, message: "CreateSessionRequest") -> "Session":
         """
         Creates a session. Idempotent with `request_id`: a retry of the same request
-        with the same id returns the session created the first time.
+        with the same id returns the session created the first time. The id of a
+        deleted session stays taken until its `purge_time` (AIP-164): the session
+        can be undeleted until then; once it is purged the id is free again.
         Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
         used for a different request), ALREADY_EXISTS (`session_id` taken by a
-        different request).
+        different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+        session, `SESSION_DELETED` for a deleted one, whose message and metadata
+        (`delete_time`, `purge_time`) say when the id becomes free).
         """
 
         return self._channel.unary_unary(
@@ -4576,7 +4628,10 @@ class MemoryServiceStub:
 
     def get_session(self, message: "GetSessionRequest") -> "Session":
         """
-        Gets a session. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
+        Gets a session. A deleted session (see DeleteSession) is not returned, even
+        before its purge: ListSessions with `show_deleted` shows it.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or deleted).
         """
 
         return self._channel.unary_unary(
@@ -4588,7 +4643,8 @@ class MemoryServiceStub:
     def list_sessions(self, message: "ListSessionsRequest") -> "ListSessionsResponse":
         """
         Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
-        on labels and time (AIP-160 subset, see ListSessionsRequest.filter).
+        on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+        sessions are left out unless `show_deleted` is set (AIP-164).
         Errors: INVALID_ARGUMENT (bad filter, page size or page token).
         """
 
@@ -4603,8 +4659,9 @@ class MemoryServiceStub:
         Updates the fields named in `update_mask`. When `session.etag` is set it
         must match the stored one, so concurrent updates cannot silently overwrite
         each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
-        service did not issue), NOT_FOUND, ABORTED (etag mismatch, also for an etag
-        of an earlier session with the same id: read again and retry).
+        service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+        mismatch, also for an etag of an earlier session with the same id: read
+        again and retry).
         """
 
         return self._channel.unary_unary(
@@ -4616,15 +4673,48 @@ class MemoryServiceStub:
     def delete_session(self, message: "DeleteSessionRequest") -> "__google__protobuf__.Empty":
         """
         Deletes a session with its messages, working memory and checkpoints.
+
+        Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+        kept, with everything it holds, until its `purge_time`, `delete_time` plus
+        the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+        default). Until then UndeleteSession gives it back whole; afterwards the
+        service's janitor removes it for good. Meanwhile it behaves as deleted
+        everywhere: GetSession, UpdateSession, its messages, its working memory and
+        the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+        unless `show_deleted`, and its id stays taken. A server whose purge window is
+        0 removes the session at once, as before, and it cannot be undeleted.
+
+        Idempotent: deleting a deleted session changes nothing (its `purge_time`
+        stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+        the Session AIP-164 suggests, so that clients of the hard delete keep working.
         Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
-        issue), NOT_FOUND (unless `allow_missing`), ABORTED (`etag` given and not the
-        session's current one, also when it is an earlier session's with the same id).
+        issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+        ABORTED (`etag` given and not the session's current one, also when it is an
+        earlier session's with the same id).
         """
 
         return self._channel.unary_unary(
             "/agentmesh.v1.MemoryService/DeleteSession",
             DeleteSessionRequest.SerializeToString,
             __google__protobuf__.Empty.FromString,
+        )(message)
+
+    def undelete_session(self, message: "UndeleteSessionRequest") -> "Session":
+        """
+        Restores a deleted session before its `purge_time` (AIP-164), with its
+        messages, checkpoints and working memory (working memory keeps its own
+        time to live while the session is deleted, so it may have expired). The
+        restored session has no `delete_time` or `purge_time`, and a new etag.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or already purged: past its `purge_time`, or deleted by a server
+        whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+        is nothing to undelete, e.g. a retry of an undelete that succeeded).
+        """
+
+        return self._channel.unary_unary(
+            "/agentmesh.v1.MemoryService/UndeleteSession",
+            UndeleteSessionRequest.SerializeToString,
+            Session.FromString,
         )(message)
 
     def append_messages(self, message: "AppendMessagesRequest") -> "AppendMessagesResponse":
@@ -4638,7 +4728,7 @@ class MemoryServiceStub:
         appending copies.
         Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
         messages, `request_id` already used for a different request), NOT_FOUND
-        (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         return self._channel.unary_unary(
@@ -4650,7 +4740,8 @@ class MemoryServiceStub:
     def list_messages(self, message: "ListMessagesRequest") -> "ListMessagesResponse":
         """
         Lists a session's messages in sequence order, with pagination and a time
-        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND.
+        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+        (session unknown or deleted).
         """
 
         return self._channel.unary_unary(
@@ -4867,7 +4958,7 @@ class MemoryServiceStub:
         ---------------------------------------------------------- working memory
 
         Reads a session's working memory (empty values if nothing is stored or it
-        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session).
+        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
         """
 
         return self._channel.unary_unary(
@@ -4887,7 +4978,7 @@ class MemoryServiceStub:
         passes, so removing keys works even over a lowered limit.
         Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
         range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
-        (session), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
         `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
         (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
         `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
@@ -4906,9 +4997,18 @@ class MemoryServiceStub:
         These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
         agent processes keep no state. Not exposed as JSON.
 
+        A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+        While that session is deleted (until its purge, see DeleteSession) its
+        threads look empty: reads find no checkpoint of them, DeleteThread,
+        DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+        gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+        CopyThread target) are NOT_FOUND naming the session. Threads of no session
+        (LangGraph's UUIDs) are not affected.
+
         Stores a checkpoint of a thread. Idempotent: storing the same
         (thread, namespace, id) again overwrites it with identical content.
-        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large).
+        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+        NOT_FOUND (the thread's session is deleted).
         """
 
         return self._channel.unary_unary(
@@ -4922,14 +5022,15 @@ class MemoryServiceStub:
     ) -> "PutCheckpointWritesResponse":
         """
         Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
-        Idempotent per (task, index). The checkpoint need not be stored yet, and this
-        never answers NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        Idempotent per (task, index). The checkpoint need not be stored yet, and a
+        missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
         when a run fails, without) the checkpoint itself. Such writes wait under the
         checkpoint's key and are returned with it once PutCheckpoint stores it; until
         then no read returns them. DeleteThread removes them, and PruneCheckpoints
         when the checkpoint could not be kept anyway.
         Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
-        than 10,000 writes, a write without task id, channel or value).
+        than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+        (the thread's session is deleted).
         """
 
         return self._channel.unary_unary(
@@ -4984,7 +5085,8 @@ class MemoryServiceStub:
         Writes of checkpoints the source does not hold are not copied (that
         checkpoint can only land on the source).
         Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
-        has no checkpoints), ALREADY_EXISTS (the target has checkpoints).
+        has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+        target has checkpoints).
         """
 
         return self._channel.unary_unary(
@@ -5116,10 +5218,14 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "Session":
         """
         Creates a session. Idempotent with `request_id`: a retry of the same request
-        with the same id returns the session created the first time.
+        with the same id returns the session created the first time. The id of a
+        deleted session stays taken until its `purge_time` (AIP-164): the session
+        can be undeleted until then; once it is purged the id is free again.
         Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
         used for a different request), ALREADY_EXISTS (`session_id` taken by a
-        different request).
+        different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+        session, `SESSION_DELETED` for a deleted one, whose message and metadata
+        (`delete_time`, `purge_time`) say when the id becomes free).
         """
 
         return await self._unary_unary(
@@ -5140,7 +5246,10 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "Session":
         """
-        Gets a session. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
+        Gets a session. A deleted session (see DeleteSession) is not returned, even
+        before its purge: ListSessions with `show_deleted` shows it.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or deleted).
         """
 
         return await self._unary_unary(
@@ -5162,7 +5271,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "ListSessionsResponse":
         """
         Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
-        on labels and time (AIP-160 subset, see ListSessionsRequest.filter).
+        on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+        sessions are left out unless `show_deleted` is set (AIP-164).
         Errors: INVALID_ARGUMENT (bad filter, page size or page token).
         """
 
@@ -5187,8 +5297,9 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         Updates the fields named in `update_mask`. When `session.etag` is set it
         must match the stored one, so concurrent updates cannot silently overwrite
         each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
-        service did not issue), NOT_FOUND, ABORTED (etag mismatch, also for an etag
-        of an earlier session with the same id: read again and retry).
+        service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+        mismatch, also for an etag of an earlier session with the same id: read
+        again and retry).
         """
 
         return await self._unary_unary(
@@ -5210,15 +5321,58 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "__google__protobuf__.Empty":
         """
         Deletes a session with its messages, working memory and checkpoints.
+
+        Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+        kept, with everything it holds, until its `purge_time`, `delete_time` plus
+        the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+        default). Until then UndeleteSession gives it back whole; afterwards the
+        service's janitor removes it for good. Meanwhile it behaves as deleted
+        everywhere: GetSession, UpdateSession, its messages, its working memory and
+        the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+        unless `show_deleted`, and its id stays taken. A server whose purge window is
+        0 removes the session at once, as before, and it cannot be undeleted.
+
+        Idempotent: deleting a deleted session changes nothing (its `purge_time`
+        stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+        the Session AIP-164 suggests, so that clients of the hard delete keep working.
         Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
-        issue), NOT_FOUND (unless `allow_missing`), ABORTED (`etag` given and not the
-        session's current one, also when it is an earlier session's with the same id).
+        issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+        ABORTED (`etag` given and not the session's current one, also when it is an
+        earlier session's with the same id).
         """
 
         return await self._unary_unary(
             "/agentmesh.v1.MemoryService/DeleteSession",
             message,
             __google__protobuf__.Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def undelete_session(
+        self,
+        message: "UndeleteSessionRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Session":
+        """
+        Restores a deleted session before its `purge_time` (AIP-164), with its
+        messages, checkpoints and working memory (working memory keeps its own
+        time to live while the session is deleted, so it may have expired). The
+        restored session has no `delete_time` or `purge_time`, and a new etag.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or already purged: past its `purge_time`, or deleted by a server
+        whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+        is nothing to undelete, e.g. a retry of an undelete that succeeded).
+        """
+
+        return await self._unary_unary(
+            "/agentmesh.v1.MemoryService/UndeleteSession",
+            message,
+            Session,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -5242,7 +5396,7 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         appending copies.
         Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
         messages, `request_id` already used for a different request), NOT_FOUND
-        (session), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         return await self._unary_unary(
@@ -5264,7 +5418,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "ListMessagesResponse":
         """
         Lists a session's messages in sequence order, with pagination and a time
-        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND.
+        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+        (session unknown or deleted).
         """
 
         return await self._unary_unary(
@@ -5637,7 +5792,7 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         ---------------------------------------------------------- working memory
 
         Reads a session's working memory (empty values if nothing is stored or it
-        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session).
+        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
         """
 
         return await self._unary_unary(
@@ -5667,7 +5822,7 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         passes, so removing keys works even over a lowered limit.
         Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
         range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
-        (session), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
         `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
         (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
         `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
@@ -5696,9 +5851,18 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
         agent processes keep no state. Not exposed as JSON.
 
+        A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+        While that session is deleted (until its purge, see DeleteSession) its
+        threads look empty: reads find no checkpoint of them, DeleteThread,
+        DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+        gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+        CopyThread target) are NOT_FOUND naming the session. Threads of no session
+        (LangGraph's UUIDs) are not affected.
+
         Stores a checkpoint of a thread. Idempotent: storing the same
         (thread, namespace, id) again overwrites it with identical content.
-        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large).
+        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+        NOT_FOUND (the thread's session is deleted).
         """
 
         return await self._unary_unary(
@@ -5720,14 +5884,15 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "PutCheckpointWritesResponse":
         """
         Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
-        Idempotent per (task, index). The checkpoint need not be stored yet, and this
-        never answers NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        Idempotent per (task, index). The checkpoint need not be stored yet, and a
+        missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
         when a run fails, without) the checkpoint itself. Such writes wait under the
         checkpoint's key and are returned with it once PutCheckpoint stores it; until
         then no read returns them. DeleteThread removes them, and PruneCheckpoints
         when the checkpoint could not be kept anyway.
         Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
-        than 10,000 writes, a write without task id, channel or value).
+        than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+        (the thread's session is deleted).
         """
 
         return await self._unary_unary(
@@ -5822,7 +5987,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         Writes of checkpoints the source does not hold are not copied (that
         checkpoint can only land on the source).
         Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
-        has no checkpoints), ALREADY_EXISTS (the target has checkpoints).
+        has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+        target has checkpoints).
         """
 
         return await self._unary_unary(
