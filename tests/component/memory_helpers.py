@@ -45,6 +45,7 @@ async def serve_memory(backends: Backends, **overrides: str) -> AsyncIterator[St
 
 HARD_DELETE: dict[str, str] = {
     "AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "0",
+    "AGENTMESH_MEMORY_JANITOR_INTERVAL_S": "0",
 }
 """Settings of a server without soft delete: DeleteSession removes everything at once."""
 

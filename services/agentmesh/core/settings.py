@@ -34,6 +34,10 @@ _ENVIRONMENTS: Final = ("dev", "prod")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 MAX_SESSION_PURGE_AFTER_S: Final = 10 * 365 * 86_400
 """Longest purge window of deleted sessions; keeps ``now() + window`` a sane timestamp."""
+MAX_JANITOR_INTERVAL_S: Final = 86_400
+"""Longest pause between janitor passes: a day (a longer one is as good as disabled)."""
+MAX_JANITOR_BATCH_SIZE: Final = 100_000
+"""Largest janitor batch: bounds how long one delete transaction holds its locks."""
 
 
 class ConfigError(Exception):
@@ -186,6 +190,14 @@ class Settings:
     """How long a deleted session is kept (soft delete, AIP-164) before the janitor
     purges it; UndeleteSession restores it until then. 0 deletes at once (no undelete)."""
 
+    memory_janitor_interval_s: float = 60.0
+    """Seconds between two passes of the Memory janitor (purges expired memories, request
+    ids and store items, and deleted sessions past their purge time); 0 disables it."""
+
+    memory_janitor_batch_size: int = 1000
+    """Rows one janitor statement deletes at most, each batch its own transaction
+    (deleted sessions go at most 100 at a time: each takes its history with it)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service: str) -> Settings:
         """Load settings for ``service`` from ``environ`` (default: ``os.environ``).
@@ -285,6 +297,16 @@ class Settings:
                 "memory_session_purge_after_s",
                 0 <= self.memory_session_purge_after_s <= MAX_SESSION_PURGE_AFTER_S,
                 f"expected 0-{MAX_SESSION_PURGE_AFTER_S} (10 years)",
+            ),
+            (
+                "memory_janitor_interval_s",
+                0 <= self.memory_janitor_interval_s <= MAX_JANITOR_INTERVAL_S,
+                f"expected 0-{MAX_JANITOR_INTERVAL_S} (0 disables the janitor)",
+            ),
+            (
+                "memory_janitor_batch_size",
+                1 <= self.memory_janitor_batch_size <= MAX_JANITOR_BATCH_SIZE,
+                f"expected 1-{MAX_JANITOR_BATCH_SIZE}",
             ),
         ]
         problems = [

@@ -10,6 +10,7 @@ from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.embedders import Embedder, build_embedder
+from agentmesh.memory.janitor import start_janitor, stop_janitor
 from agentmesh.memory.memories import prepare_memory_store, search_session_settings
 from agentmesh.memory.servicer import MemoryServicer
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
@@ -18,8 +19,10 @@ SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
 async def build_memory(settings: Settings, embedder: Embedder | None = None) -> ServiceSpec:
-    """Wires the Memory service: PostgreSQL pool and Redis (both health-probed) and the
-    embedder named by the settings (tests may pass their own)."""
+    """Wires the Memory service: PostgreSQL pool and Redis (both health-probed), the
+    embedder named by the settings (tests may pass their own), and the janitor, a
+    background task from now until ``on_stop`` (``janitor.py``; none when
+    ``memory_janitor_interval_s`` is 0)."""
     settings.require("database_url", "redis_url")
     chosen = embedder or build_embedder(settings)
     # Searches use these as connection defaults, so a search is one round trip
@@ -32,10 +35,14 @@ async def build_memory(settings: Settings, embedder: Embedder | None = None) -> 
     deps = MemoryDeps(settings=settings, pool=pool, redis=redis_client, embedder=chosen)
     servicer = MemoryServicer(deps)
 
+    janitor = start_janitor(settings, redis_client)
+
     def register(server: grpc.aio.Server) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)
 
     async def close() -> None:
+        # First: a pass in progress uses Redis (and its own database connection).
+        await stop_janitor(janitor)
         await pool.close()
         await redis_client.aclose()
         # Remote embedders hold an HTTP connection pool; local ones have nothing to close.

@@ -777,14 +777,20 @@ async def prepare_memory_store(pool: asyncpg.Pool, settings: Settings) -> None:
     await ensure_hnsw_index(pool, settings)
 
 
-async def purge_expired_memories(pool: asyncpg.Pool, *, limit: int = 10_000) -> int:
+async def purge_expired_memories(
+    db: asyncpg.Pool | asyncpg.Connection, *, limit: int = 10_000
+) -> int:
     """Deletes up to ``limit`` expired memories (reads ignore them already; this
-    only reclaims space). For a periodic job; returns how many were deleted."""
-    deleted = await pool.fetchval(
+    only reclaims space) in one statement; returns how many were deleted. The
+    janitor (``janitor.py``) calls it in batches. The expiry is checked again on the
+    row, so a memory whose expiry moved meanwhile stays."""
+    deleted = await db.fetchval(
         """
         WITH gone AS (
-            DELETE FROM memory.memories WHERE ctid IN (
-                SELECT ctid FROM memory.memories WHERE expire_time <= now() LIMIT $1)
+            DELETE FROM memory.memories
+            WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM memory.memories WHERE expire_time <= now() LIMIT $1
+            )) AND expire_time <= now()
             RETURNING 1)
         SELECT count(*) FROM gone
         """,
