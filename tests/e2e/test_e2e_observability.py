@@ -103,3 +103,96 @@ def test_log_line_is_json_with_the_client_request_id(
     assert record["tenant"] == "acme"
     assert record["service"] == "agent"
     assert {"timestamp", "level", "event"} <= record.keys()
+
+
+# -- Envoy's access log: the service's gRPC status, also for transcoded JSON calls ------
+
+NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+#: case → (method, REST path, JSON body or None, HTTP status, gRPC status in body and log)
+JSON_CALLS: dict[str, tuple[str, str, bytes | None, int, int]] = {
+    # The service answers NOT_FOUND; the transcoder alone would log 12 (from HTTP 404).
+    "not found": ("GET", "/v1/agents/no-such-agent", None, 404, NOT_FOUND),
+    # The service answers INVALID_ARGUMENT; the transcoder alone would log 13 (HTTP 400).
+    "invalid argument": ("GET", "/v1/agents?filter=not%20a%20filter", None, 400, INVALID_ARGUMENT),
+    # Envoy refuses the body itself (a local reply): the code of its JSON body.
+    "malformed body": ("POST", "/v1/sessions", b'{"title": ', 400, INVALID_ARGUMENT),
+    "ok": ("GET", "/v1/agents/echo", None, 200, 0),
+}
+
+
+@pytest.fixture(scope="module")
+def access_log(
+    stack: DevStack, http: httpx.Client, auth_metadata: tuple[tuple[str, str], ...]
+) -> dict[str, dict[str, object]]:
+    """Makes the JSON calls above and two native gRPC calls, each with its own request id,
+    and returns each call's Envoy access-log line (external listener) by case name."""
+    cases = [*JSON_CALLS, "grpc ok", "grpc not found"]
+    ids = {case: f"e2e-access-{uuid.uuid4()}" for case in cases}
+    for case, (method, path, body, status, code) in JSON_CALLS.items():
+        response = http.request(
+            method,
+            path,
+            content=body,
+            headers={"x-request-id": ids[case], "content-type": "application/json"},
+        )
+        assert response.status_code == status, response.text
+        # What the client got, to compare the log with.
+        assert int(response.headers["grpc-status"]) == code, response.headers
+        if status != 200:
+            assert response.json()["code"] == code
+    with grpc.insecure_channel(stack.endpoints["envoy"]) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        _, call = stub.GetAgent.with_call(
+            agent_pb2.GetAgentRequest(name="agents/echo"),
+            metadata=(*auth_metadata, ("x-request-id", ids["grpc ok"])),
+            timeout=10,
+        )
+        # A native success carries its status in the trailers only: a grpc-status in the
+        # initial headers would end the call for a gRPC client.
+        assert "grpc-status" not in dict(call.initial_metadata() or ())
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetAgent(
+                agent_pb2.GetAgentRequest(name="agents/no-such-agent"),
+                metadata=(*auth_metadata, ("x-request-id", ids["grpc not found"])),
+                timeout=10,
+            )
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    log_path = stack.logs_dir / "envoy.log"
+
+    def lines() -> dict[str, dict[str, object]] | None:
+        found: dict[str, dict[str, object]] = {}
+        by_id = {request_id: case for case, request_id in ids.items()}
+        for line in log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue  # Envoy's own log lines and the launcher's banner
+            record: dict[str, object] = json.loads(line)
+            case = by_id.get(str(record.get("request_id")))
+            if case is not None and record.get("listener") == "external":
+                found[case] = record
+        return found if len(found) == len(ids) else None
+
+    # Envoy flushes its access log every few seconds.
+    return eventually(lines, timeout_s=60.0)
+
+
+@pytest.mark.parametrize("case", list(JSON_CALLS))
+def test_access_log_has_the_grpc_status_of_a_json_call(
+    access_log: dict[str, dict[str, object]], case: str
+) -> None:
+    _, path, _, status, code = JSON_CALLS[case]
+    record = access_log[case]
+    assert record["path"] == path
+    assert record["status"] == status
+    assert record["grpc_status"] == code, record
+    assert str(record["grpc_path"]).startswith("/agentmesh.v1."), record
+
+
+def test_access_log_has_the_grpc_status_of_a_native_call(
+    access_log: dict[str, dict[str, object]],
+) -> None:
+    assert access_log["grpc ok"]["grpc_status"] == 0
+    assert access_log["grpc not found"]["grpc_status"] == NOT_FOUND
+    assert access_log["grpc not found"]["status"] == 200  # gRPC: HTTP 200, status in trailers
