@@ -46,8 +46,9 @@ gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
 	$(BIN)/buf lint
 	rm -rf $(GEN_OUT)/agentmesh $(GEN_OUT)/descriptors
 	mkdir -p $(GEN_OUT)/descriptors $(GEN_OUT)/agentmesh/sdk
-	# One compiled image of our protos + vendored googleapis + well-known types:
-	# Envoy's transcoder loads it, and protoc generates from it (no second parse).
+	# One compiled image of our protos, the vendored googleapis and grpc.health.v1, and the
+	# well-known types: Envoy's transcoder loads it, and protoc generates from it (no second
+	# parse). grpcurl -protoset reads it too.
 	$(BIN)/buf build --exclude-source-info --as-file-descriptor-set \
 	  -o $(GEN_OUT)/descriptors/agentmesh.binpb
 	$(BIN)/python -m grpc_tools.protoc \
