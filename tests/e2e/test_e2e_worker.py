@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -40,3 +41,18 @@ def test_worker_processes_a_probe_message(stack: DevStack) -> None:
         )
     finally:
         client.close()
+
+
+def test_worker_log_is_json_lines(stack: DevStack) -> None:
+    # Everything the worker's process tree wrote under the launcher (stdout and stderr
+    # both go to logs/worker.log); the launcher's own "=== ... start:" banners aside.
+    lines = [
+        line
+        for line in (stack.logs_dir / "worker.log").read_text(errors="replace").splitlines()
+        if line.strip() and not line.startswith("=== ")
+    ]
+    assert any('"worker started"' in line for line in lines), lines
+    for line in lines:
+        record = json.loads(line)
+        assert record["service"] == "worker", line
+        assert {"timestamp", "level", "event"} <= record.keys(), line

@@ -3,8 +3,8 @@
 Every line carries ``timestamp``, ``level``, ``event`` and ``service``, plus whatever the
 current context knows: ``request_id``, ``tenant``, ``trace_id`` and ``job_id`` (see
 :mod:`agentmesh.core.context`) and anything bound with ``structlog.contextvars``.
-Records from stdlib ``logging`` (grpc, asyncpg, dramatiq…) go through the same
-processors, so the stream stays one JSON object per line.
+Records from stdlib ``logging`` (grpc, asyncpg, dramatiq…) and Python warnings go
+through the same processors, so the stream stays one JSON object per line.
 """
 
 from __future__ import annotations
@@ -88,3 +88,6 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # warnings.warn() would print plain text to stderr; as records of the `py.warnings`
+    # logger they are JSON lines like the rest (`event` holds the formatted warning).
+    logging.captureWarnings(True)

@@ -3,6 +3,20 @@
 Runs Dramatiq's own CLI on :mod:`agentmesh.job.actors` (which configures the
 broker from ``AGENTMESH_*`` settings), so signals, restarts and thread pools
 behave exactly as Dramatiq documents them.
+
+Logs are JSON from the first line, in both processes of the tree:
+
+- the **supervisor** (this process: Dramatiq's CLI, which forks the worker process
+  and relays its output) configures :mod:`agentmesh.core.logging` before Dramatiq
+  starts, and runs the CLI with ``--skip-logging`` so that Dramatiq never installs its
+  plain-text ``logging.basicConfig`` format in either process;
+- the **worker process** reconfigures logging as soon as it has loaded the broker
+  (:class:`~agentmesh.job.worker_middleware.WorkerObservability`, ``after_process_boot``),
+  onto the pipe through which Dramatiq relays a worker's output to the supervisor.
+
+The supervisor writes everything to its **stderr**: Dramatiq relays its workers'
+output there, and the supervisor's own lines go to the same stream so that one stream
+carries the whole tree, in order.
 """
 
 from __future__ import annotations
@@ -11,20 +25,47 @@ import os
 import sys
 
 from dramatiq.cli import main as dramatiq_main
+from dramatiq.cli import make_argument_parser
+
+from agentmesh.core.logging import configure_logging
+from agentmesh.core.settings import ConfigError, Settings
+
+SERVICE = "worker"
 
 
-def main() -> None:
-    """Starts the worker; ``AGENTMESH_WORKER_THREADS`` sets threads (default 8)."""
-    threads = os.environ.get("AGENTMESH_WORKER_THREADS", "8")
-    sys.argv = [
-        "dramatiq",
+def dramatiq_args(threads: str) -> list[str]:
+    """The Dramatiq command line the worker runs (without the program name)."""
+    return [
         "agentmesh.job.actors",
         "--processes",
         "1",
         "--threads",
         threads,
+        # Our JSON logging is configured before Dramatiq starts; without this flag
+        # Dramatiq's basicConfig would add its plain-text format in the worker process.
+        "--skip-logging",
     ]
-    raise SystemExit(dramatiq_main())
+
+
+def main() -> None:
+    """Starts the worker; ``AGENTMESH_WORKER_THREADS`` sets threads (default 8).
+
+    A configuration mistake exits with status 2 and one line on stderr, before any
+    process is forked, as the services do.
+    """
+    try:
+        settings = Settings.from_env(service=SERVICE)
+        settings.require("redis_url")
+    except ConfigError as exc:
+        print(f"agentmesh-{SERVICE}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings, stream=sys.stderr)
+    threads = os.environ.get("AGENTMESH_WORKER_THREADS", "8")
+    argv = dramatiq_args(threads)
+    # Dramatiq re-executes sys.argv on SIGHUP (reload): make that this command again,
+    # not the plain `dramatiq` script (which would log plain text).
+    sys.argv = [sys.executable, "-m", "agentmesh.job.worker"]
+    raise SystemExit(dramatiq_main(make_argument_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,14 @@ class WorkerObservability(Middleware):
         self._metrics: MetricsServer | None = None
         self._started: dict[str, float] = {}
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # The first hook in a worker process, right after Dramatiq pointed sys.stdout at
+        # the pipe to its supervisor: JSON from here on (the supervisor's own logging,
+        # inherited at fork, would write past that pipe). Before other middleware's
+        # after_worker_boot, so their lines (AsyncIO's "Starting event loop...") are JSON.
         configure_logging(self._settings)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._settings.metrics_port:
             self._metrics = start_metrics_server(
                 self._settings.metrics_port, self._settings.grpc_host
