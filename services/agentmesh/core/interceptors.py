@@ -428,7 +428,8 @@ class InterceptingRegistrar:
     The same wrapper as the interceptor API's, applied once at registration instead of
     per call: with an interceptor installed, grpc.aio runs an interceptor chain on every
     call (a call-details object, two coroutines, a generic-handler lookup) before it
-    reaches the handler, ≈ 20 µs per call here (`core-layers` in docs/benchmarks.md);
+    reaches the handler (2–20 µs per call in two `core-layers` runs on this shared
+    machine, docs/benchmarks.md: small, within the noise of one run);
     with pre-wrapped handlers it dispatches straight to the registered method, as a bare
     server does.
 
