@@ -6,20 +6,18 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from agentmesh.core.server import start_server
-from agentmesh.memory.app import build_memory
-from agentmesh.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import Backends, Metadata, memory_settings
-from component.memory_helpers import Stub, field_violations, rpc_error, uid
+from component.conftest import Backends, Metadata
+from component.memory_helpers import Stub, field_violations, rpc_error, serve_memory, uid
 
 pytestmark = pytest.mark.component
 
@@ -196,13 +194,8 @@ async def test_request_id_makes_put_idempotent(
 @pytest.fixture(scope="module")
 async def small_memory(backends: Backends) -> AsyncIterator[Stub]:
     """A second Memory server whose artifact limit is 1 KiB."""
-    settings = memory_settings(backends, AGENTMESH_MEMORY_ARTIFACT_MAX_BYTES=str(SMALL_LIMIT))
-    running = await start_server(settings, await build_memory(settings))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))
-    finally:
-        await running.stop(0)
+    async with serve_memory(backends, AGENTMESH_MEMORY_ARTIFACT_MAX_BYTES=str(SMALL_LIMIT)) as stub:
+        yield stub
 
 
 @pytest.mark.parametrize("kind", ["text", "data"])
