@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
@@ -27,6 +27,7 @@ from agentmesh.devstack.migrate import migrate_up
 from agentmesh.devstack.postgres import EmbeddedPostgres
 from agentmesh.devstack.redis import RedisServer
 from agentmesh.memory.app import build_memory
+from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2_grpc
 
 SECRET = "component-memory-secret-of-32-bytes-min"
@@ -75,8 +76,17 @@ def backends() -> Iterator[Backends]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def memory_settings(backends: Backends, **overrides: str) -> Settings:
-    """Settings of an in-process Memory service on a free port."""
+class MemoryConfig(NamedTuple):
+    """What ``build_memory`` takes: the shared settings and the Memory service's own
+    (``build_memory(*config)``)."""
+
+    settings: Settings
+    memory: MemorySettings
+
+
+def memory_settings(backends: Backends, **overrides: str) -> MemoryConfig:
+    """Settings of an in-process Memory service on a free port; ``overrides`` are
+    ``AGENTMESH_*`` variables, shared or ``AGENTMESH_MEMORY_*`` alike."""
     environ = {
         "AGENTMESH_GRPC_PORT": "0",
         "AGENTMESH_METRICS_PORT": "0",
@@ -85,14 +95,16 @@ def memory_settings(backends: Backends, **overrides: str) -> Settings:
         "AGENTMESH_REDIS_URL": backends.redis_url,
         **overrides,
     }
-    return Settings.from_env(environ, service="memory")
+    return MemoryConfig(
+        Settings.from_env(environ, service="memory"), MemorySettings.from_env(environ)
+    )
 
 
 @pytest.fixture(scope="session")
 async def memory_server(backends: Backends) -> AsyncIterator[RunningServer]:
     """The Memory service with default settings."""
-    settings = memory_settings(backends)
-    running = await start_server(settings, await build_memory(settings))
+    config = memory_settings(backends)
+    running = await start_server(config.settings, await build_memory(*config))
     try:
         yield running
     finally:

@@ -34,8 +34,8 @@ Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"
 async def serve_memory(backends: Backends, **overrides: str) -> AsyncIterator[Stub]:
     """Another Memory server on the same backends, with settings ``overrides``
     (``AGENTMESH_*`` variables), and a stub of it; stopped on exit."""
-    settings = memory_settings(backends, **overrides)
-    running = await start_server(settings, await build_memory(settings))
+    config = memory_settings(backends, **overrides)
+    running = await start_server(config.settings, await build_memory(*config))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))

@@ -530,7 +530,7 @@ async def test_prune_keeps_latest_per_namespace(memory: Stub, tenant_a: Metadata
 async def keep3(backends: Backends) -> AsyncIterator[Stub]:
     """A second Memory server that keeps only 3 checkpoints per thread and namespace."""
     settings = memory_settings(backends, AGENTMESH_MEMORY_CHECKPOINT_KEEP_LATEST="3")
-    running: RunningServer = await start_server(settings, await build_memory(settings))
+    running: RunningServer = await start_server(settings.settings, await build_memory(*settings))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))

@@ -24,14 +24,13 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from agentmesh.core.settings import Settings
 from agentmesh.memory import janitor
 from agentmesh.memory.app import build_memory
 from agentmesh.memory.janitor import JanitorReport, run_janitor_pass
 from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
-from component.conftest import Backends, Metadata, credentials, memory_settings
+from component.conftest import Backends, MemoryConfig, Metadata, credentials, memory_settings
 from component.memory_helpers import Stub, expect_error, uid, unique
 
 pytestmark = pytest.mark.component
@@ -58,7 +57,7 @@ def lock_key() -> int:
     return random.randrange(1, 2**62)
 
 
-def settings_for(backends: Backends, **overrides: str) -> Settings:
+def settings_for(backends: Backends, **overrides: str) -> MemoryConfig:
     """Memory settings with ``overrides``; no janitor loop unless they ask for one."""
     return memory_settings(backends, **{"AGENTMESH_MEMORY_JANITOR_INTERVAL_S": "0", **overrides})
 
@@ -258,7 +257,7 @@ async def test_a_pass_purges_what_is_due_and_nothing_else(
     # Batches of 2: every kind below takes more than one batch.
     settings = settings_for(backends, AGENTMESH_MEMORY_JANITOR_BATCH_SIZE="2")
     # Whatever earlier tests left due goes first, so the counts below are this test's.
-    await run_janitor_pass(settings, redis_client, lock_key=lock_key)
+    await run_janitor_pass(*settings, redis_client, lock_key=lock_key)
 
     scene = Scene(memory, db)
     await scene.build()
@@ -290,7 +289,7 @@ async def test_a_pass_purges_what_is_due_and_nothing_else(
     )
     before = {kind: purged(kind) for kind in janitor.KINDS}
 
-    report = await run_janitor_pass(settings, redis_client, lock_key=lock_key)
+    report = await run_janitor_pass(*settings, redis_client, lock_key=lock_key)
 
     assert report == JanitorReport(ran=True, memories=3, request_ids=2, store_items=3, sessions=1)
     assert {kind: purged(kind) - before[kind] for kind in janitor.KINDS} == {
@@ -337,7 +336,7 @@ async def test_a_pass_purges_what_is_due_and_nothing_else(
     assert restored.message_count == 2
 
     # Nothing is due any more: the next pass deletes nothing.
-    assert await run_janitor_pass(settings, redis_client, lock_key=lock_key) == JanitorReport(
+    assert await run_janitor_pass(*settings, redis_client, lock_key=lock_key) == JanitorReport(
         ran=True
     )
 
@@ -367,14 +366,14 @@ async def test_a_pass_while_another_holds_the_lock_does_nothing(
     try:
         assert await other_replica.fetchval("SELECT pg_try_advisory_lock($1)", lock_key)
         skipped = passes("skipped")
-        report = await janitor.janitor_pass(settings, redis_client, lock_key=lock_key)
+        report = await janitor.janitor_pass(*settings, redis_client, lock_key=lock_key)
         assert report == JanitorReport(ran=False)
         assert passes("skipped") == skipped + 1
         assert await count(db, rows, tenant, session_id) == 1
     finally:
         await other_replica.close()  # the other replica's pass ends
 
-    report = await run_janitor_pass(settings, redis_client, lock_key=lock_key)
+    report = await run_janitor_pass(*settings, redis_client, lock_key=lock_key)
     assert report.ran
     assert report.sessions == 1
     assert await count(db, rows, tenant, session_id) == 0
@@ -389,7 +388,7 @@ async def test_a_pass_while_another_holds_the_lock_does_nothing(
 # ------------------------------------------------------------------ the loop
 
 
-def unreachable_database(backends: Backends, **overrides: str) -> Settings:
+def unreachable_database(backends: Backends, **overrides: str) -> MemoryConfig:
     """Settings whose database refuses connections (a port nothing listens on)."""
     return settings_for(
         backends,
@@ -403,7 +402,7 @@ async def test_a_failed_pass_is_logged_and_counted_and_raises_nothing(
 ) -> None:
     failed = passes("failed")
     with capture_logs() as logs:
-        report = await janitor.janitor_pass(unreachable_database(backends), redis_client)
+        report = await janitor.janitor_pass(*unreachable_database(backends), redis_client)
     assert report is None
     assert passes("failed") == failed + 1
     lines = [line for line in logs if line["event"] == "janitor pass failed"]
@@ -417,7 +416,7 @@ async def test_the_loop_survives_failures_and_stops_when_cancelled(
 ) -> None:
     settings = unreachable_database(backends, AGENTMESH_MEMORY_JANITOR_INTERVAL_S="0.01")
     failed = passes("failed")
-    task = janitor.start_janitor(settings, redis_client)
+    task = janitor.start_janitor(*settings, redis_client)
     assert task is not None
     try:
 
@@ -438,7 +437,7 @@ async def test_the_memory_service_runs_the_janitor_until_it_stops(
         return [t for t in asyncio.all_tasks() if t.get_name() == "memory-janitor"]
 
     already = set(janitors())  # the session's own server runs one
-    disabled = await build_memory(settings_for(backends))
+    disabled = await build_memory(*settings_for(backends))
     try:
         assert set(janitors()) == already  # interval 0: no janitor
     finally:
@@ -451,7 +450,9 @@ async def test_the_memory_service_runs_the_janitor_until_it_stops(
         " VALUES ($1, 'CreateSession', 'r1', now() - interval '1 second')",
         tenant,
     )
-    spec = await build_memory(memory_settings(backends, AGENTMESH_MEMORY_JANITOR_INTERVAL_S="0.01"))
+    spec = await build_memory(
+        *memory_settings(backends, AGENTMESH_MEMORY_JANITOR_INTERVAL_S="0.01")
+    )
     try:
         (ours,) = set(janitors()) - already
 

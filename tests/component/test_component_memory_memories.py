@@ -38,6 +38,7 @@ from agentmesh.memory.memories import (
     plan_merges,
     search_sql,
 )
+from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
@@ -747,18 +748,17 @@ async def server_with(
 ) -> AsyncIterator[tuple[Stub, Metadata]]:
     """A second Memory server (own secret) over the shared backends."""
     secret = "memories-test-secret-of-at-least-32-bytes"
-    settings = Settings.from_env(
-        {
-            "AGENTMESH_GRPC_PORT": "0",
-            "AGENTMESH_METRICS_PORT": "0",
-            "AGENTMESH_AUTH_HS256_SECRET": secret,
-            "AGENTMESH_DATABASE_URL": backends.database_url,
-            "AGENTMESH_REDIS_URL": backends.redis_url,
-            **env,
-        },
-        service="memory",
-    )
-    running = await start_server(settings, await build_memory(settings, embedder=embedder))
+    environ = {
+        "AGENTMESH_GRPC_PORT": "0",
+        "AGENTMESH_METRICS_PORT": "0",
+        "AGENTMESH_AUTH_HS256_SECRET": secret,
+        "AGENTMESH_DATABASE_URL": backends.database_url,
+        "AGENTMESH_REDIS_URL": backends.redis_url,
+        **env,
+    }
+    settings = Settings.from_env(environ, service="memory")
+    memory = MemorySettings.from_env(environ)
+    running = await start_server(settings, await build_memory(settings, memory, embedder=embedder))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = cast(Stub, memory_pb2_grpc.MemoryServiceStub(channel))
@@ -803,17 +803,16 @@ async def test_merge_threshold_is_a_setting(backends: Any) -> None:
 
 
 async def test_startup_checks_refuse_a_dimension_the_column_cannot_hold(db: asyncpg.Pool) -> None:
-    ok = Settings.from_env({}, service="memory")
+    ok = MemorySettings.from_env({})
     await check_memory_store(db, ok)
-    wrong = Settings.from_env({"AGENTMESH_MEMORY_EMBEDDING_DIM": "512"}, service="memory")
+    wrong = MemorySettings.from_env({"AGENTMESH_MEMORY_EMBEDDING_DIM": "512"})
     with pytest.raises(ConfigError, match="vector\\(384\\)"):
         await check_memory_store(db, wrong)
-    minilm_512 = Settings.from_env(
-        {"AGENTMESH_MEMORY_EMBEDDER": "minilm", "AGENTMESH_MEMORY_EMBEDDING_DIM": "512"},
-        service="memory",
+    minilm_512 = MemorySettings.from_env(
+        {"AGENTMESH_MEMORY_EMBEDDER": "minilm", "AGENTMESH_MEMORY_EMBEDDING_DIM": "512"}
     )
     with pytest.raises(ConfigError, match="384"):
-        build_embedder(minilm_512)
+        build_embedder(minilm_512, timeout_s=1.0)
 
 
 async def test_hnsw_index_follows_the_settings(db: asyncpg.Pool) -> None:
@@ -823,10 +822,9 @@ async def test_hnsw_index_follows_the_settings(db: asyncpg.Pool) -> None:
         )
         return sorted(found)
 
-    defaults = Settings.from_env({}, service="memory")
-    other = Settings.from_env(
-        {"AGENTMESH_MEMORY_HNSW_M": "12", "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": "48"},
-        service="memory",
+    defaults = MemorySettings.from_env({})
+    other = MemorySettings.from_env(
+        {"AGENTMESH_MEMORY_HNSW_M": "12", "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": "48"}
     )
     assert await ensure_hnsw_index(db, defaults) is False
     try:

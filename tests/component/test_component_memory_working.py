@@ -303,7 +303,7 @@ async def small(backends: Backends) -> AsyncIterator[Stub]:
         AGENTMESH_MEMORY_WORKING_MAX_KEYS=str(MAX_KEYS),
         AGENTMESH_MEMORY_WORKING_MAX_BYTES=str(MAX_BYTES),
     )
-    running: RunningServer = await start_server(settings, await build_memory(settings))
+    running: RunningServer = await start_server(settings.settings, await build_memory(*settings))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield cast("Stub", memory_pb2_grpc.MemoryServiceStub(channel))

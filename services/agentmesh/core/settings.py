@@ -1,9 +1,14 @@
 """Process settings, read once at start from ``AGENTMESH_*`` environment variables.
 
-Every field of :class:`Settings` maps to one variable: ``AGENTMESH_`` + the field name in
-upper case (``grpc_port`` ⇄ ``AGENTMESH_GRPC_PORT``). An empty variable counts as unset.
-A value that does not parse, or a required setting that is missing, fails the process at
-start with a :class:`ConfigError` naming the variables, never later on first use.
+One loader, :func:`load_settings`, reads every settings class: a frozen dataclass whose
+fields each map to one variable, the class's prefix + the field name in upper case.
+:class:`Settings` holds what every process shares under ``AGENTMESH_`` (``grpc_port`` ⇄
+``AGENTMESH_GRPC_PORT``); each service keeps its own class under its own prefix in its
+package (``MemorySettings``: ``embedder`` ⇄ ``AGENTMESH_MEMORY_EMBEDDER``), and its
+entry point loads it and passes it to the builder. An empty variable counts as unset. A
+value that does not parse or is out of range, or a required setting that is missing,
+fails the process at start with a :class:`ConfigError` naming the variables, never later
+on first use.
 """
 
 from __future__ import annotations
@@ -12,14 +17,13 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 ENV_PREFIX: Final = "AGENTMESH_"
 
 SERVICES: Final = ("conductor", "agent", "job", "memory", "worker")
-_EMBEDDERS: Final = ("hash", "minilm", "openai")
 """Processes that load settings; ``service`` picks the per-process port defaults."""
 
 _DEFAULT_GRPC_PORTS: Final = {"conductor": 50051, "agent": 50052, "job": 50053, "memory": 50054}
@@ -32,21 +36,86 @@ _DEFAULT_METRICS_PORTS: Final = {
 }
 _ENVIRONMENTS: Final = ("dev", "prod")
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
-MAX_SESSION_PURGE_AFTER_S: Final = 10 * 365 * 86_400
-"""Longest purge window of deleted sessions; keeps ``now() + window`` a sane timestamp."""
-MAX_JANITOR_INTERVAL_S: Final = 86_400
-"""Longest pause between janitor passes: a day (a longer one is as good as disabled)."""
-MAX_JANITOR_BATCH_SIZE: Final = 100_000
-"""Largest janitor batch: bounds how long one delete transaction holds its locks."""
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the environment variables."""
 
 
-def env_var(field_name: str) -> str:
-    """The environment variable that carries ``field_name``."""
-    return ENV_PREFIX + field_name.upper()
+def env_var(field_name: str, prefix: str = ENV_PREFIX) -> str:
+    """The environment variable that carries ``field_name`` of a class under ``prefix``."""
+    return prefix + field_name.upper()
+
+
+Check = tuple[str, bool, str]
+"""One range check of a loaded settings object: (field name, whether it holds, why not)."""
+
+
+class SettingsClass(Protocol):
+    """What :func:`load_settings` needs of a settings class: a frozen dataclass whose
+    fields are ``str``, ``int``, ``float`` or ``... | None`` of one of them, and its checks."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def checks(self) -> Sequence[Check]:
+        """The range checks of the loaded values; each failing one is reported."""
+        ...
+
+
+S = TypeVar("S", bound=SettingsClass)
+
+
+def require_settings(settings: object, who: str, prefix: str, *field_names: str) -> None:
+    """Fail unless every named field of ``settings`` (a class under ``prefix``) is set
+    (not None, not empty); the message names ``who`` needs them and their variables."""
+    missing = [env_var(name, prefix) for name in field_names if not getattr(settings, name)]
+    if missing:
+        raise ConfigError(f"{who}: missing required setting(s): {', '.join(missing)}")
+
+
+def load_settings(
+    cls: type[S],
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefix: str,
+    given: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> S:
+    """Loads ``cls`` from ``environ`` (default: ``os.environ``), each field from its
+    variable ``prefix + FIELD``; the one loader of every settings class.
+
+    ``given`` fields are not read from the environment; ``defaults`` replace the class
+    defaults of fields whose variable is unset. Raises :class:`ConfigError` listing every
+    malformed or out-of-range variable at once.
+    """
+    source = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = dict(given or {})
+    problems: list[str] = []
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            continue
+        variable = env_var(field.name, prefix)
+        raw = source.get(variable, "")
+        if raw == "":
+            continue
+        try:
+            values[field.name] = _parse(hints[field.name], raw)
+        except ValueError as exc:
+            problems.append(f"{variable}={raw!r}: {exc}")
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    for name, value in (defaults or {}).items():
+        values.setdefault(name, value)
+    loaded = cls(**values)
+    problems = [
+        f"{env_var(name, prefix)}={getattr(loaded, name)!r}: {why}"
+        for name, ok, why in loaded.checks()
+        if not ok
+    ]
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -136,68 +205,6 @@ class Settings:
     client_deadline_ms: int = 10_000
     """Deadline given to outgoing calls whose caller set none."""
 
-    # -- Memory service ---------------------------------------------------------------
-
-    memory_embedder: str = "hash"
-    """Embedder of memories: ``hash`` (deterministic, no model; dev and tests),
-    ``minilm`` (local all-MiniLM-L6-v2, the ``minilm`` extra) or ``openai`` (an
-    OpenAI-compatible ``/v1/embeddings`` endpoint)."""
-
-    memory_embedding_dim: int = 384
-    """Dimension of stored vectors; must match the embedder and the vector column."""
-
-    memory_embedder_url: str | None = None
-    """Base URL of the OpenAI-compatible embeddings API, e.g. ``https://api.openai.com/v1``."""
-
-    memory_embedder_model: str = "text-embedding-3-small"
-    """Model name sent to the OpenAI-compatible embeddings API."""
-
-    memory_embedder_api_key: str | None = None
-    """Bearer key for the OpenAI-compatible embeddings API."""
-
-    memory_hnsw_m: int = 16
-    """pgvector HNSW ``m`` (graph degree) of the memories index."""
-
-    memory_hnsw_ef_construction: int = 64
-    """pgvector HNSW ``ef_construction`` of the memories index."""
-
-    memory_hnsw_ef_search: int = 100
-    """pgvector ``hnsw.ef_search`` for searches; higher is slower and more exact."""
-
-    memory_merge_similarity: float = 0.95
-    """Cosine similarity above which a new memory updates a near-duplicate instead."""
-
-    memory_checkpoint_keep_latest: int = 50
-    """Checkpoints kept per thread and namespace (older ones are pruned); 0 keeps all."""
-
-    memory_artifact_max_bytes: int = 2 * 1024 * 1024
-    """Largest artifact version content, in bytes."""
-
-    memory_working_ttl_s: int = 86_400
-    """Default time to live of a session's working memory."""
-
-    memory_working_max_keys: int = 1000
-    """Most keys one session's working memory may hold."""
-
-    memory_working_max_bytes: int = 1024 * 1024
-    """Largest total size of one session's working memory: the sum, over its keys, of
-    the key's length and its value's length as JSON, in bytes."""
-
-    memory_request_id_ttl_s: int = 86_400
-    """How long idempotency keys (``request_id``) are remembered."""
-
-    memory_session_purge_after_s: int = 7 * 86_400
-    """How long a deleted session is kept (soft delete, AIP-164) before the janitor
-    purges it; UndeleteSession restores it until then. 0 deletes at once (no undelete)."""
-
-    memory_janitor_interval_s: float = 60.0
-    """Seconds between two passes of the Memory janitor (purges expired memories, request
-    ids and store items, and deleted sessions past their purge time); 0 disables it."""
-
-    memory_janitor_batch_size: int = 1000
-    """Rows one janitor statement deletes at most, each batch its own transaction
-    (deleted sessions go at most 100 at a time: each takes its history with it)."""
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service: str) -> Settings:
         """Load settings for ``service`` from ``environ`` (default: ``os.environ``).
@@ -206,37 +213,22 @@ class Settings:
         that depend on the process (a database URL, credentials) are checked by
         :meth:`require` and :meth:`require_auth`, called by whoever needs them.
         """
-        source = os.environ if environ is None else environ
         if service not in SERVICES:
             raise ConfigError(f"unknown service {service!r}; expected one of {SERVICES}")
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {"service": service}
-        problems: list[str] = []
-        for field in dataclasses.fields(cls):
-            if field.name == "service":
-                continue
-            raw = source.get(env_var(field.name), "")
-            if raw == "":
-                continue
-            try:
-                values[field.name] = _parse(hints[field.name], raw)
-            except ValueError as exc:
-                problems.append(f"{env_var(field.name)}={raw!r}: {exc}")
-        values.setdefault("grpc_port", _DEFAULT_GRPC_PORTS.get(service, 0))
-        values.setdefault("metrics_port", _DEFAULT_METRICS_PORTS[service])
-        if "otlp_endpoint" not in values and source.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            values["otlp_endpoint"] = source["OTEL_EXPORTER_OTLP_ENDPOINT"]
-        if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
-        settings = cls(**values)
-        settings._validate()
-        return settings
+        source = os.environ if environ is None else environ
+        defaults: dict[str, Any] = {
+            "grpc_port": _DEFAULT_GRPC_PORTS.get(service, 0),
+            "metrics_port": _DEFAULT_METRICS_PORTS[service],
+        }
+        if source.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            defaults["otlp_endpoint"] = source["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        return load_settings(
+            cls, source, prefix=ENV_PREFIX, given={"service": service}, defaults=defaults
+        )
 
     def require(self, *field_names: str) -> None:
         """Fail unless every named field is set (not None, not empty)."""
-        missing = [env_var(name) for name in field_names if not getattr(self, name)]
-        if missing:
-            raise ConfigError(f"{self.service}: missing required setting(s): {', '.join(missing)}")
+        require_settings(self, self.service, ENV_PREFIX, *field_names)
 
     def require_auth(self) -> None:
         """Fail unless at least one way to verify bearer tokens is configured.
@@ -250,8 +242,9 @@ class Settings:
                 f"{env_var('auth_jwks_file')} to verify bearer tokens"
             )
 
-    def _validate(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
+    def checks(self) -> list[Check]:
+        """Range checks of the shared settings."""
+        return [
             ("env", self.env in _ENVIRONMENTS, f"expected one of {_ENVIRONMENTS}"),
             ("log_level", self.log_level in _LOG_LEVELS, f"expected one of {_LOG_LEVELS}"),
             ("grpc_port", 0 <= self.grpc_port <= 65535, "expected 0-65535"),
@@ -269,51 +262,7 @@ class Settings:
             ("health_interval_s", self.health_interval_s > 0, "expected > 0"),
             ("health_probe_timeout_s", self.health_probe_timeout_s > 0, "expected > 0"),
             ("client_deadline_ms", self.client_deadline_ms > 0, "expected > 0"),
-            (
-                "memory_embedder",
-                self.memory_embedder in _EMBEDDERS,
-                f"expected one of {_EMBEDDERS}",
-            ),
-            ("memory_embedding_dim", 1 <= self.memory_embedding_dim <= 16_000, "expected 1-16000"),
-            ("memory_hnsw_m", 2 <= self.memory_hnsw_m <= 100, "expected 2-100"),
-            (
-                "memory_hnsw_ef_construction",
-                self.memory_hnsw_ef_construction >= 2 * self.memory_hnsw_m,
-                "expected >= 2 x AGENTMESH_MEMORY_HNSW_M",
-            ),
-            ("memory_hnsw_ef_search", 1 <= self.memory_hnsw_ef_search <= 1000, "expected 1-1000"),
-            (
-                "memory_merge_similarity",
-                0.0 < self.memory_merge_similarity <= 1.0,
-                "expected in (0, 1]",
-            ),
-            ("memory_checkpoint_keep_latest", self.memory_checkpoint_keep_latest >= 0, ">= 0"),
-            ("memory_artifact_max_bytes", self.memory_artifact_max_bytes > 0, "expected > 0"),
-            ("memory_working_ttl_s", self.memory_working_ttl_s > 0, "expected > 0"),
-            ("memory_working_max_keys", self.memory_working_max_keys > 0, "expected > 0"),
-            ("memory_working_max_bytes", self.memory_working_max_bytes > 0, "expected > 0"),
-            ("memory_request_id_ttl_s", self.memory_request_id_ttl_s > 0, "expected > 0"),
-            (
-                "memory_session_purge_after_s",
-                0 <= self.memory_session_purge_after_s <= MAX_SESSION_PURGE_AFTER_S,
-                f"expected 0-{MAX_SESSION_PURGE_AFTER_S} (10 years)",
-            ),
-            (
-                "memory_janitor_interval_s",
-                0 <= self.memory_janitor_interval_s <= MAX_JANITOR_INTERVAL_S,
-                f"expected 0-{MAX_JANITOR_INTERVAL_S} (0 disables the janitor)",
-            ),
-            (
-                "memory_janitor_batch_size",
-                1 <= self.memory_janitor_batch_size <= MAX_JANITOR_BATCH_SIZE,
-                f"expected 1-{MAX_JANITOR_BATCH_SIZE}",
-            ),
         ]
-        problems = [
-            f"{env_var(name)}={getattr(self, name)!r}: {why}" for name, ok, why in checks if not ok
-        ]
-        if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
 
 
 def _parse(annotation: object, raw: str) -> object:

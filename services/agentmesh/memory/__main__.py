@@ -2,6 +2,7 @@
 
 from agentmesh.core.entrypoint import run_service
 from agentmesh.memory.app import build_memory
+from agentmesh.memory.settings import MemorySettings
 
 if __name__ == "__main__":
-    run_service("memory", build_memory)
+    run_service("memory", build_memory, MemorySettings.from_env)

@@ -13,29 +13,34 @@ from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.janitor import start_janitor, stop_janitor
 from agentmesh.memory.memories import prepare_memory_store, search_session_settings
 from agentmesh.memory.servicer import MemoryServicer
+from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
 
 
-async def build_memory(settings: Settings, embedder: Embedder | None = None) -> ServiceSpec:
-    """Wires the Memory service: PostgreSQL pool and Redis (both health-probed), the
-    embedder named by the settings (tests may pass their own), and the janitor, a
-    background task from now until ``on_stop`` (``janitor.py``; none when
-    ``memory_janitor_interval_s`` is 0)."""
+async def build_memory(
+    settings: Settings, memory: MemorySettings, embedder: Embedder | None = None
+) -> ServiceSpec:
+    """Wires the Memory service from the shared ``settings`` and its own ``memory``
+    settings: PostgreSQL pool and Redis (both health-probed), the embedder named by the
+    settings (tests may pass their own), and the janitor, a background task from now
+    until ``on_stop`` (``janitor.py``; none when ``janitor_interval_s`` is 0)."""
     settings.require("database_url", "redis_url")
-    chosen = embedder or build_embedder(settings)
+    chosen = embedder or build_embedder(memory, timeout_s=settings.client_deadline_ms / 1000)
     # Searches use these as connection defaults, so a search is one round trip
     # (no transaction just to SET LOCAL them); see memories.run_search.
-    pool = await create_pool(settings, server_settings=search_session_settings(settings))
+    pool = await create_pool(settings, server_settings=search_session_settings(memory))
     # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
     # match the settings; rebuilds the index when its m / ef_construction changed.
-    await prepare_memory_store(pool, settings)
+    await prepare_memory_store(pool, memory)
     redis_client = create_redis(settings)
-    deps = MemoryDeps(settings=settings, pool=pool, redis=redis_client, embedder=chosen)
+    deps = MemoryDeps(
+        settings=memory, process=settings, pool=pool, redis=redis_client, embedder=chosen
+    )
     servicer = MemoryServicer(deps)
 
-    janitor = start_janitor(settings, redis_client)
+    janitor = start_janitor(settings, memory, redis_client)
 
     def register(server: grpc.aio.Server) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)

@@ -281,7 +281,7 @@ class ArtifactRpcs(RpcGroup):
         self, request: memory_pb2.PutArtifactRequest, context: ServicerContext
     ) -> memory_pb2.Artifact:
         tenant = self.tenant()
-        new = _validate(request.artifact, max_bytes=self.deps.settings.memory_artifact_max_bytes)
+        new = _validate(request.artifact, max_bytes=self.deps.settings.artifact_max_bytes)
         idempotency.validate_request_id(request.request_id)
         async with self.deps.pool.acquire() as conn, conn.transaction():
             replay = await idempotency.claim(
@@ -290,7 +290,7 @@ class ArtifactRpcs(RpcGroup):
                 "PutArtifact",
                 request.request_id,
                 memory_pb2.Artifact,
-                ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                ttl_s=self.deps.settings.request_id_ttl_s,
                 request=request,
             )
             if replay is not None:

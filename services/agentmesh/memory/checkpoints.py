@@ -310,7 +310,7 @@ class CheckpointRpcs(RpcGroup):
         thread_id, namespace = checkpoint.thread_id, checkpoint.checkpoint_ns
 
         tenant = self.tenant()
-        keep_latest = self.deps.settings.memory_checkpoint_keep_latest
+        keep_latest = self.deps.settings.checkpoint_keep_latest
         async with self.deps.pool.acquire() as conn, conn.transaction():
             # Idempotent: LangGraph may put the same checkpoint again (a retried call).
             # No row comes back only when the thread's session is deleted.
@@ -502,7 +502,7 @@ class CheckpointRpcs(RpcGroup):
             tuples = await _tuples(conn, tenant, rows[:size])
         # Each tuple carries a whole serialized state, so a page is also cut by size:
         # a response must fit the gRPC message limit however large the states are.
-        page = _fit(tuples, self.deps.settings.max_message_bytes // 2)
+        page = _fit(tuples, self.deps.process.max_message_bytes // 2)
         next_token = ""
         if len(page) < len(rows):
             last = page[-1].checkpoint

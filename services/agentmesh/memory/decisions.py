@@ -352,7 +352,7 @@ class DecisionRpcs(RpcGroup):
                 "CreateDecision",
                 request.request_id,
                 memory_pb2.Decision,
-                ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                ttl_s=self.deps.settings.request_id_ttl_s,
                 request=request,
             )
             if replay is not None:

@@ -9,14 +9,17 @@ import redis.asyncio
 
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
+from agentmesh.memory.settings import MemorySettings
 
 
 @dataclass(frozen=True)
 class MemoryDeps:
     """The Memory service's resources, built once by ``build_memory``."""
 
-    settings: Settings
-    """Process settings (the ``memory_*`` fields are this service's)."""
+    settings: MemorySettings
+    """The Memory service's own settings (``AGENTMESH_MEMORY_*``)."""
+    process: Settings
+    """The settings every process shares (ports, limits, auth)."""
     pool: asyncpg.Pool
     """PostgreSQL; every table lives in schema ``memory``."""
     redis: redis.asyncio.Redis

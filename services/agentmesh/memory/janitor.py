@@ -45,6 +45,7 @@ from agentmesh.core.outages import as_unavailable
 from agentmesh.core.settings import Settings
 from agentmesh.memory.memories import purge_expired_memories
 from agentmesh.memory.sessions import delete_session_threads, working_memory_key
+from agentmesh.memory.settings import MemorySettings
 
 LOCK_KEY: Final = int.from_bytes(b"am:janit")
 """The advisory lock of the janitor (one 64-bit key, the same in every replica)."""
@@ -168,7 +169,11 @@ async def _drain(kind: str, batch: Callable[[int], Awaitable[int]], limit: int) 
 
 
 async def run_janitor_pass(
-    settings: Settings, redis_client: redis.asyncio.Redis, *, lock_key: int = LOCK_KEY
+    settings: Settings,
+    memory: MemorySettings,
+    redis_client: redis.asyncio.Redis,
+    *,
+    lock_key: int = LOCK_KEY,
 ) -> JanitorReport:
     """One janitor pass (see the module docstring): under the advisory lock ``lock_key``,
     purges every due row in batches; returns the counts, or ``ran=False`` when another
@@ -178,7 +183,7 @@ async def run_janitor_pass(
     try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
             return JanitorReport(ran=False)
-        size = settings.memory_janitor_batch_size
+        size = memory.janitor_batch_size
 
         async def fetch_count(sql: str, limit: int) -> int:
             return int(await conn.fetchval(sql, limit))
@@ -214,14 +219,18 @@ async def run_janitor_pass(
 
 
 async def janitor_pass(
-    settings: Settings, redis_client: redis.asyncio.Redis, *, lock_key: int = LOCK_KEY
+    settings: Settings,
+    memory: MemorySettings,
+    redis_client: redis.asyncio.Redis,
+    *,
+    lock_key: int = LOCK_KEY,
 ) -> JanitorReport | None:
     """One pass as the loop runs it: logged (one line), counted, never raising (except
     on cancellation). Returns the report, or None when the pass failed."""
     log = structlog.get_logger("agentmesh.memory.janitor")
     started = time.monotonic()
     try:
-        report = await run_janitor_pass(settings, redis_client, lock_key=lock_key)
+        report = await run_janitor_pass(settings, memory, redis_client, lock_key=lock_key)
     except Exception as exc:
         PASSES.labels("failed").inc()
         duration_ms = round((time.monotonic() - started) * 1000)
@@ -249,22 +258,24 @@ async def janitor_pass(
     return report
 
 
-async def run_janitor(settings: Settings, redis_client: redis.asyncio.Redis) -> None:
-    """Runs :func:`janitor_pass` every ``memory_janitor_interval_s`` (the first one
-    after one interval) until cancelled."""
+async def run_janitor(
+    settings: Settings, memory: MemorySettings, redis_client: redis.asyncio.Redis
+) -> None:
+    """Runs :func:`janitor_pass` every ``janitor_interval_s`` (the first one after one
+    interval) until cancelled."""
     while True:
-        await asyncio.sleep(settings.memory_janitor_interval_s)
-        await janitor_pass(settings, redis_client)
+        await asyncio.sleep(memory.janitor_interval_s)
+        await janitor_pass(settings, memory, redis_client)
 
 
 def start_janitor(
-    settings: Settings, redis_client: redis.asyncio.Redis
+    settings: Settings, memory: MemorySettings, redis_client: redis.asyncio.Redis
 ) -> asyncio.Task[None] | None:
     """The janitor as a background task of the running loop (named ``memory-janitor``),
-    or None when ``memory_janitor_interval_s`` is 0. Stop it with :func:`stop_janitor`."""
-    if not settings.memory_janitor_interval_s:
+    or None when ``janitor_interval_s`` is 0. Stop it with :func:`stop_janitor`."""
+    if not memory.janitor_interval_s:
         return None
-    return asyncio.create_task(run_janitor(settings, redis_client), name="memory-janitor")
+    return asyncio.create_task(run_janitor(settings, memory, redis_client), name="memory-janitor")
 
 
 async def stop_janitor(task: asyncio.Task[None] | None) -> None:

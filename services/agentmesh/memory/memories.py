@@ -31,7 +31,7 @@ from agentmesh.core.errors import Aborted, InvalidArgument, NotFound
 from agentmesh.core.filtering import EQUALITY, FieldRule, Term, parse_filter
 from agentmesh.core.names import MEMORIES, SESSIONS, new_id
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
-from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.core.settings import ConfigError
 from agentmesh.memory.convert import (
     etag,
     from_timestamp,
@@ -43,6 +43,7 @@ from agentmesh.memory.convert import (
 from agentmesh.memory.embedders import embed_checked
 from agentmesh.memory.idempotency import claim, remember, validate_request_id
 from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2
 
 # ------------------------------------------------------------------ limits
@@ -650,12 +651,12 @@ def search_sql(tenant: str, query: SearchQuery) -> tuple[str, list[Any]]:
     return sql, where.params
 
 
-def search_session_settings(settings: Settings) -> dict[str, str]:
+def search_session_settings(settings: MemorySettings) -> dict[str, str]:
     """Connection defaults for searches: ``hnsw.ef_search`` from the settings and
     ``relaxed_order`` iterative scans (the scan continues past filtered-out rows and
     may return slightly out of order, hence the re-sort in run_search)."""
     return {
-        "hnsw.ef_search": str(settings.memory_hnsw_ef_search),
+        "hnsw.ef_search": str(settings.hnsw_ef_search),
         "hnsw.iterative_scan": "relaxed_order",
     }
 
@@ -688,17 +689,17 @@ async def run_search(
 # ------------------------------------------------------- startup checks
 
 
-def check_embedding_dimension(settings: Settings) -> None:
+def check_embedding_dimension(settings: MemorySettings) -> None:
     """The configured dimension must be the column's: fail at start, not per write."""
-    if settings.memory_embedding_dim != VECTOR_COLUMN_DIM:
+    if settings.embedding_dim != VECTOR_COLUMN_DIM:
         raise ConfigError(
-            f"AGENTMESH_MEMORY_EMBEDDING_DIM={settings.memory_embedding_dim}, but "
+            f"AGENTMESH_MEMORY_EMBEDDING_DIM={settings.embedding_dim}, but "
             f"memory.memories.embedding is vector({VECTOR_COLUMN_DIM}); changing it needs "
             "a migration that re-creates the column and re-embeds every memory"
         )
 
 
-async def check_memory_store(pool: asyncpg.Pool, settings: Settings) -> None:
+async def check_memory_store(pool: asyncpg.Pool, settings: MemorySettings) -> None:
     """Start-up check: the setting, the migrated column and pgvector's version agree."""
     check_embedding_dimension(settings)
     column = await pool.fetchval(
@@ -721,7 +722,7 @@ def _reloptions(options: Sequence[str] | None) -> dict[str, str]:
 
 
 async def ensure_hnsw_index(
-    pool: asyncpg.Pool, settings: Settings, *, maintenance_work_mem: str = "1GB"
+    pool: asyncpg.Pool, settings: MemorySettings, *, maintenance_work_mem: str = "1GB"
 ) -> bool:
     """Re-creates the HNSW index when its ``m`` / ``ef_construction`` differ from the
     settings; returns whether it rebuilt. Safe to call from every replica at start.
@@ -732,8 +733,8 @@ async def ensure_hnsw_index(
     64 MB default); statement_timeout is lifted for the build only.
     """
     wanted = {
-        "m": str(settings.memory_hnsw_m),
-        "ef_construction": str(settings.memory_hnsw_ef_construction),
+        "m": str(settings.hnsw_m),
+        "ef_construction": str(settings.hnsw_ef_construction),
     }
     current_sql = (
         "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -755,7 +756,7 @@ async def ensure_hnsw_index(
             await conn.execute("RESET maintenance_work_mem; RESET statement_timeout")
 
 
-async def _rebuild_hnsw(conn: asyncpg.Connection, settings: Settings, work_mem: str) -> None:
+async def _rebuild_hnsw(conn: asyncpg.Connection, settings: MemorySettings, work_mem: str) -> None:
     building = f"{HNSW_INDEX}_building"
     await conn.execute("SELECT set_config('maintenance_work_mem', $1, false)", work_mem)
     await conn.execute("SET statement_timeout = 0")
@@ -764,14 +765,14 @@ async def _rebuild_hnsw(conn: asyncpg.Connection, settings: Settings, work_mem: 
     await conn.execute(
         f"CREATE INDEX CONCURRENTLY {building} ON memory.memories"
         f" USING hnsw (({INDEXED}) halfvec_cosine_ops)"
-        f" WITH (m = {int(settings.memory_hnsw_m)},"
-        f" ef_construction = {int(settings.memory_hnsw_ef_construction)})"
+        f" WITH (m = {int(settings.hnsw_m)},"
+        f" ef_construction = {int(settings.hnsw_ef_construction)})"
     )
     await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS memory.{HNSW_INDEX}")
     await conn.execute(f"ALTER INDEX memory.{building} RENAME TO {HNSW_INDEX}")
 
 
-async def prepare_memory_store(pool: asyncpg.Pool, settings: Settings) -> None:
+async def prepare_memory_store(pool: asyncpg.Pool, settings: MemorySettings) -> None:
     """The start-up hook: checks (ConfigError on a mismatch), then the index."""
     await check_memory_store(pool, settings)
     await ensure_hnsw_index(pool, settings)
@@ -807,7 +808,7 @@ class MemoryRpcs(RpcGroup):
 
     @property
     def _dimension(self) -> int:
-        return self.deps.settings.memory_embedding_dim
+        return self.deps.settings.embedding_dim
 
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: ServicerContext
@@ -846,11 +847,11 @@ class MemoryRpcs(RpcGroup):
         settings = self.deps.settings
         async with self.deps.pool.acquire() as conn, conn.transaction():
             replayed = await _claim_all(
-                conn, tenant, items, requests, settings.memory_request_id_ttl_s, batch=batch
+                conn, tenant, items, requests, settings.request_id_ttl_s, batch=batch
             )
             fresh = [j for j in range(len(items)) if j not in replayed]
             rows = await write_memories(
-                conn, tenant, [items[j] for j in fresh], settings.memory_merge_similarity
+                conn, tenant, [items[j] for j in fresh], settings.merge_similarity
             )
             results = dict(replayed)
             for j, row in zip(fresh, rows, strict=True):
@@ -980,9 +981,7 @@ class MemoryRpcs(RpcGroup):
     ) -> memory_pb2.SearchMemoriesResponse:
         query = await self._search_query(request)
         async with self.deps.pool.acquire() as conn:
-            hits = await run_search(
-                conn, self.tenant(), query, self.deps.settings.memory_hnsw_ef_search
-            )
+            hits = await run_search(conn, self.tenant(), query, self.deps.settings.hnsw_ef_search)
         return memory_pb2.SearchMemoriesResponse(
             results=[
                 memory_pb2.ScoredMemory(memory=to_proto(row), score=score) for row, score in hits

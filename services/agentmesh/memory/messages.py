@@ -354,7 +354,7 @@ class MessageRpcs(RpcGroup):
                 "AppendMessages",
                 request.request_id,
                 memory_pb2.AppendMessagesResponse,
-                ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                ttl_s=self.deps.settings.request_id_ttl_s,
                 request=request,
             )
             if replay is not None:

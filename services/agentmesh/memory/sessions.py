@@ -337,7 +337,7 @@ class SessionRpcs(RpcGroup):
                 "CreateSession",
                 request.request_id,
                 memory_pb2.Session,
-                ttl_s=self.deps.settings.memory_request_id_ttl_s,
+                ttl_s=self.deps.settings.request_id_ttl_s,
                 request=request,
             )
             if replay is not None:
@@ -473,7 +473,7 @@ class SessionRpcs(RpcGroup):
         tenant = self.tenant()
 
         version, incarnation = expected or (None, None)
-        purge_after_s = self.deps.settings.memory_session_purge_after_s
+        purge_after_s = self.deps.settings.session_purge_after_s
         # Only a live session matches: deleting a deleted one changes nothing (its
         # purge_time stays) and is NOT_FOUND, or success with allow_missing.
         condition = (

@@ -277,14 +277,14 @@ class WorkingMemoryRpcs(RpcGroup):
         )
         _check_remove_keys(request.remove_keys, violations)
         settings = self.deps.settings
-        max_keys, max_bytes = settings.memory_working_max_keys, settings.memory_working_max_bytes
+        max_keys, max_bytes = settings.working_max_keys, settings.working_max_bytes
         _check_limits(
             pairs, request.remove_keys, violations, max_keys=max_keys, max_bytes=max_bytes
         )
         ttl_ms = (
             _ttl_ms(request.ttl, violations)
             if request.HasField("ttl")
-            else self.deps.settings.memory_working_ttl_s * 1000
+            else self.deps.settings.working_ttl_s * 1000
         )
         violations.raise_if_any()
         assert session_id is not None

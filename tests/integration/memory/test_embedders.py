@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from agentmesh.core.errors import ResourceExhausted
-from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.core.settings import ConfigError
 from agentmesh.memory.embedders import (
     EmbedderMisbehaved,
     EmbedderUnavailable,
@@ -28,6 +28,7 @@ from agentmesh.memory.embedders import (
     embed_checked,
 )
 from agentmesh.memory.embedders.openai_compat import retry_after_s
+from agentmesh.memory.settings import MemorySettings
 
 DIM = 8
 
@@ -265,23 +266,22 @@ async def test_malformed_or_wrong_sized_answers_are_the_providers_fault(
         await embedder.aclose()
 
 
-def settings(**env: str) -> Settings:
-    return Settings.from_env(
-        {f"AGENTMESH_{k.upper()}": v for k, v in env.items()}, service="memory"
-    )
+def settings(**env: str) -> MemorySettings:
+    return MemorySettings.from_env({f"AGENTMESH_MEMORY_{k.upper()}": v for k, v in env.items()})
 
 
 async def test_build_embedder_picks_and_checks_the_configured_one(provider: FakeProvider) -> None:
-    assert isinstance(build_embedder(settings()), HashEmbedder)
+    assert isinstance(build_embedder(settings(), timeout_s=10.0), HashEmbedder)
     with pytest.raises(ConfigError, match="AGENTMESH_MEMORY_EMBEDDER_URL"):
-        build_embedder(settings(memory_embedder="openai"))
+        build_embedder(settings(embedder="openai"), timeout_s=10.0)
     chosen = build_embedder(
         settings(
-            memory_embedder="openai",
-            memory_embedder_url=provider.url,
-            memory_embedder_model="nomic-embed",
-            memory_embedding_dim=str(DIM),
-        )
+            embedder="openai",
+            embedder_url=provider.url,
+            embedder_model="nomic-embed",
+            embedding_dim=str(DIM),
+        ),
+        timeout_s=10.0,
     )
     assert isinstance(chosen, OpenAIEmbedder)
     try:

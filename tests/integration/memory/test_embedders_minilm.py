@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import build_embedder, embed_checked
 from agentmesh.memory.embedders.minilm import DIMENSION, MiniLMEmbedder
+from agentmesh.memory.settings import MemorySettings
 
 _REFERENCE = Path(__file__).with_name("minilm_reference.json")
 
@@ -30,8 +30,8 @@ def _cosine(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def embedder() -> MiniLMEmbedder:
-    settings = Settings.from_env({"AGENTMESH_MEMORY_EMBEDDER": "minilm"}, service="memory")
-    built = build_embedder(settings)
+    settings = MemorySettings.from_env({"AGENTMESH_MEMORY_EMBEDDER": "minilm"})
+    built = build_embedder(settings, timeout_s=10.0)
     assert isinstance(built, MiniLMEmbedder)
     return built
 

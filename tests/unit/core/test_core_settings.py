@@ -19,7 +19,6 @@ def test_defaults_depend_on_the_service() -> None:
     assert memory.grpc_host == "127.0.0.1"
     assert memory.max_message_bytes == 4 * 1024 * 1024
     assert memory.database_url is None
-    assert (memory.memory_working_max_keys, memory.memory_working_max_bytes) == (1000, 1 << 20)
     assert (memory.auth_issuer, memory.auth_audience, memory.auth_tenant_claim) == (
         "agentmesh",
         "agentmesh",
@@ -65,45 +64,11 @@ def test_unparseable_values_name_every_variable() -> None:
         ("AGENTMESH_GRPC_PORT", "70000"),
         ("AGENTMESH_LOG_LEVEL", "loud"),
         ("AGENTMESH_DB_POOL_MAX_SIZE", "0"),
-        ("AGENTMESH_MEMORY_WORKING_MAX_KEYS", "0"),
-        ("AGENTMESH_MEMORY_WORKING_MAX_BYTES", "-1"),
-        ("AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S", "-1"),
-        ("AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S", str(10 * 365 * 86_400 + 1)),
-        ("AGENTMESH_MEMORY_JANITOR_INTERVAL_S", "-0.5"),
-        ("AGENTMESH_MEMORY_JANITOR_INTERVAL_S", "86401"),
-        ("AGENTMESH_MEMORY_JANITOR_BATCH_SIZE", "0"),
-        ("AGENTMESH_MEMORY_JANITOR_BATCH_SIZE", "100001"),
     ],
 )
 def test_out_of_range_values_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value}, service="memory")
-
-
-def test_session_purge_window_defaults_to_a_week_and_0_deletes_at_once() -> None:
-    assert Settings.from_env({}, service="memory").memory_session_purge_after_s == 7 * 86_400
-    at_once = Settings.from_env({"AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "0"}, service="memory")
-    assert at_once.memory_session_purge_after_s == 0
-
-    with pytest.raises(ConfigError) as raised:
-        Settings.from_env({"AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S": "a week"}, service="memory")
-    assert "AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S='a week': expected an integer" in str(
-        raised.value
-    )
-
-
-def test_janitor_runs_every_minute_by_default_and_0_disables_it() -> None:
-    defaults = Settings.from_env({}, service="memory")
-    assert defaults.memory_janitor_interval_s == 60.0
-    assert defaults.memory_janitor_batch_size == 1000
-
-    tuned = Settings.from_env(
-        {"AGENTMESH_MEMORY_JANITOR_INTERVAL_S": "0.25", "AGENTMESH_MEMORY_JANITOR_BATCH_SIZE": "1"},
-        service="memory",
-    )
-    assert (tuned.memory_janitor_interval_s, tuned.memory_janitor_batch_size) == (0.25, 1)
-    off = Settings.from_env({"AGENTMESH_MEMORY_JANITOR_INTERVAL_S": "0"}, service="memory")
-    assert off.memory_janitor_interval_s == 0.0
 
 
 def test_unknown_service_is_refused() -> None:

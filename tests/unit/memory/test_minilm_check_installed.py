@@ -9,8 +9,9 @@ from importlib.machinery import ModuleSpec
 
 import pytest
 
-from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.core.settings import ConfigError
 from agentmesh.memory.embedders import build_embedder, minilm
+from agentmesh.memory.settings import MemorySettings
 
 
 def test_minilm_without_the_extra_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,9 +22,9 @@ def test_minilm_without_the_extra_refuses_to_start(monkeypatch: pytest.MonkeyPat
         return None if name in absent else real_find_spec(name, package)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    settings = Settings.from_env({"AGENTMESH_MEMORY_EMBEDDER": "minilm"}, service="memory")
+    settings = MemorySettings.from_env({"AGENTMESH_MEMORY_EMBEDDER": "minilm"})
     with pytest.raises(ConfigError) as raised:
-        build_embedder(settings)
+        build_embedder(settings, timeout_s=10.0)
     message = str(raised.value)
     assert "'minilm' extra" in message
     assert "agentmesh[minilm]" in message

@@ -12,11 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
-from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.core.settings import ConfigError, require_settings
 from agentmesh.memory.embedders import minilm
 from agentmesh.memory.embedders.errors import EmbedderMisbehaved, EmbedderUnavailable
 from agentmesh.memory.embedders.hashing import HashEmbedder
 from agentmesh.memory.embedders.openai_compat import OpenAIEmbedder
+from agentmesh.memory.settings import PREFIX, MemorySettings
 
 
 class Embedder(Protocol):
@@ -33,36 +34,36 @@ class Embedder(Protocol):
         ...
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: MemorySettings, *, timeout_s: float) -> Embedder:
     """The embedder named by ``memory_embedder``, checked against ``memory_embedding_dim``.
 
     Raises ConfigError at start for a missing extra, a missing URL or a dimension
     the embedder cannot produce, so a misconfigured process never serves.
     """
-    dim = settings.memory_embedding_dim
-    if settings.memory_embedder == "hash":
+    dim = settings.embedding_dim
+    if settings.embedder == "hash":
         return HashEmbedder(dim)
-    if settings.memory_embedder == "minilm":
+    if settings.embedder == "minilm":
         if dim != minilm.DIMENSION:
             raise ConfigError(
                 f"AGENTMESH_MEMORY_EMBEDDER=minilm produces {minilm.DIMENSION}-dim vectors, "
                 f"but AGENTMESH_MEMORY_EMBEDDING_DIM={dim}"
             )
         return minilm.MiniLMEmbedder()
-    if settings.memory_embedder == "openai":
-        settings.require("memory_embedder_url")
-        assert settings.memory_embedder_url is not None  # checked just above
+    if settings.embedder == "openai":
+        require_settings(settings, "memory", PREFIX, "embedder_url")
+        assert settings.embedder_url is not None  # checked just above
         # The provider's size is only known from its answers: we ask for `dim`
         # and embed_checked() verifies every vector it sends.
         return OpenAIEmbedder(
-            settings.memory_embedder_url,
-            model=settings.memory_embedder_model,
-            api_key=settings.memory_embedder_api_key,
+            settings.embedder_url,
+            model=settings.embedder_model,
+            api_key=settings.embedder_api_key,
             dimension=dim,
-            timeout_s=settings.client_deadline_ms / 1000,
+            timeout_s=timeout_s,
         )
     raise ConfigError(
-        f"AGENTMESH_MEMORY_EMBEDDER={settings.memory_embedder!r} is not available in this build"
+        f"AGENTMESH_MEMORY_EMBEDDER={settings.embedder!r} is not available in this build"
     )
 
 

@@ -1,0 +1,142 @@
+"""Settings of the Memory service: ``AGENTMESH_MEMORY_*`` variables.
+
+Loaded by the core loader (:func:`agentmesh.core.settings.load_settings`) in the
+service's entry point and passed to ``build_memory``; the settings every process shares
+stay in :class:`agentmesh.core.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from agentmesh.core.settings import ENV_PREFIX, Check, load_settings
+
+PREFIX: Final = ENV_PREFIX + "MEMORY_"
+"""Every Memory setting's variable starts with this: ``embedder`` ⇄
+``AGENTMESH_MEMORY_EMBEDDER``."""
+
+EMBEDDERS: Final = ("hash", "minilm", "openai")
+"""The embedders this build knows by name."""
+MAX_SESSION_PURGE_AFTER_S: Final = 10 * 365 * 86_400
+"""Longest purge window of deleted sessions; keeps ``now() + window`` a sane timestamp."""
+MAX_JANITOR_INTERVAL_S: Final = 86_400
+"""Longest pause between janitor passes: a day (a longer one is as good as disabled)."""
+MAX_JANITOR_BATCH_SIZE: Final = 100_000
+"""Largest janitor batch: bounds how long one delete transaction holds its locks."""
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """Everything the Memory service (and its janitor) reads from its environment."""
+
+    embedder: str = "hash"
+    """Embedder of memories: ``hash`` (deterministic, no model; dev and tests),
+    ``minilm`` (local all-MiniLM-L6-v2, the ``minilm`` extra) or ``openai`` (an
+    OpenAI-compatible ``/v1/embeddings`` endpoint)."""
+
+    embedding_dim: int = 384
+    """Dimension of stored vectors; must match the embedder and the vector column."""
+
+    embedder_url: str | None = None
+    """Base URL of the OpenAI-compatible embeddings API, e.g. ``https://api.openai.com/v1``."""
+
+    embedder_model: str = "text-embedding-3-small"
+    """Model name sent to the OpenAI-compatible embeddings API."""
+
+    embedder_api_key: str | None = None
+    """Bearer key for the OpenAI-compatible embeddings API."""
+
+    hnsw_m: int = 16
+    """pgvector HNSW ``m`` (graph degree) of the memories index."""
+
+    hnsw_ef_construction: int = 64
+    """pgvector HNSW ``ef_construction`` of the memories index."""
+
+    hnsw_ef_search: int = 100
+    """pgvector ``hnsw.ef_search`` for searches; higher is slower and more exact."""
+
+    merge_similarity: float = 0.95
+    """Cosine similarity above which a new memory updates a near-duplicate instead."""
+
+    checkpoint_keep_latest: int = 50
+    """Checkpoints kept per thread and namespace (older ones are pruned); 0 keeps all."""
+
+    artifact_max_bytes: int = 2 * 1024 * 1024
+    """Largest artifact version content, in bytes."""
+
+    working_ttl_s: int = 86_400
+    """Default time to live of a session's working memory."""
+
+    working_max_keys: int = 1000
+    """Most keys one session's working memory may hold."""
+
+    working_max_bytes: int = 1024 * 1024
+    """Largest total size of one session's working memory: the sum, over its keys, of
+    the key's length and its value's length as JSON, in bytes."""
+
+    request_id_ttl_s: int = 86_400
+    """How long idempotency keys (``request_id``) are remembered."""
+
+    session_purge_after_s: int = 7 * 86_400
+    """How long a deleted session is kept (soft delete, AIP-164) before the janitor
+    purges it; UndeleteSession restores it until then. 0 deletes at once (no undelete)."""
+
+    janitor_interval_s: float = 60.0
+    """Seconds between two passes of the Memory janitor (purges expired memories, request
+    ids and store items, and deleted sessions past their purge time); 0 disables it."""
+
+    janitor_batch_size: int = 1000
+    """Rows one janitor statement deletes at most, each batch its own transaction
+    (deleted sessions go at most 100 at a time: each takes its history with it)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MemorySettings:
+        """Loads ``AGENTMESH_MEMORY_*`` from ``environ`` (default: ``os.environ``); raises
+        ``ConfigError`` naming every malformed or out-of-range variable."""
+        return load_settings(cls, environ, prefix=PREFIX)
+
+    def checks(self) -> list[Check]:
+        """Range checks of the Memory settings."""
+        return [
+            (
+                "embedder",
+                self.embedder in EMBEDDERS,
+                f"expected one of {EMBEDDERS}",
+            ),
+            ("embedding_dim", 1 <= self.embedding_dim <= 16_000, "expected 1-16000"),
+            ("hnsw_m", 2 <= self.hnsw_m <= 100, "expected 2-100"),
+            (
+                "hnsw_ef_construction",
+                self.hnsw_ef_construction >= 2 * self.hnsw_m,
+                "expected >= 2 x AGENTMESH_MEMORY_HNSW_M",
+            ),
+            ("hnsw_ef_search", 1 <= self.hnsw_ef_search <= 1000, "expected 1-1000"),
+            (
+                "merge_similarity",
+                0.0 < self.merge_similarity <= 1.0,
+                "expected in (0, 1]",
+            ),
+            ("checkpoint_keep_latest", self.checkpoint_keep_latest >= 0, ">= 0"),
+            ("artifact_max_bytes", self.artifact_max_bytes > 0, "expected > 0"),
+            ("working_ttl_s", self.working_ttl_s > 0, "expected > 0"),
+            ("working_max_keys", self.working_max_keys > 0, "expected > 0"),
+            ("working_max_bytes", self.working_max_bytes > 0, "expected > 0"),
+            ("request_id_ttl_s", self.request_id_ttl_s > 0, "expected > 0"),
+            (
+                "session_purge_after_s",
+                0 <= self.session_purge_after_s <= MAX_SESSION_PURGE_AFTER_S,
+                f"expected 0-{MAX_SESSION_PURGE_AFTER_S} (10 years)",
+            ),
+            (
+                "janitor_interval_s",
+                0 <= self.janitor_interval_s <= MAX_JANITOR_INTERVAL_S,
+                f"expected 0-{MAX_JANITOR_INTERVAL_S} (0 disables the janitor)",
+            ),
+            (
+                "janitor_batch_size",
+                1 <= self.janitor_batch_size <= MAX_JANITOR_BATCH_SIZE,
+                f"expected 1-{MAX_JANITOR_BATCH_SIZE}",
+            ),
+        ]
