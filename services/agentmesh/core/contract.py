@@ -1,4 +1,5 @@
-"""Honest gaps: RPCs of the contract that a later issue will implement.
+"""Servicer assembly: RPCs composed from domain groups, and honest gaps (RPCs of the
+contract a later change will implement).
 
 The generated servicer base answers UNIMPLEMENTED with "Method not implemented!".
 We want the reason instead: which behaviour is missing and where it is planned, as
@@ -7,8 +8,8 @@ a typed ``Unimplemented`` error that the interceptor maps like any other.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -83,3 +84,41 @@ def _raiser(method: MethodDescriptor, plan: str) -> Callable[..., Any]:
 
     unimplemented.__name__ = method.name
     return unimplemented
+
+
+def compose_servicer(
+    base: Callable[[], T], service: ServiceDescriptor, groups: Iterable[object]
+) -> T:
+    """A servicer of ``service`` whose RPCs are the methods of ``groups`` (one object
+    per domain), by composition: each RPC is delegated to the one group that defines it.
+
+    Raises TypeError when two groups define the same RPC (one would hide the other)
+    or when no group defines one (it would answer "Method not implemented!"); helpers
+    of a group stay on its own object, so groups cannot hide each other's helpers.
+    ``base`` is the generated ``*Servicer`` class, so the result registers with the
+    generated ``add_*_to_server``.
+    """
+    owners: dict[str, object] = {}
+    duplicates: list[str] = []
+    for group in groups:
+        for method in service.methods:
+            if callable(getattr(type(group), method.name, None)):
+                if method.name in owners:
+                    duplicates.append(
+                        f"{method.name} ({type(owners[method.name]).__name__},"
+                        f" {type(group).__name__})"
+                    )
+                owners.setdefault(method.name, group)
+    missing = [method.name for method in service.methods if method.name not in owners]
+    if duplicates or missing:
+        raise TypeError(
+            f"{service.full_name}: RPCs defined twice: {duplicates or 'none'};"
+            f" RPCs defined nowhere: {missing or 'none'}"
+        )
+    # Bound methods are not descriptors: as class attributes they stay bound to
+    # their group, so servicer.Method(request, context) calls the group's method.
+    namespace = {name: getattr(group, name) for name, group in owners.items()}
+    # A Callable, not type[T]: mypy refuses abstract classes (the generated base) as type[T].
+    cls = cast(type, base)
+    composed = type(f"Composed{cls.__name__}", (cls,), namespace)
+    return cast(T, composed())

@@ -12,7 +12,7 @@ from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.janitor import start_janitor, stop_janitor
 from agentmesh.memory.memories import prepare_memory_store, search_session_settings
-from agentmesh.memory.servicer import MemoryServicer
+from agentmesh.memory.servicer import memory_servicer
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
@@ -38,7 +38,7 @@ async def build_memory(
     deps = MemoryDeps(
         settings=memory, process=settings, pool=pool, redis=redis_client, embedder=chosen
     )
-    servicer = MemoryServicer(deps)
+    servicer = memory_servicer(deps)
 
     janitor = start_janitor(settings, memory, redis_client)
 

@@ -1,8 +1,8 @@
 """Base of the Memory service's RPC groups.
 
-MemoryService has ~35 RPCs; each domain (sessions, messages, memories, ...) is a
-group class in its own module, and ``servicer.MemoryServicer`` inherits them all.
-Groups share nothing but ``MemoryDeps`` and the helpers here.
+MemoryService has ~38 RPCs; each domain (sessions, messages, memories, ...) is a
+group class in its own module, and ``servicer.memory_servicer`` composes them. Groups
+share nothing but ``MemoryDeps`` and the helpers here.
 """
 
 from __future__ import annotations

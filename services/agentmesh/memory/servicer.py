@@ -1,17 +1,17 @@
-"""MemoryService: one servicer assembled from per-domain RPC groups.
+"""MemoryService: one servicer composed of per-domain RPC groups.
 
-Each group (sessions, messages, ...) lives in its own module and shares only
-``MemoryDeps``. RPCs no group defines yet answer UNIMPLEMENTED naming the plan.
+Each group (sessions, messages, ...) is an object of its own over the shared
+``MemoryDeps``; :func:`~agentmesh.core.contract.compose_servicer` delegates every RPC
+to the one group that defines it and refuses an RPC defined twice or nowhere.
 """
 
 from __future__ import annotations
 
-from typing import Final
-
-from agentmesh.core.contract import fill_unimplemented
+from agentmesh.core.contract import compose_servicer
 from agentmesh.memory.artifacts import ArtifactRpcs
 from agentmesh.memory.checkpoints import CheckpointRpcs
 from agentmesh.memory.decisions import DecisionRpcs
+from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.messages import MessageRpcs
 from agentmesh.memory.sessions import SessionRpcs
@@ -19,11 +19,7 @@ from agentmesh.memory.store import StoreRpcs
 from agentmesh.memory.working import WorkingMemoryRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
-_PLAN: Final = "Memory service storage (issue 4)"
-
-
-@fill_unimplemented(memory_pb2.DESCRIPTOR.services_by_name["MemoryService"], {"*": _PLAN})
-class MemoryServicer(
+GROUPS = (
     SessionRpcs,
     MessageRpcs,
     WorkingMemoryRpcs,
@@ -32,6 +28,14 @@ class MemoryServicer(
     ArtifactRpcs,
     CheckpointRpcs,
     StoreRpcs,
-    memory_pb2_grpc.MemoryServiceServicer,
-):
-    """Every MemoryService RPC, grouped by domain."""
+)
+"""The RPC groups of MemoryService, one per domain."""
+
+
+def memory_servicer(deps: MemoryDeps) -> memory_pb2_grpc.MemoryServiceServicer:
+    """Every MemoryService RPC, each served by its domain's group."""
+    return compose_servicer(
+        memory_pb2_grpc.MemoryServiceServicer,
+        memory_pb2.DESCRIPTOR.services_by_name["MemoryService"],
+        (group(deps) for group in GROUPS),
+    )

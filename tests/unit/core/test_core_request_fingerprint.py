@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import struct_pb2
 
-from agentmesh.memory.idempotency import fingerprint
+from agentmesh.core.idempotency import fingerprint
 from agentmesh.v1 import memory_pb2
 
 pytestmark = pytest.mark.unit

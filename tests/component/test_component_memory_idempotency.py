@@ -1,30 +1,18 @@
-"""The Memory service's shared machinery over a real socket: idempotency and gaps."""
+"""The Memory service's shared machinery against its real database: request_id claims
+(``core.idempotency``) on ``memory.request_ids``, and the hash embedder."""
 
 from __future__ import annotations
 
 import asyncio
 
 import asyncpg  # type: ignore[import-untyped]
-import grpc
 import pytest
 
+from agentmesh.core.idempotency import RequestIds
 from agentmesh.memory.embedders import HashEmbedder
-from agentmesh.memory.idempotency import claim, remember
-from agentmesh.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import memory_pb2
 
-
-async def test_unwritten_rpcs_answer_unimplemented_naming_the_issue(
-    memory: memory_pb2_grpc.MemoryServiceAsyncStub, tenant_a: tuple[tuple[str, str], ...]
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await memory.GetStoreItem(
-            memory_pb2.GetStoreItemRequest(namespace=["a"], key="k"), metadata=tenant_a
-        )
-    if caught.value.code() != grpc.StatusCode.UNIMPLEMENTED:
-        # Implemented by now: the scaffold test has nothing to prove for this RPC.
-        assert caught.value.code() in {grpc.StatusCode.NOT_FOUND}
-    else:
-        assert "issue 4" in (caught.value.details() or "")
+REQUEST_IDS = RequestIds("memory.request_ids", ttl_s=60)
 
 
 async def test_concurrent_claims_of_one_request_id_run_the_work_once(db: asyncpg.Pool) -> None:
@@ -34,11 +22,11 @@ async def test_concurrent_claims_of_one_request_id_run_the_work_once(db: asyncpg
 
     async def attempt(delay_s: float) -> memory_pb2.Session | None:
         async with db.acquire() as conn, conn.transaction():
-            replay = await claim(conn, "t", "Test", "req-1", memory_pb2.Session, ttl_s=60)
+            replay = await REQUEST_IDS.claim(conn, "t", "Test", "req-1", memory_pb2.Session)
             if replay is not None:
                 return replay
             await asyncio.sleep(delay_s)
-            await remember(conn, "t", "Test", "req-1", response)
+            await REQUEST_IDS.remember(conn, "t", "Test", "req-1", response)
             return None
 
     await db.execute("DELETE FROM memory.request_ids WHERE tenant = 't'")
@@ -52,7 +40,7 @@ async def test_concurrent_claims_of_one_request_id_run_the_work_once(db: asyncpg
 
     async def failing_attempt() -> None:
         async with db.acquire() as conn, conn.transaction():
-            await claim(conn, "t", "Test", "req-2", memory_pb2.Session, ttl_s=60)
+            await REQUEST_IDS.claim(conn, "t", "Test", "req-2", memory_pb2.Session)
             raise WorkFailedError
 
     with pytest.raises(WorkFailedError):
