@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
@@ -36,7 +37,12 @@ async def build_memory(
     await prepare_memory_store(pool, memory)
     redis_client = create_redis(settings)
     deps = MemoryDeps(
-        settings=memory, process=settings, pool=pool, redis=redis_client, embedder=chosen
+        settings=memory,
+        process=settings,
+        pool=pool,
+        redis=redis_client,
+        embedder=chosen,
+        request_ids=RequestIds("memory.request_ids", ttl_s=memory.request_id_ttl_s),
     )
     servicer = memory_servicer(deps)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
 
+from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
 from agentmesh.memory.settings import MemorySettings
@@ -26,3 +27,5 @@ class MemoryDeps:
     """Redis: working memory."""
     embedder: Embedder
     """Turns memory content and queries into vectors."""
+    request_ids: RequestIds
+    """Idempotency keys of creates (``memory.request_ids``)."""
