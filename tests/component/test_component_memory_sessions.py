@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from agentmesh.core.names import ID_PATTERN
 from agentmesh.core.paging import encode_page_token
-from agentmesh.memory.sessions import delete_session_threads
+from agentmesh.memory.stores.sessions import delete_session_threads
 from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).

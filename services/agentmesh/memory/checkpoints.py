@@ -6,7 +6,7 @@ reads only the metadata, which arrives as JSON text and is kept as ``jsonb`` so 
 filters can match on it. Every statement is scoped by the caller's tenant.
 
 A session's threads (``<session id>`` and ``<session id>:<suffix>``) are hidden while
-the session is deleted and not purged yet (``sessions.thread_session_deleted``): reads
+the session is deleted and not purged yet (``stores.sessions.thread_session_deleted``): reads
 and deletions skip them, so an undelete finds them as they were, and writes to them
 are NOT_FOUND naming the session, as appending to its messages is. The check rides in
 the statement that reads or writes, so it costs no extra round trip.
@@ -26,7 +26,7 @@ from agentmesh.core.names import SESSIONS
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
 from agentmesh.memory.convert import timestamp
 from agentmesh.memory.rpc import RpcGroup
-from agentmesh.memory.sessions import thread_session_deleted, thread_session_id
+from agentmesh.memory.stores.sessions import thread_session_deleted, thread_session_id
 from agentmesh.v1 import memory_pb2
 
 MAX_ID_CHARS: Final = 512

@@ -44,8 +44,8 @@ from prometheus_client import Counter
 from agentmesh.core.outages import as_unavailable
 from agentmesh.core.settings import Settings
 from agentmesh.memory.memories import purge_expired_memories
-from agentmesh.memory.sessions import delete_session_threads, working_memory_key
 from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.sessions import delete_session_threads, working_memory_key
 
 LOCK_KEY: Final = int.from_bytes(b"am:janit")
 """The advisory lock of the janitor (one 64-bit key, the same in every replica)."""

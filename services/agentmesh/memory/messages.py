@@ -30,7 +30,8 @@ from agentmesh.core.names import AGENTS, SESSIONS, new_id, validate_id
 from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
 from agentmesh.memory import convert, idempotency
 from agentmesh.memory.rpc import RpcGroup
-from agentmesh.memory.sessions import LIVE, Violations, check_request_id, struct_json
+from agentmesh.memory.sessions import Violations, check_request_id, struct_json
+from agentmesh.memory.stores.sessions import LIVE
 from agentmesh.v1 import common_pb2, memory_pb2
 
 MAX_MESSAGES_PER_APPEND: Final = 100

@@ -1,6 +1,6 @@
 """MemoryService RPCs: Working memory: per-session key/value in Redis with a TTL.
 
-One Redis hash per session (``sessions.working_memory_key``): a field per client key,
+One Redis hash per session (``stores.sessions.working_memory_key``): a field per client key,
 its value as JSON text. Two reserved fields, named with ``@`` which client keys cannot
 contain, are never shown to clients:
 
@@ -43,11 +43,8 @@ from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import ERROR_DOMAIN, DomainError, InvalidArgument
 from agentmesh.core.names import SESSIONS
 from agentmesh.memory.rpc import RpcGroup
-from agentmesh.memory.sessions import (
-    Violations,
-    session_create_time,
-    working_memory_key,
-)
+from agentmesh.memory.sessions import Violations
+from agentmesh.memory.stores.sessions import session_create_time, working_memory_key
 from agentmesh.v1 import memory_pb2
 
 MAX_VALUE_BYTES: Final = 64 * 1024
