@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from agentmesh.core.settings import ENV_PREFIX, Check, load_settings
 from agentmesh.devstack._proc import find_executable
 from agentmesh.devstack.paths import migrations_dir
 
@@ -125,6 +126,18 @@ def rollback_all(database_url: str, *, migrations: Path | None = None) -> int:
     return count
 
 
+@dataclass(frozen=True)
+class _MigrateSettings:
+    """What the migration command reads from the environment."""
+
+    database_url: str | None = None
+    """``AGENTMESH_DATABASE_URL``: the database to migrate."""
+
+    def checks(self) -> list[Check]:
+        """Nothing to range-check: the URL is checked by connecting."""
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agentmesh.devstack.migrate",
@@ -135,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "--migrations-dir", type=Path, default=None, help="default: <repo>/migrations"
     )
     args = parser.parse_args(argv)
-    url = os.environ.get(DATABASE_URL_ENV)
+    url = load_settings(_MigrateSettings, prefix=ENV_PREFIX).database_url
     if not url:
         parser.error(
             f"{DATABASE_URL_ENV} is not set (e.g. postgresql://postgres@/agentmesh?host=<dir>)"

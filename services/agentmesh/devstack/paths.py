@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from agentmesh.core.settings import ENV_PREFIX, Check, load_settings
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """Where the repository's inputs are, when the package is installed away from them."""
+
+    repo_root: str | None = None
+    """``AGENTMESH_REPO_ROOT``: the directory holding ``migrations/``, ``envoy/`` and
+    ``gen/descriptors/``; unset means the checkout this package runs from."""
+
+    def checks(self) -> list[Check]:
+        """Nothing to range-check: any path is taken as given."""
+        return []
 
 
 def repo_root() -> Path:
@@ -12,7 +27,7 @@ def repo_root() -> Path:
     `AGENTMESH_REPO_ROOT` overrides it for layouts where the package is installed away
     from the sources (a container image that copies `migrations/` and `envoy/`).
     """
-    override = os.environ.get("AGENTMESH_REPO_ROOT")
+    override = load_settings(PathSettings, prefix=ENV_PREFIX).repo_root
     if override:
         return Path(override).resolve()
     here = Path(__file__).resolve()

@@ -12,17 +12,15 @@ NAMESPACE = "agentmesh"
 """Prefix of every Dramatiq key in Redis, so the broker shares Redis with Memory safely."""
 
 DIAGNOSTICS_QUEUE = "diagnostics"
-"""Queue of the worker probe actor (``agentmesh.job.actors.probe_worker``)."""
+"""Queue of the worker probe actor (``probe_worker``, see ``agentmesh.job.actors``)."""
 PROBE_KEY_PREFIX = "agentmesh:worker:probe:"
 """The probe actor writes ``PROBE_KEY_PREFIX + token`` to Redis when it ran."""
 
 
 def configure_broker(settings: Settings) -> RedisBroker:
-    """Builds the Redis broker for ``settings.redis_url`` and makes it Dramatiq's global one.
-
-    Dramatiq binds actors to the global broker when they are declared, so this runs
-    before the actors module is imported.
-    """
+    """Builds the Redis broker for ``settings.redis_url`` and makes it Dramatiq's global
+    one (Dramatiq's CLI takes the worker's broker from there). Called by entry points
+    only, never at import."""
     settings.require("redis_url")
     broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)
     # Actors may be coroutines (agent runs are async); AsyncIO gives each worker

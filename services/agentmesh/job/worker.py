@@ -1,8 +1,9 @@
 """``python -m agentmesh.job.worker``: one Dramatiq worker process over Redis.
 
-Runs Dramatiq's own CLI on :mod:`agentmesh.job.actors` (which configures the
-broker from ``AGENTMESH_*`` settings), so signals, restarts and thread pools
-behave exactly as Dramatiq documents them.
+Runs Dramatiq's own CLI, so signals, restarts and thread pools behave exactly as
+Dramatiq documents them. Its broker argument is :func:`boot`, which Dramatiq calls in
+every worker process: it loads the settings, builds the broker with our middleware
+and declares the actors on it. Nothing is configured at import time.
 
 Logs are JSON from the first line, in both processes of the tree:
 
@@ -21,7 +22,6 @@ carries the whole tree, in order.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from dramatiq.cli import main as dramatiq_main
@@ -29,18 +29,32 @@ from dramatiq.cli import make_argument_parser
 
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.job.actors import declare_actors
+from agentmesh.job.broker import configure_broker
+from agentmesh.job.settings import WorkerSettings
+from agentmesh.job.worker_middleware import WorkerObservability
 
 SERVICE = "worker"
 
 
-def dramatiq_args(threads: str) -> list[str]:
+def boot() -> None:
+    """Dramatiq's broker argument (``agentmesh.job.worker:boot``), called in each worker
+    process before it consumes: the broker from the settings, with logs and metrics
+    middleware, and every actor declared on it."""
+    settings = Settings.from_env(service=SERVICE)
+    broker = configure_broker(settings)
+    broker.add_middleware(WorkerObservability(settings))
+    declare_actors(broker)
+
+
+def dramatiq_args(threads: int) -> list[str]:
     """The Dramatiq command line the worker runs (without the program name)."""
     return [
-        "agentmesh.job.actors",
+        "agentmesh.job.worker:boot",
         "--processes",
         "1",
         "--threads",
-        threads,
+        str(threads),
         # Our JSON logging is configured before Dramatiq starts; without this flag
         # Dramatiq's basicConfig would add its plain-text format in the worker process.
         "--skip-logging",
@@ -56,12 +70,12 @@ def main() -> None:
     try:
         settings = Settings.from_env(service=SERVICE)
         settings.require("redis_url")
+        worker = WorkerSettings.from_env()
     except ConfigError as exc:
         print(f"agentmesh-{SERVICE}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings, stream=sys.stderr)
-    threads = os.environ.get("AGENTMESH_WORKER_THREADS", "8")
-    argv = dramatiq_args(threads)
+    argv = dramatiq_args(worker.threads)
     # Dramatiq re-executes sys.argv on SIGHUP (reload): make that this command again,
     # not the plain `dramatiq` script (which would log plain text).
     sys.argv = [sys.executable, "-m", "agentmesh.job.worker"]
