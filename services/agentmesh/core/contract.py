@@ -28,8 +28,8 @@ def fill_unimplemented(
     """Class decorator: every RPC of ``service`` the class does not define raises
     ``Unimplemented`` with the plan for it.
 
-    ``planned`` maps a method name to what is missing (e.g. "session storage,
-    issue 4"); the key ``*`` is the fallback. Methods defined on the class itself
+    ``planned`` maps a method name to the work that will add it (e.g. "durable jobs,
+    the Job service"); the key ``*`` is the fallback. Methods defined on the class itself
     are left alone, whether on the class itself or on a mixin it inherits.
 
     mypy sees the generated servicer's RPCs as abstract and cannot know this

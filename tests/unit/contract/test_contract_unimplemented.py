@@ -15,13 +15,13 @@ SERVICE = job_pb2.DESCRIPTOR.services_by_name["JobService"]
 
 
 class RetryRpcs:
-    """An RPC group mixin, as the Memory service assembles its servicer."""
+    """An RPC group mixin: a class the servicer inherits an RPC from."""
 
     async def RetryJob(self, request: Any, context: Any) -> job_pb2.Job:  # noqa: N802
         return job_pb2.Job(name="jobs/from-a-mixin")
 
 
-@fill_unimplemented(SERVICE, {"GetJob": "reads, issue 9", "*": "the Job issue"})
+@fill_unimplemented(SERVICE, {"GetJob": "job reads", "*": "durable jobs"})
 class PartialJobServicer(RetryRpcs, job_pb2_grpc.JobServiceServicer):
     async def CancelJob(self, request: Any, context: Any) -> job_pb2.Job:  # noqa: N802
         return job_pb2.Job(name="jobs/written-by-hand")
@@ -37,9 +37,9 @@ async def test_defined_methods_are_left_alone() -> None:
 
 async def test_unary_gap_names_its_plan() -> None:
     servicer: Any = PartialJobServicer()  # type: ignore[abstract]
-    with pytest.raises(Unimplemented, match=r"JobService\.GetJob.*reads, issue 9"):
+    with pytest.raises(Unimplemented, match=r"JobService\.GetJob.*job reads"):
         await servicer.GetJob(None, None)
-    with pytest.raises(Unimplemented, match=r"JobService\.CreateJob.*the Job issue"):
+    with pytest.raises(Unimplemented, match=r"JobService\.CreateJob.*durable jobs"):
         await servicer.CreateJob(None, None)
 
 
