@@ -63,6 +63,15 @@ class Violations:
             self.add(field, "must not contain NUL characters")
         return value
 
+    def text_bytes(self, value: str, field: str, *, max_bytes: int) -> str:
+        """Checks an optional text field bounded in UTF-8 bytes (what a row stores and a
+        response carries) rather than characters: at most ``max_bytes`` bytes, no NUL."""
+        if len(value.encode()) > max_bytes:
+            self.add(field, f"larger than {max_bytes} bytes")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters")
+        return value
+
     def raise_if_any(self) -> None:
         """Raises one InvalidArgument naming every violation collected, if any."""
         if self.items:

@@ -11,6 +11,7 @@ from uuid import UUID
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from agentmesh.core.errors import InvalidArgument
+from agentmesh.core.names import ResourcePattern
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -43,6 +44,28 @@ def struct_to_json(value: struct_pb2.Struct, *, field: str, max_bytes: int) -> s
     return text
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def struct_to_jsonb(value: struct_pb2.Struct, *, field: str, max_bytes: int) -> str:
+    """:func:`struct_to_json`, refusing as INVALID_ARGUMENT what ``jsonb`` would reject
+    (as INTERNAL): NaN and infinities (not JSON) and NUL in strings (``\\u0000``)."""
+    try:
+        text = struct_to_json(value, field=field, max_bytes=max_bytes)
+    except ValueError as exc:  # json_format: "Fail to serialize NaN ..."
+        raise InvalidArgument(field, f"not representable as JSON: {exc}") from None
+    if _has_nul(json.loads(text)):
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return text
+
+
 def json_to_struct(value: str | dict[str, Any] | None) -> struct_pb2.Struct:
     """A ``jsonb`` object (asyncpg returns text) as a Struct.
 
@@ -54,6 +77,12 @@ def json_to_struct(value: str | dict[str, Any] | None) -> struct_pb2.Struct:
         return message
     message.update(json.loads(value) if isinstance(value, str) else value)
     return message
+
+
+def optional_ref(name: str, pattern: ResourcePattern, *, field: str) -> str | None:
+    """The id of an optional reference such as ``sessions/{id}``: None (NULL) when the
+    name is empty; INVALID_ARGUMENT when it is not a name of ``pattern``."""
+    return pattern.parse(name, field=field) if name else None
 
 
 _MAX_VERSION: Final = 2**63 - 1  # a bigint column

@@ -8,12 +8,12 @@ to the one group that defines it and refuses an RPC defined twice or nowhere.
 from __future__ import annotations
 
 from agentmesh.core.contract import compose_servicer
-from agentmesh.memory.artifacts import ArtifactRpcs
 from agentmesh.memory.checkpoints import CheckpointRpcs
-from agentmesh.memory.decisions import DecisionRpcs
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.messages import MessageRpcs
+from agentmesh.memory.rpcs.artifacts import ArtifactRpcs
+from agentmesh.memory.rpcs.decisions import DecisionRpcs
 from agentmesh.memory.sessions import SessionRpcs
 from agentmesh.memory.store import StoreRpcs
 from agentmesh.memory.working import WorkingMemoryRpcs
