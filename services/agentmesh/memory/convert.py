@@ -43,6 +43,15 @@ def struct_to_json(value: struct_pb2.Struct, *, field: str, max_bytes: int) -> s
     return text
 
 
+def struct_json(value: struct_pb2.Struct, *, field: str, max_bytes: int) -> str:
+    """``struct_to_json`` that also reports values JSON cannot carry (NaN, infinities)
+    as INVALID_ARGUMENT instead of an internal error."""
+    try:
+        return struct_to_json(value, field=field, max_bytes=max_bytes)
+    except (ValueError, json_format.Error) as exc:
+        raise InvalidArgument(field, f"not representable as JSON: {exc}") from None
+
+
 def json_to_struct(value: str | dict[str, Any] | None) -> struct_pb2.Struct:
     """A ``jsonb`` object (asyncpg returns text) as a Struct.
 
