@@ -16,7 +16,7 @@ from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.rpcs.messages import MessageRpcs
 from agentmesh.memory.sessions import SessionRpcs
 from agentmesh.memory.store import StoreRpcs
-from agentmesh.memory.working import WorkingMemoryRpcs
+from agentmesh.memory.rpcs.working import WorkingMemoryRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 GROUPS = (
