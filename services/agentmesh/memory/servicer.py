@@ -14,9 +14,9 @@ from agentmesh.memory.decisions import DecisionRpcs
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.rpcs.messages import MessageRpcs
-from agentmesh.memory.sessions import SessionRpcs
-from agentmesh.memory.store import StoreRpcs
+from agentmesh.memory.rpcs.sessions import SessionRpcs
 from agentmesh.memory.rpcs.working import WorkingMemoryRpcs
+from agentmesh.memory.store import StoreRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 GROUPS = (
