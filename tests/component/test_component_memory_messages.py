@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from agentmesh.core.paging import encode_page_token
+from agentmesh.core.paging import Keyset, encode_page_token
 from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
@@ -397,8 +397,10 @@ async def test_list_rejects_bad_ranges_and_page_tokens(memory: Stub, tenant_a: M
         await expect_invalid(request(page_token=forged), "page_token")
     # Tokens are not signed: crafted for the right query, a bad position is refused.
     query = {"start": "", "end": "", "after": "0", "desc": "False"}
-    assert encode_page_token({"seq": 1}, query) == page.next_page_token  # same query
-    positions: list[dict[str, Any]] = [{}, {"seq": "1"}, {"seq": -1}, {"seq": 2**63}, {"seq": True}]
+    assert Keyset(int).encode([1], query) == page.next_page_token  # same query
+    # Positions of the earlier token format, and ill-typed ones of the current format.
+    positions: list[Any] = [{}, {"seq": "1"}, {"seq": -1}, {"seq": 2**63}, {"seq": True}]
+    positions += [[], ["1"], [2**63], [True], [1, 2], [1.5]]
     for position in positions:
         await expect_invalid(request(page_token=encode_page_token(position, query)), "page_token")
 

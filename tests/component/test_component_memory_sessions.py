@@ -430,10 +430,18 @@ async def test_list_rejects_foreign_and_forged_page_tokens(
         {"t": "2026-01-01T00:00:00", "id": "a"},
         {"t": "2026-01-01T00:00:00+00:00", "id": 7},
         {"t": 5, "id": "a"},
+        # The current format: (create time in microseconds, id), ill-typed.
+        [],
+        [5],
+        ["2026-01-01T00:00:00+00:00", "a"],
+        [5, 7],
+        [True, "a"],
+        [2**63, "a"],
+        [5, "a", "b"],
     ],
 )
 async def test_list_rejects_crafted_tokens_with_a_matching_filter(
-    memory: Stub, tenant_a: Metadata, position: dict[str, Any]
+    memory: Stub, tenant_a: Metadata, position: Any
 ) -> None:
     """Tokens are not signed: one built by a client for the right filter must still
     be refused when its position is not one the server would have written."""

@@ -59,7 +59,7 @@ def struct_to_jsonb(value: struct_pb2.Struct, *, field: str, max_bytes: int) -> 
     (as INTERNAL): NaN and infinities (not JSON) and NUL in strings (``\\u0000``)."""
     try:
         text = struct_to_json(value, field=field, max_bytes=max_bytes)
-    except ValueError as exc:  # json_format: "Fail to serialize NaN ..."
+    except (ValueError, json_format.Error) as exc:  # "Fail to serialize NaN ..."
         raise InvalidArgument(field, f"not representable as JSON: {exc}") from None
     if _has_nul(json.loads(text)):
         raise InvalidArgument(field, "must not contain NUL characters")

@@ -11,12 +11,12 @@ from agentmesh.core.contract import compose_servicer
 from agentmesh.memory.checkpoints import CheckpointRpcs
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
-from agentmesh.memory.messages import MessageRpcs
 from agentmesh.memory.rpcs.artifacts import ArtifactRpcs
 from agentmesh.memory.rpcs.decisions import DecisionRpcs
-from agentmesh.memory.sessions import SessionRpcs
+from agentmesh.memory.rpcs.messages import MessageRpcs
+from agentmesh.memory.rpcs.sessions import SessionRpcs
+from agentmesh.memory.rpcs.working import WorkingMemoryRpcs
 from agentmesh.memory.store import StoreRpcs
-from agentmesh.memory.working import WorkingMemoryRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 GROUPS = (

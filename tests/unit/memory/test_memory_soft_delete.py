@@ -9,7 +9,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from agentmesh.core.errors import to_rpc_status
-from agentmesh.memory.sessions import SessionDeletedError, SessionNotDeletedError
+from agentmesh.memory.domain.sessions import SessionDeletedError, SessionNotDeletedError
 from agentmesh.memory.stores.sessions import thread_session_deleted, thread_session_id
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,12 @@
-"""Storage of sessions: what other domains need of a session (its liveness, its
-working-memory key, its threads), shared by the session RPCs, messages, working memory,
+"""Storage of sessions: the session RPCs' SQL, and what other domains need of a session
+(its liveness, its working-memory key, its threads), shared by messages, working memory,
 checkpoints and the janitor. Every function takes the tenant first.
+
+Deletion is soft unless the purge delay is 0: ``soft_delete_session`` stamps
+``delete_time`` and ``purge_time`` and keeps the row with its messages, checkpoints and
+working memory; every read and write treats the session as missing (``LIVE``), its id
+stays taken, ``undelete_session`` clears the stamps before the purge time, and the
+janitor (or ``purge_due_session``) purges it afterwards.
 
 By convention a session's LangGraph threads have ``thread_id = <session id>`` or start
 with ``<session id>:``; they go with the session when it is purged.
@@ -8,19 +14,34 @@ with ``<session id>:``; they go with the session when it is purged.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
+from uuid import UUID
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
 
 from agentmesh.core.errors import NotFound
+from agentmesh.core.filtering import Term, timestamp_value
 from agentmesh.core.names import SESSIONS
+from agentmesh.core.sql import Where
+from agentmesh.memory.domain.sessions import Holder
 
 LIVE: Final = "delete_time IS NULL"
 """SQL condition on ``memory.sessions``: the session is not deleted. Every read and write
 of a session or what it holds adds it, so a deleted session is NOT_FOUND everywhere."""
+NOT_PURGED: Final = "(delete_time IS NULL OR purge_time > now())"
+"""Live, or deleted and still within its purge window (what ``show_deleted`` lists)."""
+COLUMNS: Final = (
+    "id, display_name, labels, metadata, message_count, last_sequence, version,"
+    " incarnation, create_time, update_time, delete_time, purge_time"
+)
+"""The columns of a session row as the RPCs return it."""
+_ETAG_MATCHES: Final = "($3::bigint IS NULL OR (version = $3 AND incarnation = $4::uuid))"
+"""A conditional write's etag check: none given ($3 NULL), or the version ($3) of the
+incarnation ($4) it names. An etag matches only its own incarnation of the id."""
 
 
 async def session_create_time(conn: asyncpg.Connection, tenant: str, session_id: str) -> datetime:
@@ -105,7 +126,211 @@ async def purge_due_session(
     )
     if purged is None:
         return False
-    await delete_session_threads(conn, tenant, session_id)
-    # Redis last: if it fails, the transaction rolls back and nothing is half-purged.
-    await redis_client.delete(working_memory_key(tenant, session_id))
+    await _delete_held(conn, redis_client, tenant, session_id)
     return True
+
+
+async def _delete_held(
+    conn: asyncpg.Connection, redis_client: redis.asyncio.Redis, tenant: str, session_id: str
+) -> None:
+    """What a session holds besides its messages (which cascade with its row): its
+    threads' checkpoints and its working memory, in the caller's transaction."""
+    await delete_session_threads(conn, tenant, session_id)
+    # Redis last and still inside the transaction: if it fails, the delete rolls back
+    # and a retry removes everything; working memory left by a racing update is ignored
+    # by the next incarnation of the id (stores/working.py).
+    await redis_client.delete(working_memory_key(tenant, session_id))
+
+
+# ------------------------------------------------------------------ the session RPCs
+
+
+async def get_session(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, session_id: str
+) -> asyncpg.Record | None:
+    """The tenant's live session (``COLUMNS``), or None."""
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM memory.sessions WHERE tenant = $1 AND id = $2 AND {LIVE}",
+        tenant,
+        session_id,
+    )
+
+
+async def session_is_live(conn: asyncpg.Connection, tenant: str, session_id: str) -> bool:
+    """Whether the tenant has this session and it is not deleted."""
+    found: bool = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM memory.sessions WHERE tenant = $1 AND id = $2 AND {LIVE})",
+        tenant,
+        session_id,
+    )
+    return found
+
+
+async def session_holder(conn: asyncpg.Connection, tenant: str, session_id: str) -> Holder | None:
+    """What holds the tenant's id (live or deleted, purged or not), or None."""
+    row = await conn.fetchrow(
+        "SELECT delete_time, purge_time FROM memory.sessions WHERE tenant = $1 AND id = $2",
+        tenant,
+        session_id,
+    )
+    return None if row is None else Holder(row["delete_time"], row["purge_time"])
+
+
+def _filter_sql(where: Where, terms: Sequence[Term]) -> None:
+    """Adds the parsed filter terms to ``where``. Field names and operators come from
+    the RPC's allow-list of filter fields, never from raw input."""
+    for term in terms:
+        if term.field.startswith("labels."):
+            where.add("labels @> {}::jsonb", json.dumps({term.key: term.value}))
+        else:
+            where.add(f"{term.field} {term.op} {{}}", timestamp_value(term.value))
+
+
+async def list_sessions(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    tenant: str,
+    *,
+    terms: Sequence[Term],
+    show_deleted: bool,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The tenant's sessions matching ``terms``, newest first (then by id), after the
+    position ``after`` (create time, id) of the previous page; at most ``limit``. Live
+    ones, or with ``show_deleted`` also the deleted ones not purged yet."""
+    where = Where(tenant)
+    where.add(NOT_PURGED if show_deleted else LIVE)
+    _filter_sql(where, terms)
+    if after is not None:
+        created, last_id = after
+        where.add("(create_time < {} OR (create_time = {} AND id > {}))", created, created, last_id)
+    sql = (
+        f"SELECT {COLUMNS} FROM memory.sessions WHERE {where.sql}"
+        f" ORDER BY create_time DESC, id LIMIT {where.param(limit)}"
+    )
+    rows: list[asyncpg.Record] = await conn.fetch(sql, *where.args)
+    return rows
+
+
+async def insert_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    display_name: str,
+    labels: str,
+    metadata: str | None,
+) -> asyncpg.Record | None:
+    """Inserts a session (labels and metadata as JSON text); None when the tenant's id
+    is taken (live or deleted)."""
+    return await conn.fetchrow(
+        "INSERT INTO memory.sessions (tenant, id, display_name, labels, metadata)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)"
+        f" ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}",
+        tenant,
+        session_id,
+        display_name,
+        labels,
+        metadata,
+    )
+
+
+async def update_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    expected: tuple[int, UUID | None] | None,
+    *,
+    display_name: str | None,
+    labels: str | None,
+    metadata: str | None,
+) -> asyncpg.Record | None:
+    """Writes the given fields of a live session (None keeps the stored value; labels
+    and metadata as JSON text) if its etag is ``expected`` (version, incarnation) or
+    none is expected; None when no row matched (missing, deleted or another etag)."""
+    # One static statement that checks the etag and writes: the happy path is one
+    # round trip.
+    version, incarnation = expected or (None, None)
+    return await conn.fetchrow(
+        "UPDATE memory.sessions SET"
+        " display_name = COALESCE($5, display_name),"
+        " labels = COALESCE($6::jsonb, labels),"
+        " metadata = COALESCE($7::jsonb, metadata),"
+        " version = version + 1, update_time = now()"
+        f" WHERE tenant = $1 AND id = $2 AND {LIVE} AND {_ETAG_MATCHES}"
+        f" RETURNING {COLUMNS}",
+        tenant,
+        session_id,
+        version,
+        incarnation,
+        display_name,
+        labels,
+        metadata,
+    )
+
+
+async def soft_delete_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    expected: tuple[int, UUID | None] | None,
+    *,
+    purge_after_s: int,
+) -> bool:
+    """Stamps a live session deleted, to be purged ``purge_after_s`` seconds from now,
+    if its etag is ``expected`` or none is; whether a row matched. Everything it holds
+    stays until the purge. The version moves, so etags read before the delete are stale
+    after an undelete."""
+    version, incarnation = expected or (None, None)
+    deleted = await conn.fetchval(
+        "UPDATE memory.sessions SET delete_time = now(),"
+        " purge_time = now() + make_interval(secs => $5), version = version + 1"
+        f" WHERE tenant = $1 AND id = $2 AND {LIVE} AND {_ETAG_MATCHES} RETURNING id",
+        tenant,
+        session_id,
+        version,
+        incarnation,
+        float(purge_after_s),
+    )
+    return deleted is not None
+
+
+async def hard_delete_session(
+    conn: asyncpg.Connection,
+    redis_client: redis.asyncio.Redis,
+    tenant: str,
+    session_id: str,
+    expected: tuple[int, UUID | None] | None,
+) -> bool:
+    """Deletes a live session if its etag is ``expected`` or none is, in the caller's
+    transaction, with all it holds: its messages (ON DELETE CASCADE), its threads'
+    checkpoints, its working memory. Returns whether a row matched."""
+    version, incarnation = expected or (None, None)
+    deleted = await conn.fetchval(
+        "DELETE FROM memory.sessions"
+        f" WHERE tenant = $1 AND id = $2 AND {LIVE} AND {_ETAG_MATCHES} RETURNING id",
+        tenant,
+        session_id,
+        version,
+        incarnation,
+    )
+    if deleted is None:
+        return False
+    await _delete_held(conn, redis_client, tenant, session_id)
+    return True
+
+
+async def undelete_session(
+    conn: asyncpg.Connection | asyncpg.Pool, tenant: str, session_id: str
+) -> asyncpg.Record | None:
+    """Clears the deletion of a deleted session before its purge time (``COLUMNS``);
+    None when no such session is there to undelete. Past its purge time a session is
+    purged for every purpose, whether or not the janitor has removed the row yet. The
+    version moves: a new etag."""
+    return await conn.fetchrow(
+        "UPDATE memory.sessions SET delete_time = NULL, purge_time = NULL,"
+        " version = version + 1"
+        " WHERE tenant = $1 AND id = $2 AND delete_time IS NOT NULL AND purge_time > now()"
+        f" RETURNING {COLUMNS}",
+        tenant,
+        session_id,
+    )
