@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -40,6 +40,7 @@ from agentmesh.memory.convert import (
     struct_to_json,
     timestamp,
 )
+from agentmesh.memory.domain.merging import MergeTarget, NewMemory, merged_fields, plan_merges
 from agentmesh.memory.embedders import embed_checked
 from agentmesh.memory.idempotency import claim, remember, validate_request_id
 from agentmesh.memory.rpc import RpcGroup
@@ -158,20 +159,6 @@ def _validate_session(name: str, field_name: str) -> str | None:
     return SESSIONS.parse(name, field=field_name) if name else None
 
 
-@dataclass
-class NewMemory:
-    """A validated create request; ``embedding`` is filled in before the write."""
-
-    namespace: str
-    kind: int
-    content: str
-    metadata: dict[str, Any]
-    embedding: list[float] | None
-    session: str | None
-    expire_time: datetime | None
-    request_id: str
-
-
 def validate_create(
     request: memory_pb2.CreateMemoryRequest, dimension: int, prefix: str = ""
 ) -> NewMemory:
@@ -257,67 +244,6 @@ def to_proto(row: asyncpg.Record) -> memory_pb2.Memory:
 
 
 # -------------------------------------------------- near-duplicate merging
-
-
-@dataclass
-class MergeTarget:
-    """Where a group of batch items ends up: an existing memory or a new row."""
-
-    existing_id: str | None
-    items: list[int] = field(default_factory=list)
-
-
-def plan_merges(
-    count: int,
-    existing: dict[int, tuple[str, float]],
-    earlier: dict[int, list[tuple[int, float]]],
-) -> tuple[list[MergeTarget], list[int]]:
-    """Decides, in request order, what each of ``count`` items becomes.
-
-    ``existing[j]`` is item j's most similar live memory at or above the threshold
-    (id, similarity); ``earlier[j]`` lists earlier items of the batch in the same
-    namespace at or above it. An item merges into the target of its most similar
-    predecessor, existing or earlier in the batch; otherwise it starts a new memory.
-    Returns the targets and each item's target index.
-    """
-    targets: list[MergeTarget] = []
-    target_of: list[int] = []
-    by_existing: dict[str, int] = {}
-    for j in range(count):
-        best: tuple[float, int] | None = None  # (similarity, target index)
-        if j in existing:
-            memory_id, similarity = existing[j]
-            if memory_id not in by_existing:
-                by_existing[memory_id] = len(targets)
-                targets.append(MergeTarget(memory_id))
-            best = (similarity, by_existing[memory_id])
-        for i, similarity in earlier.get(j, ()):
-            if best is None or similarity > best[0]:
-                best = (similarity, target_of[i])
-        if best is None:
-            targets.append(MergeTarget(None))
-            best = (1.0, len(targets) - 1)
-        targets[best[1]].items.append(j)
-        target_of.append(best[1])
-    # An existing memory whose item merged elsewhere keeps an empty target: skipped.
-    return targets, target_of
-
-
-def _merged_fields(items: Sequence[NewMemory]) -> dict[str, Any]:
-    """The values a group of merged writes leaves behind: the latest write wins for
-    content, vector, session and expiry; metadata keys accumulate."""
-    metadata: dict[str, Any] = {}
-    for item in items:
-        metadata.update(item.metadata)
-    sessions = [item.session for item in items if item.session]
-    last = items[-1]
-    return {
-        "content": last.content,
-        "embedding": last.embedding,
-        "metadata": json.dumps(metadata, separators=(",", ":"), sort_keys=True),
-        "session": sessions[-1] if sessions else None,
-        "expire_time": last.expire_time,
-    }
 
 
 def _vectors(values: Iterable[list[float] | None]) -> list[Vector]:
@@ -406,7 +332,7 @@ async def _insert(
     if not new:
         return {}
     groups = list(new.values())
-    merged = [_merged_fields(group) for group in groups]
+    merged = [merged_fields(group) for group in groups]
     # clock_timestamp(), not now(): rows of one batch get distinct, increasing
     # creation times, so "newest first" keeps the batch's order stable. It is read
     # once per row (the LATERAL refers to the row, so it is evaluated per row) and
@@ -446,7 +372,7 @@ async def _merge_into(
     if not existing:
         return {}
     groups = list(existing.values())
-    merged = [_merged_fields(group) for group in groups]
+    merged = [merged_fields(group) for group in groups]
     rows = await conn.fetch(
         f"""
             UPDATE memory.memories AS m SET
