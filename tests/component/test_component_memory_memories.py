@@ -30,15 +30,11 @@ from agentmesh.core.errors import ResourceExhausted
 from agentmesh.core.server import start_server
 from agentmesh.core.settings import ConfigError, Settings
 from agentmesh.memory.app import build_memory
+from agentmesh.memory.domain.merging import plan_merges
 from agentmesh.memory.embedders import EmbedderUnavailable, build_embedder
-from agentmesh.memory.memories import (
-    SearchQuery,
-    check_memory_store,
-    ensure_hnsw_index,
-    plan_merges,
-    search_sql,
-)
 from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.memory_index import check_memory_store, ensure_hnsw_index
+from agentmesh.memory.stores.memory_search import SearchQuery, search_sql
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).

@@ -89,7 +89,7 @@ from agentmesh.devstack.redis import RedisServer
 from agentmesh.devstack.stack import StackPorts, check_health
 from agentmesh.memory.app import SERVICE_NAME as MEMORY_SERVICE
 from agentmesh.memory.embedders.hashing import HashEmbedder
-from agentmesh.memory.memories import INDEXED, nearest
+from agentmesh.memory.stores.memory_search import INDEXED, nearest
 from agentmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 
 Stub: TypeAlias = "memory_pb2_grpc.MemoryServiceAsyncStub"

@@ -12,9 +12,9 @@ from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.janitor import start_janitor, stop_janitor
-from agentmesh.memory.memories import prepare_memory_store, search_session_settings
 from agentmesh.memory.servicer import memory_servicer
 from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.memory_index import prepare_memory_store, search_session_settings
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
@@ -30,7 +30,7 @@ async def build_memory(
     settings.require("database_url", "redis_url")
     chosen = embedder or build_embedder(memory, timeout_s=settings.client_deadline_ms / 1000)
     # Searches use these as connection defaults, so a search is one round trip
-    # (no transaction just to SET LOCAL them); see memories.run_search.
+    # (no transaction just to SET LOCAL them); see memory_search.run_search.
     pool = await create_pool(settings, server_settings=search_session_settings(memory))
     # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
     # match the settings; rebuilds the index when its m / ef_construction changed.

@@ -43,8 +43,8 @@ from prometheus_client import Counter
 
 from agentmesh.core.outages import as_unavailable
 from agentmesh.core.settings import Settings
-from agentmesh.memory.memories import purge_expired_memories
 from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.memories import purge_expired_memories
 from agentmesh.memory.stores.sessions import delete_session_threads, working_memory_key
 
 LOCK_KEY: Final = int.from_bytes(b"am:janit")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from agentmesh.core.contract import compose_servicer
 from agentmesh.memory.checkpoints import CheckpointRpcs
 from agentmesh.memory.deps import MemoryDeps
-from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.rpcs.artifacts import ArtifactRpcs
 from agentmesh.memory.rpcs.decisions import DecisionRpcs
+from agentmesh.memory.rpcs.memories import MemoryRpcs
 from agentmesh.memory.rpcs.messages import MessageRpcs
 from agentmesh.memory.rpcs.sessions import SessionRpcs
 from agentmesh.memory.rpcs.working import WorkingMemoryRpcs

@@ -1,0 +1,266 @@
+"""MemoryService RPCs: long-term memories (create, get, list, update, delete, search).
+
+Memories live in ``memory.memories`` with a pgvector embedding and an HNSW index
+(cosine). Three rules shape them:
+
+* Every bad input is INVALID_ARGUMENT naming its field before anything reaches
+  PostgreSQL (``memories_validation.py``).
+* A write whose vector is within ``merge_similarity`` of a live memory in the same
+  tenant and namespace updates that memory instead of adding a copy
+  (``domain/merging.py``, ``stores/memories.py``).
+* Expired memories do not exist for any read (``stores/memory_search.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+import asyncpg  # type: ignore[import-untyped]
+from google.protobuf import empty_pb2
+
+from agentmesh.core.contract import ServicerContext
+from agentmesh.core.errors import Aborted, InvalidArgument, NotFound
+from agentmesh.core.names import MEMORIES, SESSIONS
+from agentmesh.core.paging import Keyset, page_size
+from agentmesh.memory.convert import etag, json_to_struct, parse_etag, struct_to_json, timestamp
+from agentmesh.memory.domain.merging import NewMemory
+from agentmesh.memory.embedders import embed_checked
+from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpcs.memories_validation import (
+    KINDS,
+    MAX_METADATA_BYTES,
+    list_filter,
+    update_values,
+    validate_batch,
+    validate_content,
+    validate_create,
+    validate_namespace,
+    validate_vector,
+)
+from agentmesh.memory.stores.memories import (
+    delete_memory,
+    get_memory,
+    list_memories,
+    lock_memory_version,
+    update_memory,
+    write_memories,
+)
+from agentmesh.memory.stores.memory_search import SearchQuery, run_search
+from agentmesh.v1 import memory_pb2
+
+DEFAULT_PAGE_SIZE: Final = 50
+DEFAULT_TOP_K: Final = 10
+MAX_TOP_K: Final = 100
+PAGE: Final = Keyset(datetime, str)
+"""ListMemories pages: newest first, by (create_time, id)."""
+
+
+def to_proto(row: asyncpg.Record) -> memory_pb2.Memory:
+    """A stored row as the wire resource (the embedding is INPUT_ONLY: never sent)."""
+    # One constructor call (None leaves a message field unset): a search builds up to
+    # a hundred of these per call.
+    return memory_pb2.Memory(
+        name=MEMORIES.format(row["id"]),
+        namespace=row["namespace"],
+        kind=row["kind"],
+        content=row["content"],
+        metadata=json_to_struct(row["metadata"]),
+        session=SESSIONS.format(row["session"]) if row["session"] else "",
+        merge_count=row["merge_count"],
+        etag=etag(row["version"]),
+        expire_time=timestamp(row["expire_time"]),
+        create_time=timestamp(row["create_time"]),
+        update_time=timestamp(row["update_time"]),
+    )
+
+
+class MemoryRpcs(RpcGroup):
+    """Long-term memories: create, batch create, get, list, update, delete, search."""
+
+    @property
+    def _dimension(self) -> int:
+        return self.deps.settings.embedding_dim
+
+    async def CreateMemory(
+        self, request: memory_pb2.CreateMemoryRequest, context: ServicerContext
+    ) -> memory_pb2.Memory:
+        item = validate_create(request, self._dimension)
+        await self._embed([item])
+        tenant = self.tenant()
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+
+            async def write() -> memory_pb2.Memory:
+                (row,) = await write_memories(
+                    conn, tenant, [item], self.deps.settings.merge_similarity
+                )
+                return to_proto(row)
+
+            return await self.deps.request_ids.once(
+                conn, tenant, "CreateMemory", request, memory_pb2.Memory, write
+            )
+
+    async def BatchCreateMemories(
+        self, request: memory_pb2.BatchCreateMemoriesRequest, context: ServicerContext
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        items = validate_batch(request.requests, self._dimension)
+        await self._embed(items)
+        tenant = self.tenant()
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            replayed = await self._claim_all(conn, tenant, items, request.requests)
+            fresh = [j for j in range(len(items)) if j not in replayed]
+            rows = await write_memories(
+                conn, tenant, [items[j] for j in fresh], self.deps.settings.merge_similarity
+            )
+            results = dict(replayed)
+            for j, row in zip(fresh, rows, strict=True):
+                results[j] = to_proto(row)
+                await self.deps.request_ids.remember(
+                    conn, tenant, "CreateMemory", items[j].request_id, results[j]
+                )
+        return memory_pb2.BatchCreateMemoriesResponse(
+            memories=[results[j] for j in range(len(items))]
+        )
+
+    async def _embed(self, items: Sequence[NewMemory]) -> None:
+        """Embeds the items that carry no vector in ONE embedder call, before (outside)
+        the write's transaction: a remote provider may take seconds."""
+        missing = [item for item in items if item.embedding is None]
+        vectors = await embed_checked(
+            self.deps.embedder, [item.content for item in missing], self._dimension
+        )
+        for item, vector in zip(missing, vectors, strict=True):
+            item.embedding = vector
+
+    async def _claim_all(
+        self,
+        conn: asyncpg.Connection,
+        tenant: str,
+        items: Sequence[NewMemory],
+        requests: Sequence[memory_pb2.CreateMemoryRequest],
+    ) -> dict[int, memory_pb2.Memory]:
+        """Claims every item's request_id (sorted: two overlapping batches must not
+        deadlock); returns the stored responses of items that were done before. A key
+        reused for a different CreateMemoryRequest (single or batch item alike) is
+        INVALID_ARGUMENT on that item's request_id."""
+        replayed: dict[int, memory_pb2.Memory] = {}
+        keyed = sorted((item.request_id, j) for j, item in enumerate(items) if item.request_id)
+        for request_id, j in keyed:
+            replay = await self.deps.request_ids.claim(
+                conn,
+                tenant,
+                "CreateMemory",
+                request_id,
+                memory_pb2.Memory,
+                request=requests[j],
+                field=f"requests[{j}].request_id",
+            )
+            if replay is not None:
+                replayed[j] = replay
+        return replayed
+
+    async def GetMemory(
+        self, request: memory_pb2.GetMemoryRequest, context: ServicerContext
+    ) -> memory_pb2.Memory:
+        row = await get_memory(self.deps.pool, self.tenant(), MEMORIES.parse(request.name))
+        if row is None:
+            raise NotFound(MEMORIES.resource_type, request.name)
+        return to_proto(row)
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: ServicerContext
+    ) -> memory_pb2.ListMemoriesResponse:
+        size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
+        conditions = list_filter(request.filter)
+        query = {"filter": request.filter}
+        after = PAGE.decode(request.page_token, query)
+        rows = await list_memories(self.deps.pool, self.tenant(), conditions, after, size + 1)
+        page, token = PAGE.page(rows, size, query, key=lambda row: (row["create_time"], row["id"]))
+        return memory_pb2.ListMemoriesResponse(
+            memories=[to_proto(row) for row in page], next_page_token=token
+        )
+
+    async def UpdateMemory(
+        self, request: memory_pb2.UpdateMemoryRequest, context: ServicerContext
+    ) -> memory_pb2.Memory:
+        memory = request.memory
+        memory_id = MEMORIES.parse(memory.name, field="memory.name")
+        changes = update_values(request, self._dimension)
+        expected = parse_etag(memory.etag, field="memory.etag") if memory.etag else None
+        if "content" in changes and changes.get("embedding") is None:
+            (changes["embedding"],) = await embed_checked(
+                self.deps.embedder, [changes["content"]], self._dimension
+            )
+        tenant = self.tenant()
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            version = await lock_memory_version(conn, tenant, memory_id)
+            if version is None:
+                raise NotFound(MEMORIES.resource_type, memory.name)
+            if expected is not None and expected != version:
+                raise Aborted("ETAG_MISMATCH", f"{memory.name} changed since it was read")
+            row = await update_memory(conn, tenant, memory_id, changes)
+        return to_proto(row)
+
+    async def DeleteMemory(
+        self, request: memory_pb2.DeleteMemoryRequest, context: ServicerContext
+    ) -> empty_pb2.Empty:
+        memory_id = MEMORIES.parse(request.name)
+        deleted = await delete_memory(self.deps.pool, self.tenant(), memory_id)
+        if not deleted and not request.allow_missing:
+            raise NotFound(MEMORIES.resource_type, request.name)
+        return empty_pb2.Empty()
+
+    async def SearchMemories(
+        self, request: memory_pb2.SearchMemoriesRequest, context: ServicerContext
+    ) -> memory_pb2.SearchMemoriesResponse:
+        query = await self._search_query(request)
+        async with self.deps.pool.acquire() as conn:
+            hits = await run_search(conn, self.tenant(), query, self.deps.settings.hnsw_ef_search)
+        return memory_pb2.SearchMemoriesResponse(
+            results=[
+                memory_pb2.ScoredMemory(memory=to_proto(row), score=score) for row, score in hits
+            ]
+        )
+
+    async def _search_query(self, request: memory_pb2.SearchMemoriesRequest) -> SearchQuery:
+        """Validates everything first, and embeds the text last (a provider call is
+        the expensive part; a bad top_k should not cost one)."""
+        which = request.WhichOneof("query")
+        if which is None:
+            raise InvalidArgument("query", "required: text or vector")
+        if which == "vector":
+            validate_vector(request.vector.values, self._dimension, "vector.values")
+        else:
+            validate_content(request.text, "text")
+        if request.namespace_prefix:
+            validate_namespace(request.namespace_prefix, "namespace_prefix")
+        kinds = []
+        for i, kind in enumerate(request.kinds):
+            if kind not in KINDS:
+                raise InvalidArgument(f"kinds[{i}]", f"unknown or unspecified kind {kind}")
+            kinds.append(kind)
+        top_k = request.top_k or DEFAULT_TOP_K
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidArgument("top_k", f"must be 1-{MAX_TOP_K} (0 means {DEFAULT_TOP_K})")
+        if not -1.0 <= request.min_score <= 1.0:  # also refuses NaN
+            raise InvalidArgument("min_score", "must be in [-1, 1]")
+        metadata = (
+            struct_to_json(
+                request.metadata_filter, field="metadata_filter", max_bytes=MAX_METADATA_BYTES
+            )
+            if request.HasField("metadata_filter") and request.metadata_filter.fields
+            else None
+        )
+        if which == "vector":
+            vector = list(request.vector.values)
+        else:
+            (vector,) = await embed_checked(self.deps.embedder, [request.text], self._dimension)
+        return SearchQuery(
+            vector=vector,
+            namespace_prefix=request.namespace_prefix,
+            kinds=tuple(kinds),
+            metadata_filter=metadata,
+            top_k=top_k,
+            min_score=request.min_score,
+        )
