@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from agentmesh.core.contract import compose_servicer
 from agentmesh.memory.artifacts import ArtifactRpcs
-from agentmesh.memory.checkpoints import CheckpointRpcs
 from agentmesh.memory.decisions import DecisionRpcs
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.messages import MessageRpcs
+from agentmesh.memory.rpcs.checkpoints import CheckpointRpcs
 from agentmesh.memory.sessions import SessionRpcs
 from agentmesh.memory.store import StoreRpcs
 from agentmesh.memory.working import WorkingMemoryRpcs
