@@ -14,8 +14,8 @@ from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.memories import MemoryRpcs
 from agentmesh.memory.messages import MessageRpcs
 from agentmesh.memory.rpcs.checkpoints import CheckpointRpcs
+from agentmesh.memory.rpcs.store_items import StoreRpcs
 from agentmesh.memory.sessions import SessionRpcs
-from agentmesh.memory.store import StoreRpcs
 from agentmesh.memory.working import WorkingMemoryRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
