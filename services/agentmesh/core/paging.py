@@ -28,8 +28,9 @@ _NOT_OURS: Final = "not a page token issued by this method"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _BIGINT: Final = 2**63
-_MAX_KEY_CHARS: Final = 1024
-"""Longest text value of a position; ids and names of every list are far shorter."""
+_MAX_KEY_CHARS: Final = 4096
+"""Longest text value of a position: the longest sort key any list has (a checkpoint
+namespace, at most 4096 characters)."""
 
 R = TypeVar("R")
 

@@ -85,6 +85,27 @@ def optional_ref(name: str, pattern: ResourcePattern, *, field: str) -> str | No
     return pattern.parse(name, field=field) if name else None
 
 
+def json_object(text: str, *, field: str, max_bytes: int) -> dict[str, Any]:
+    """JSON object text as a ``jsonb`` column takes it: at most ``max_bytes`` (UTF-8),
+    strict JSON (no ``NaN``/``Infinity``), an object, no NUL in strings (``\\u0000``,
+    which ``jsonb`` cannot store). INVALID_ARGUMENT on ``field`` otherwise."""
+    if len(text.encode()) > max_bytes:
+        raise InvalidArgument(field, f"larger than {max_bytes} bytes")
+
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=reject_constant)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    if "\\u0000" in text:
+        raise InvalidArgument(field, "must not contain NUL characters (\\u0000)")
+    return value
+
+
 _MAX_VERSION: Final = 2**63 - 1  # a bigint column
 _SESSION_ETAG: Final = re.compile(r"([0-9]{1,19})(?:-([0-9a-f]{32}))?")
 

@@ -46,6 +46,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.memory.stores.memories import purge_expired_memories
 from agentmesh.memory.stores.sessions import delete_session_threads, working_memory_key
+from agentmesh.memory.stores.store_items import purge_expired_store_items
 
 LOCK_KEY: Final = int.from_bytes(b"am:janit")
 """The advisory lock of the janitor (one 64-bit key, the same in every replica)."""
@@ -86,19 +87,6 @@ SELECT count(*) FROM gone
 """
 """Expired idempotency keys: ``expire_time < now()``, the test ``idempotency.claim``
 uses to take an expired key over (re-checked: a key claimed again meanwhile stays)."""
-
-_PURGE_STORE_ITEMS: Final = """
-WITH gone AS (
-    DELETE FROM memory.store_items
-    WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM memory.store_items WHERE expire_time <= now() LIMIT $1
-    )) AND expire_time <= now()
-    RETURNING 1
-)
-SELECT count(*) FROM gone
-"""
-"""Expired store items, as ``store.py``'s sweep sees them (a read that refreshed an
-item's TTL meanwhile keeps it: the condition is checked again on the row)."""
 
 _DUE_SESSIONS: Final = """
 SELECT tenant, id FROM memory.sessions WHERE purge_time <= now()
@@ -195,7 +183,7 @@ async def run_janitor_pass(
             "request_ids", lambda limit: fetch_count(_PURGE_REQUEST_IDS, limit), size
         )
         store_items = await _drain(
-            "store_items", lambda limit: fetch_count(_PURGE_STORE_ITEMS, limit), size
+            "store_items", lambda limit: purge_expired_store_items(conn, limit), size
         )
         sessions = await _drain(
             "sessions",

@@ -8,15 +8,15 @@ to the one group that defines it and refuses an RPC defined twice or nowhere.
 from __future__ import annotations
 
 from agentmesh.core.contract import compose_servicer
-from agentmesh.memory.checkpoints import CheckpointRpcs
 from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.rpcs.artifacts import ArtifactRpcs
+from agentmesh.memory.rpcs.checkpoints import CheckpointRpcs
 from agentmesh.memory.rpcs.decisions import DecisionRpcs
 from agentmesh.memory.rpcs.memories import MemoryRpcs
 from agentmesh.memory.rpcs.messages import MessageRpcs
 from agentmesh.memory.rpcs.sessions import SessionRpcs
+from agentmesh.memory.rpcs.store_items import StoreRpcs
 from agentmesh.memory.rpcs.working import WorkingMemoryRpcs
-from agentmesh.memory.store import StoreRpcs
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 GROUPS = (
