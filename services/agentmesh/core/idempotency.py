@@ -26,6 +26,7 @@ import asyncpg  # type: ignore[import-untyped]
 from google.protobuf.message import Message
 
 from agentmesh.core.errors import InvalidArgument
+from agentmesh.core.sql import delete_batch
 from agentmesh.core.validation import validate_request_id
 
 M = TypeVar("M", bound=Message)
@@ -174,17 +175,5 @@ class RequestIds:
     async def purge_expired(self, conn: asyncpg.Connection, limit: int) -> int:
         """Deletes at most ``limit`` expired keys (any tenant: housekeeping); returns how
         many. Re-checked on the row, so a key claimed again meanwhile stays."""
-        deleted: int = await conn.fetchval(
-            f"""
-            WITH gone AS (
-                DELETE FROM {self.table}
-                WHERE ctid = ANY(ARRAY(
-                    SELECT ctid FROM {self.table} WHERE expire_time < now() LIMIT $1
-                )) AND expire_time < now()
-                RETURNING 1
-            )
-            SELECT count(*) FROM gone
-            """,
-            limit,
-        )
-        return deleted
+        # expire_time < now(): the test claim() uses to take an expired key over.
+        return await delete_batch(conn, self.table, "expire_time < now()", limit)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 
 class Where:
     """A WHERE clause with numbered parameters; its first condition is always the
@@ -39,3 +41,27 @@ class Where:
     def sql(self) -> str:
         """The conditions joined with AND (no ``WHERE`` keyword)."""
         return " AND ".join(self.conditions)
+
+
+async def delete_batch(
+    db: asyncpg.Pool | asyncpg.Connection, table: str, condition: str, limit: int
+) -> int:
+    """Deletes at most ``limit`` rows of ``table`` (every tenant: housekeeping) that
+    match ``condition``; returns how many. One statement: the rows are picked by
+    ``ctid`` and the condition is checked again on each, so a row that stopped
+    matching meanwhile (an expiry moved, a key claimed again) stays. ``table`` and
+    ``condition`` are SQL from the code, never from a client; janitors call this in
+    batches, each its own short transaction."""
+    deleted = await db.fetchval(
+        f"""
+        WITH gone AS (
+            DELETE FROM {table}
+            WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {condition} LIMIT $1))
+              AND {condition}
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+        """,
+        limit,
+    )
+    return int(deleted)

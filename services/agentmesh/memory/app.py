@@ -5,11 +5,10 @@ from __future__ import annotations
 import grpc
 
 from agentmesh.core.db import create_pool, ping_pool
-from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
-from agentmesh.memory.deps import MemoryDeps
+from agentmesh.memory.deps import MemoryDeps, memory_request_ids
 from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.janitor import start_janitor, stop_janitor
 from agentmesh.memory.servicer import memory_servicer
@@ -42,7 +41,7 @@ async def build_memory(
         pool=pool,
         redis=redis_client,
         embedder=chosen,
-        request_ids=RequestIds("memory.request_ids", ttl_s=memory.request_id_ttl_s),
+        request_ids=memory_request_ids(memory),
     )
     servicer = memory_servicer(deps)
 

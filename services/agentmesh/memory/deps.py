@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
@@ -11,6 +12,14 @@ from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
 from agentmesh.memory.settings import MemorySettings
+
+REQUEST_IDS_TABLE: Final = "memory.request_ids"
+"""Where the Memory service keeps its idempotency keys."""
+
+
+def memory_request_ids(settings: MemorySettings) -> RequestIds:
+    """The Memory service's idempotency keys, remembered ``request_id_ttl_s``."""
+    return RequestIds(REQUEST_IDS_TABLE, ttl_s=settings.request_id_ttl_s)
 
 
 @dataclass(frozen=True)

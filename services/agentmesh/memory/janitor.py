@@ -5,14 +5,14 @@ sessions it is what makes a deletion final. Every ``AGENTMESH_MEMORY_JANITOR_INT
 (0 disables it) each replica runs :func:`run_janitor_pass`, which deletes
 
 - ``memories``: memories past their ``expire_time``;
-- ``request_ids``: idempotency keys past their ``expire_time`` (``idempotency.py``
+- ``request_ids``: idempotency keys past their ``expire_time`` (``core.idempotency``
   reuses such a key anyway; this only removes the rows);
 - ``store_items``: LangGraph store items past their ``expire_time`` (writes of the same
   tenant sweep these too; the janitor also catches tenants that stopped writing);
 - ``sessions``: deleted sessions past their ``purge_time``, each with its messages
   (``ON DELETE CASCADE``), the checkpoints and writes of its threads
-  (``sessions.delete_session_threads``) and its working memory in Redis
-  (``sessions.working_memory_key``): what a hard DeleteSession removes.
+  and its working memory in Redis (``stores.sessions.purge_due_sessions``): what a hard
+  DeleteSession removes.
 
 Only one replica works at a time: a pass first takes a PostgreSQL advisory lock
 (``pg_try_advisory_lock``) and, when another replica holds it, does nothing. The lock
@@ -43,9 +43,10 @@ from prometheus_client import Counter
 
 from agentmesh.core.outages import as_unavailable
 from agentmesh.core.settings import Settings
+from agentmesh.memory.deps import memory_request_ids
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.memory.stores.memories import purge_expired_memories
-from agentmesh.memory.stores.sessions import delete_session_threads, working_memory_key
+from agentmesh.memory.stores.sessions import purge_due_sessions
 from agentmesh.memory.stores.store_items import purge_expired_store_items
 
 LOCK_KEY: Final = int.from_bytes(b"am:janit")
@@ -75,27 +76,6 @@ for _kind in KINDS:  # every series exists from the start, at 0
 for _outcome in ("done", "skipped", "failed"):
     PASSES.labels(_outcome)
 
-_PURGE_REQUEST_IDS: Final = """
-WITH gone AS (
-    DELETE FROM memory.request_ids
-    WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM memory.request_ids WHERE expire_time < now() LIMIT $1
-    )) AND expire_time < now()
-    RETURNING 1
-)
-SELECT count(*) FROM gone
-"""
-"""Expired idempotency keys: ``expire_time < now()``, the test ``idempotency.claim``
-uses to take an expired key over (re-checked: a key claimed again meanwhile stays)."""
-
-_DUE_SESSIONS: Final = """
-SELECT tenant, id FROM memory.sessions WHERE purge_time <= now()
-ORDER BY purge_time LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-"""Deleted sessions past their purge time, locked: an UndeleteSession racing the purge
-either restored the session before (then it is not due) or waits and finds it gone."""
-
 
 @dataclass(frozen=True)
 class JanitorReport:
@@ -120,29 +100,6 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
             "statement_timeout": str(settings.db_statement_timeout_ms),
         },
     )
-
-
-async def _purge_sessions(
-    conn: asyncpg.Connection, redis_client: redis.asyncio.Redis, limit: int
-) -> int:
-    """One batch of deleted sessions past their purge time, in one transaction."""
-    async with conn.transaction():
-        due = await conn.fetch(_DUE_SESSIONS, limit)
-        if not due:
-            return 0
-        for row in due:
-            await delete_session_threads(conn, row["tenant"], row["id"])
-        await conn.execute(
-            "DELETE FROM memory.sessions AS s"
-            " USING unnest($1::text[], $2::text[]) AS d (tenant, id)"
-            " WHERE s.tenant = d.tenant AND s.id = d.id",
-            [row["tenant"] for row in due],
-            [row["id"] for row in due],
-        )
-        # Redis last, inside the transaction (as DeleteSession does): if it fails, the
-        # batch rolls back and the next pass purges it whole.
-        await redis_client.delete(*(working_memory_key(row["tenant"], row["id"]) for row in due))
-    return len(due)
 
 
 async def _drain(kind: str, batch: Callable[[int], Awaitable[int]], limit: int) -> int:
@@ -173,27 +130,25 @@ async def run_janitor_pass(
             return JanitorReport(ran=False)
         size = memory.janitor_batch_size
 
-        async def fetch_count(sql: str, limit: int) -> int:
-            return int(await conn.fetchval(sql, limit))
-
+        request_ids = memory_request_ids(memory)
         memories = await _drain(
             "memories", lambda limit: purge_expired_memories(conn, limit=limit), size
         )
-        request_ids = await _drain(
-            "request_ids", lambda limit: fetch_count(_PURGE_REQUEST_IDS, limit), size
+        request_id_rows = await _drain(
+            "request_ids", lambda limit: request_ids.purge_expired(conn, limit), size
         )
         store_items = await _drain(
             "store_items", lambda limit: purge_expired_store_items(conn, limit), size
         )
         sessions = await _drain(
             "sessions",
-            lambda limit: _purge_sessions(conn, redis_client, limit),
+            lambda limit: purge_due_sessions(conn, redis_client, limit),
             min(size, SESSIONS_PER_BATCH),
         )
         return JanitorReport(
             ran=True,
             memories=memories,
-            request_ids=request_ids,
+            request_ids=request_id_rows,
             store_items=store_items,
             sessions=sessions,
         )

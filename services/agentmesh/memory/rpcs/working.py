@@ -19,6 +19,7 @@ from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import InvalidArgument
 from agentmesh.core.names import SESSIONS
 from agentmesh.core.validation import Violations
+from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.domain.working import WorkingMemoryLimitError, check_limits
 from agentmesh.memory.rpc import RpcGroup
 from agentmesh.memory.stores.sessions import session_create_time
@@ -26,6 +27,7 @@ from agentmesh.memory.stores.working import (
     OverLimit,
     WorkingHash,
     read_working_memory,
+    update_script,
     update_working_memory,
 )
 from agentmesh.v1 import memory_pb2
@@ -104,6 +106,10 @@ def _working_memory_proto(
 class WorkingMemoryRpcs(RpcGroup):
     """Working memory: per-session key/value in Redis with a TTL."""
 
+    def __init__(self, deps: MemoryDeps) -> None:
+        super().__init__(deps)
+        self._update_script = update_script(deps.redis)
+
     async def GetWorkingMemory(
         self, request: memory_pb2.GetWorkingMemoryRequest, context: ServicerContext
     ) -> memory_pb2.WorkingMemory:
@@ -140,7 +146,7 @@ class WorkingMemoryRpcs(RpcGroup):
         created = await session_create_time(self.deps.pool, tenant, session_id)
         update_us = time.time_ns() // 1000
         updated = await update_working_memory(
-            self.deps.redis,
+            self._update_script,
             tenant,
             session_id,
             created,

@@ -19,7 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 from pgvector import Vector
 
 from agentmesh.core.names import new_id
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import Where, delete_batch
 from agentmesh.memory.domain.merging import MergeTarget, NewMemory, merged_fields, plan_merges
 from agentmesh.memory.stores.memory_search import COLUMNS, LIVE, namespace_under, nearest
 
@@ -330,16 +330,4 @@ async def purge_expired_memories(db: asyncpg.Pool | asyncpg.Connection, *, limit
     already; this only reclaims space) in one statement; returns how many were
     deleted. The janitor (``janitor.py``) calls it in batches. The expiry is checked
     again on the row, so a memory whose expiry moved meanwhile stays."""
-    deleted = await db.fetchval(
-        """
-        WITH gone AS (
-            DELETE FROM memory.memories
-            WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM memory.memories WHERE expire_time <= now() LIMIT $1
-            )) AND expire_time <= now()
-            RETURNING 1)
-        SELECT count(*) FROM gone
-        """,
-        limit,
-    )
-    return int(deleted)
+    return await delete_batch(db, "memory.memories", "expire_time <= now()", limit)

@@ -142,6 +142,40 @@ async def _delete_held(
     await redis_client.delete(working_memory_key(tenant, session_id))
 
 
+_DUE_SESSIONS: Final = """
+SELECT tenant, id FROM memory.sessions WHERE purge_time <= now()
+ORDER BY purge_time LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+"""Deleted sessions past their purge time, locked: an UndeleteSession racing the purge
+either restored the session before (then it is not due) or waits and finds it gone."""
+
+
+async def purge_due_sessions(
+    conn: asyncpg.Connection, redis_client: redis.asyncio.Redis, limit: int
+) -> int:
+    """Purges at most ``limit`` deleted sessions past their purge time, of every tenant
+    (the janitor's housekeeping), in one transaction: each row (its messages cascade),
+    its threads' checkpoints and its working memory. Returns how many."""
+    async with conn.transaction():
+        due = await conn.fetch(_DUE_SESSIONS, limit)
+        if not due:
+            return 0
+        for row in due:
+            await delete_session_threads(conn, row["tenant"], row["id"])
+        await conn.execute(
+            "DELETE FROM memory.sessions AS s"
+            " USING unnest($1::text[], $2::text[]) AS d (tenant, id)"
+            " WHERE s.tenant = d.tenant AND s.id = d.id",
+            [row["tenant"] for row in due],
+            [row["id"] for row in due],
+        )
+        # Redis last, inside the transaction (as DeleteSession does): if it fails, the
+        # batch rolls back and the next pass purges it whole.
+        await redis_client.delete(*(working_memory_key(row["tenant"], row["id"]) for row in due))
+    return len(due)
+
+
 # ------------------------------------------------------------------ the session RPCs
 
 

@@ -15,7 +15,7 @@ from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import Where, delete_batch
 from agentmesh.memory.domain.store_items import WILDCARD, Compare, FilterTerm
 
 EMBEDDING_DIM: Final = 384
@@ -200,17 +200,4 @@ async def purge_expired_store_items(db: asyncpg.Pool | asyncpg.Connection, limit
     :func:`put_item` sees them, in one statement; returns how many were deleted. The
     janitor calls it in batches. The expiry is checked again on the row, so an item
     whose TTL a read refreshed meanwhile stays."""
-    deleted = await db.fetchval(
-        """
-        WITH gone AS (
-            DELETE FROM memory.store_items
-            WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM memory.store_items WHERE expire_time <= now() LIMIT $1
-            )) AND expire_time <= now()
-            RETURNING 1
-        )
-        SELECT count(*) FROM gone
-        """,
-        limit,
-    )
-    return int(deleted)
+    return await delete_batch(db, "memory.store_items", "expire_time <= now()", limit)

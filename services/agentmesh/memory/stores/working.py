@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Final
 
 import redis.asyncio
+from redis.commands.core import AsyncScript
 
 from agentmesh.memory.stores.sessions import working_memory_key
 
@@ -133,8 +134,14 @@ async def read_working_memory(
     return _decode(stored, _stamp(created)), ttl_ms
 
 
+def update_script(redis_client: redis.asyncio.Redis) -> AsyncScript:
+    """The merge script on ``redis_client``, registered once per process: it is sent by
+    its SHA (EVALSHA) once Redis knows it, and the SHA is computed here, not per call."""
+    return redis_client.register_script(_UPDATE_SCRIPT)
+
+
 async def update_working_memory(
-    redis_client: redis.asyncio.Redis,
+    script: AsyncScript,
     tenant: str,
     session_id: str,
     created: datetime,
@@ -148,9 +155,8 @@ async def update_working_memory(
 ) -> WorkingHash | OverLimit:
     """Merges the flat key/JSON ``pairs`` into the working memory of the tenant's session
     created at ``created``, removes ``remove_keys``, stamps it ``update_us`` and sets its
-    TTL, atomically; or changes nothing when that would go over a limit."""
-    # The script is sent by its SHA (EVALSHA) once Redis knows it.
-    script = redis_client.register_script(_UPDATE_SCRIPT)
+    TTL, atomically, with ``script`` (:func:`update_script`); or changes nothing when
+    that would go over a limit."""
     stamp = _stamp(created)
     refused, *result = await script(
         keys=[working_memory_key(tenant, session_id)],
