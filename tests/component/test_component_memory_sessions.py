@@ -830,7 +830,7 @@ async def test_delete_session_threads_removes_only_the_sessions_threads(
 async def test_delete_without_purge_window_removes_the_sessions_checkpoints(
     hard_delete: Stub, tenant_a: Metadata, db: asyncpg.Pool
 ) -> None:
-    """Wiring of the hook against the real checkpoint tables (owned by checkpoints.py);
+    """Wiring of the hook against the real checkpoint tables (owned by the checkpoints store);
     rows are written directly with only the columns the convention relies on."""
     memory = hard_delete
     created = await create(memory, tenant_a)

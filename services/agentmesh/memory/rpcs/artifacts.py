@@ -184,10 +184,7 @@ def _artifact_filter(text: str) -> ArtifactFilter:
 
 
 class ArtifactRpcs(RpcGroup):
-    """Versioned artifacts: put, get, list, list versions, delete.
-
-    RPCs not defined here answer UNIMPLEMENTED (see servicer.py).
-    """
+    """Versioned artifacts: put, get, list, list versions, delete."""
 
     async def PutArtifact(
         self, request: memory_pb2.PutArtifactRequest, context: ServicerContext

@@ -169,10 +169,7 @@ async def _tuples(
 
 
 class CheckpointRpcs(RpcGroup):
-    """LangGraph checkpoints: put, put writes, get, list, delete or copy threads, prune.
-
-    RPCs not defined here answer UNIMPLEMENTED (see servicer.py).
-    """
+    """LangGraph checkpoints: put, put writes, get, list, delete or copy threads, prune."""
 
     async def PutCheckpoint(
         self, request: memory_pb2.PutCheckpointRequest, context: ServicerContext

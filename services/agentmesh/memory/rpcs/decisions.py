@@ -292,10 +292,7 @@ def _decision_filter(terms: Sequence[Term]) -> DecisionFilter:
 
 
 class DecisionRpcs(RpcGroup):
-    """The decision audit trail: append, get, list.
-
-    RPCs not defined here answer UNIMPLEMENTED (see servicer.py).
-    """
+    """The decision audit trail: append, get, list."""
 
     async def CreateDecision(
         self, request: memory_pb2.CreateDecisionRequest, context: ServicerContext

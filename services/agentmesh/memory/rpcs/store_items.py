@@ -98,10 +98,7 @@ def _check_item_name(namespace: Sequence[str], key: str, *, field: str = "") -> 
 
 
 class StoreRpcs(RpcGroup):
-    """The LangGraph store: put, get, delete, search, list namespaces.
-
-    RPCs not defined here answer UNIMPLEMENTED (see servicer.py).
-    """
+    """The LangGraph store: put, get, delete, search, list namespaces."""
 
     async def PutStoreItem(
         self, request: memory_pb2.PutStoreItemRequest, context: ServicerContext
