@@ -9,10 +9,12 @@ from agentmesh.core.contract import ServicerContext, fill_unimplemented
 from agentmesh.core.errors import NotFound
 from agentmesh.core.filtering import BOOLEAN, EQUALITY, FieldRule, Term, parse_filter
 from agentmesh.core.names import AGENTS
-from agentmesh.core.paging import decode_page_token, encode_page_token, page_size
+from agentmesh.core.paging import Keyset, page_size
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 DEFAULT_PAGE_SIZE: Final = 50
+PAGE: Final = Keyset(str)
+"""ListAgents pages by agent id."""
 
 _FILTER_RULES: Final = {
     "labels.*": FieldRule(EQUALITY),
@@ -54,17 +56,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         size = page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         terms = parse_filter(request.filter, _FILTER_RULES)
         query = {"filter": request.filter}
-        position = decode_page_token(request.page_token, query)
-        after = str(position.get("after", "")) if position else ""
+        (after,) = PAGE.decode(request.page_token, query) or ("",)
         matching = [
             card
             for card in self._registry.cards()
             if card.agent_id > after and _matches(card, terms)
         ]
-        page = matching[:size]
-        next_token = (
-            encode_page_token({"after": page[-1].agent_id}, query) if len(matching) > size else ""
-        )
+        page, next_token = PAGE.page(matching, size, query, lambda card: (card.agent_id,))
         return agent_pb2.ListAgentsResponse(
             agents=[self._proto(card) for card in page], next_page_token=next_token
         )

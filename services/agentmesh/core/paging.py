@@ -50,31 +50,11 @@ def _fingerprint(query: Mapping[str, str]) -> str:
 
 
 def encode_page_token(position: Any, query: Mapping[str, str]) -> str:
-    """Encodes where the next page starts, bound to the query that produced it."""
+    """Encodes ``position`` (JSON) bound to the query that produced it: the one token
+    format, written by :meth:`Keyset.encode` (tests use it to build forged tokens)."""
     payload = {"p": position, "q": _fingerprint(query)}
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(
-    token: str, query: Mapping[str, str], *, field: str = "page_token"
-) -> dict[str, Any] | None:
-    """Returns the position of ``token`` (None for the first page).
-
-    Raises InvalidArgument when the token is malformed or was issued for another query.
-    """
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument(field, "not a page token issued by this method") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("p"), dict):
-        raise InvalidArgument(field, _NOT_OURS)
-    _check_query(payload, query, field)
-    position: dict[str, Any] = payload["p"]
-    return position
 
 
 def _check_query(payload: Mapping[str, Any], query: Mapping[str, str], field: str) -> None:
