@@ -37,7 +37,6 @@ import asyncio
 import functools
 import json
 import math
-import os
 import secrets
 import shlex
 import statistics
@@ -70,6 +69,7 @@ from agentmesh.bench.memory_data import (
 )
 from agentmesh.bench.procs import (
     BenchError,
+    bench_env,
     grpc_frame,
     grpc_metadata,
     handled_ok,
@@ -187,12 +187,8 @@ class Stack:
         return f"127.0.0.1:{self.ports.memory}"
 
     def memory_env(self, ef_search: int) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGENTMESH_OTLP_ENDPOINT"):
-            env.pop(key, None)
-        env.update(
+        return bench_env(
             {
-                "PYTHONUNBUFFERED": "1",
                 "AGENTMESH_ENV": "dev",
                 "AGENTMESH_GRPC_HOST": "127.0.0.1",
                 "AGENTMESH_GRPC_PORT": str(self.ports.memory),
@@ -208,7 +204,6 @@ class Stack:
                 "AGENTMESH_MEMORY_HNSW_EF_SEARCH": str(ef_search),
             }
         )
-        return env
 
     def start_memory(self, ef_search: int) -> None:
         """(Re)start `python -m agentmesh.memory` with this `hnsw.ef_search`."""
