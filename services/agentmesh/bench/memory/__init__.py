@@ -38,13 +38,25 @@ from __future__ import annotations
 
 from typing import Final
 
+from agentmesh.bench.memory.options import MemoryConfig
 from agentmesh.bench.memory.report import render
 from agentmesh.bench.memory.run import run
-from agentmesh.bench.suite import Bench
+from agentmesh.bench.suite import Bench, BenchOptions, JsonDict
 
-BENCH: Final = Bench(
-    name="memory",
-    title="Memory: GetSession/AppendMessages vs raw echo, SearchMemories recall, ingest",
-    run=run,
-    render=render,
-)
+
+def bench(config: MemoryConfig) -> Bench:
+    """This bench run with `config` (what `python -m agentmesh.bench.memory` sets)."""
+
+    def run_configured(opts: BenchOptions) -> JsonDict:
+        return run(opts, config)
+
+    return Bench(
+        name="memory",
+        title="Memory: GetSession/AppendMessages vs raw echo, SearchMemories recall, ingest",
+        run=run_configured,
+        render=render,
+    )
+
+
+BENCH: Final = bench(MemoryConfig())
+"""As `python -m agentmesh.bench` runs it: the default sizes."""

@@ -35,14 +35,6 @@ class MemoryConfig:
     """The command line when run as `python -m agentmesh.bench.memory`."""
 
 
-class _Current:
-    config = MemoryConfig()
-
-
-def configure(config: MemoryConfig) -> None:
-    _Current.config = config
-
-
 @dataclass(frozen=True)
 class Sizes:
     memories: int

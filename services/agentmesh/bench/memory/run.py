@@ -15,8 +15,8 @@ from agentmesh.bench.memory.options import (
     TARGET_RECALL,
     TARGET_SEARCH_P99_MS,
     TENANT,
+    MemoryConfig,
     Sizes,
-    _Current,
 )
 from agentmesh.bench.memory.rpc import run_rpc
 from agentmesh.bench.memory.search import run_search
@@ -28,8 +28,9 @@ from agentmesh.core.auth import mint_token
 from agentmesh.devstack.migrate import migrate_up
 
 
-def run(opts: BenchOptions) -> JsonDict:
-    config = _Current.config
+def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
+    """Starts the stack, runs rpc, ingest and search in that order, stops the stack; an
+    exception in a part aborts the rest and is recorded as a problem."""
     sizes = Sizes.of(opts, config)
     stack = start_stack(opts)
     token = mint_token(stack.secret, TENANT, subject="bench", ttl_s=6 * 3600)
