@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 from agentmesh.bench import core
 from agentmesh.bench.memory.options import (
@@ -180,7 +180,7 @@ def render(result: JsonDict) -> str:
     return "\n".join(lines)
 
 
-_METHOD_NOTES = """\
+_METHOD_NOTES: Final = """\
 **Method.** One embedded PostgreSQL 18 + pgvector (`shared_buffers = 1GB`, otherwise
 defaults, fsync on), one Redis, the real `python -m agentmesh.memory` (hash embedder,
 log level info, default pool of 10 connections), the raw grpc.aio echo of the `core`
