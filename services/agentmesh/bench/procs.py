@@ -12,7 +12,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -23,6 +23,7 @@ from agentmesh.agent.app import SERVICE_NAME
 from agentmesh.bench.echo_server import echo_agent
 from agentmesh.devstack import paths
 from agentmesh.devstack._proc import ChildProcess, wait_until
+from agentmesh.devstack.env import child_env
 from agentmesh.devstack.envoy_config import SERVICE_NAMES, dev_values, render_envoy_config
 from agentmesh.devstack.envoy_process import EnvoyProxy
 from agentmesh.devstack.stack import StackPorts, check_health
@@ -65,15 +66,14 @@ def start_echo_server(variant: str, port: int, secret: str, work_dir: Path) -> C
     name = f"echo-{variant.replace('+', '-')}"
     argv = [sys.executable, "-m", "agentmesh.bench.echo_server", "--variant", variant]
     argv += ["--port", str(port), "--secret", secret]
-    child = ChildProcess(name, argv, log_path=work_dir / f"{name}.log", env=_child_env())
+    child = ChildProcess(name, argv, log_path=work_dir / f"{name}.log", env=bench_env({}))
     wait_serving(child, f"127.0.0.1:{port}")
     return child
 
 
 def start_agent(port: int, metrics_port: int, secret: str, work_dir: Path) -> ChildProcess:
     """The real Agent service, as `make dev` runs it: `python -m agentmesh.agent`."""
-    env = _child_env()
-    env.update(
+    env = bench_env(
         {
             "AGENTMESH_ENV": "dev",
             "AGENTMESH_GRPC_HOST": "127.0.0.1",
@@ -94,13 +94,10 @@ def start_agent(port: int, metrics_port: int, secret: str, work_dir: Path) -> Ch
     return child
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
+def bench_env(values: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a process the bench starts, with these `AGENTMESH_*` values."""
     # No collector in the bench: spans are non-recording (tracing.configure_tracing).
-    for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "AGENTMESH_OTLP_ENDPOINT"):
-        env.pop(key, None)
-    return env
+    return child_env(os.environ, values, drop_otlp=True)
 
 
 def wait_serving(child: ChildProcess, address: str, timeout_s: float = 30.0) -> None:

@@ -1,6 +1,6 @@
 """What every bench shares: its options, its shape, the machine facts, the docs writer.
 
-A bench is a module exposing ``BENCH: Bench``; ``agentmesh.bench.__main__.BENCHES`` lists
+A bench is a module exposing ``BENCH: Bench``; ``agentmesh.bench.harness.BENCHES`` lists
 them. Each writes ``docs/benchmarks/agentmesh-<name>.json`` and rewrites only its own
 section of ``docs/benchmarks.md``, between ``<!-- bench:<name>:start -->`` and
 ``<!-- bench:<name>:end -->``; a missing section is appended, the rest of the file is

@@ -7,5 +7,6 @@ a temp directory, so what a developer runs is what the suite runs.
 
 Modules (imported explicitly, so `python -m agentmesh.devstack.<module>` runs cleanly):
 `stack` (DevStack, StackPorts), `postgres` (EmbeddedPostgres), `redis` (RedisServer),
-`migrate` (dbmate), `envoy_config` (render the Envoy template), `envoy_process` (EnvoyProxy).
+`migrate` (dbmate), `envoy_config` (render the Envoy template), `envoy_process` (EnvoyProxy),
+`env` (child_env: every child process's environment, for the bench and tests too).
 """

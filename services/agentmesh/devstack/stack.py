@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.devstack import paths
 from agentmesh.devstack._proc import ChildProcess, ConsoleEcho, port_is_listening, wait_port_free
+from agentmesh.devstack.env import child_env
 from agentmesh.devstack.envoy_config import (
     HEALTH_ROUTE_HEADER,
     SERVICE_NAMES,
@@ -202,28 +203,24 @@ class DevStack:
 
     def child_env(self, name: str) -> dict[str, str]:
         """The environment of child `name` (a service or `worker`)."""
-        env = dict(os.environ)
-        env.update(
-            {
-                "AGENTMESH_ENV": "dev",
-                "AGENTMESH_GRPC_HOST": "127.0.0.1",
-                "AGENTMESH_METRICS_PORT": str(self.ports.metrics_port(name)),
-                "AGENTMESH_DATABASE_URL": self.database_url,
-                "AGENTMESH_REDIS_URL": self.redis_url,
-                "AGENTMESH_AUTH_HS256_SECRET": self.secret,
-                "AGENTMESH_LOG_LEVEL": self.log_level,
-                # Logs reach the log file as they are written, not at exit.
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        values = {
+            "AGENTMESH_ENV": "dev",
+            "AGENTMESH_GRPC_HOST": "127.0.0.1",
+            "AGENTMESH_METRICS_PORT": str(self.ports.metrics_port(name)),
+            "AGENTMESH_DATABASE_URL": self.database_url,
+            "AGENTMESH_REDIS_URL": self.redis_url,
+            "AGENTMESH_AUTH_HS256_SECRET": self.secret,
+            "AGENTMESH_LOG_LEVEL": self.log_level,
+        }
         # Services reach each other through Envoy: per-request balancing, retries and
         # health-based routing are the same as in production.
         for svc in SERVICES:
-            env[f"AGENTMESH_{svc.upper()}_ADDR"] = self.internal_address
+            values[f"AGENTMESH_{svc.upper()}_ADDR"] = self.internal_address
         if name in SERVICES:
-            env["AGENTMESH_GRPC_PORT"] = str(self.ports.grpc_port(name))
-        env.update(self.extra_env)
-        return env
+            values["AGENTMESH_GRPC_PORT"] = str(self.ports.grpc_port(name))
+        values.update(self.extra_env)
+        # A developer's collector, if one is configured, sees the dev services' spans.
+        return child_env(os.environ, values, drop_otlp=False)
 
     def command(self, name: str) -> list[str]:
         if name in self.commands:

@@ -24,6 +24,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
 
+from agentmesh.devstack.env import child_env
 from agentmesh.devstack.redis import RedisServer
 from agentmesh.job.broker import DIAGNOSTICS_QUEUE, NAMESPACE, PROBE_KEY_PREFIX
 
@@ -63,14 +64,16 @@ def worker_output(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> d
     """Runs the worker through start, one message and SIGTERM; returns what it wrote."""
     out_dir = tmp_path_factory.mktemp("worker")
     stdout_path, stderr_path = out_dir / "stdout", out_dir / "stderr"
-    env = {
-        **os.environ,
-        "AGENTMESH_REDIS_URL": redis_url,
-        "AGENTMESH_METRICS_PORT": "0",
-        "AGENTMESH_LOG_LEVEL": "info",
-        "AGENTMESH_WORKER_THREADS": "2",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = child_env(
+        os.environ,
+        {
+            "AGENTMESH_REDIS_URL": redis_url,
+            "AGENTMESH_METRICS_PORT": "0",
+            "AGENTMESH_LOG_LEVEL": "info",
+            "AGENTMESH_WORKER_THREADS": "2",
+        },
+        drop_otlp=False,
+    )
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "agentmesh.job.worker"],

@@ -1,0 +1,102 @@
+"""The Memory bench's run: start the stack, run the three parts in order, record the method."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agentmesh.bench import core
+from agentmesh.bench.memory.ingest import run_ingest
+from agentmesh.bench.memory.options import (
+    DEFAULT_EF_SEARCH,
+    PG_SETTINGS,
+    TARGET_BATCH_RATE,
+    TARGET_GET_RATIO,
+    TARGET_RECALL,
+    TARGET_SEARCH_P99_MS,
+    TENANT,
+    MemoryConfig,
+    Sizes,
+)
+from agentmesh.bench.memory.rpc import run_rpc
+from agentmesh.bench.memory.search import run_search
+from agentmesh.bench.memory.stack import start_stack
+from agentmesh.bench.memory_data import DIMENSION, INTRINSIC_DIMENSION, NOISE_RATIO
+from agentmesh.bench.procs import start_echo_server
+from agentmesh.bench.suite import BenchOptions, JsonDict
+from agentmesh.core.auth import mint_token
+from agentmesh.devstack.migrate import migrate_up
+
+
+def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
+    """Starts the stack, runs rpc, ingest and search in that order, stops the stack; an
+    exception in a part aborts the rest and is recorded as a problem."""
+    sizes = Sizes.of(opts, config)
+    stack = start_stack(opts)
+    token = mint_token(stack.secret, TENANT, subject="bench", ttl_s=6 * 3600)
+    result: JsonDict = {"bench": "memory"}
+    problems: list[str] = []
+    t_start = time.monotonic()
+    try:
+        opts.log(f"memory: starting PostgreSQL, Redis, memory, raw echo, Envoy (in {stack.work})")
+        stack.postgres.start()
+        migrate_up(stack.postgres.database_url)
+        stack.redis.start()
+        stack.echo = start_echo_server("raw", stack.ports.agent, stack.secret, stack.work)
+        stack.start_memory(DEFAULT_EF_SEARCH)
+        stack.start_envoy()
+        t0 = time.monotonic()
+        result["rpc"] = run_rpc(opts, stack, token)
+        result["rpc"]["wall_s"] = round(time.monotonic() - t0, 1)
+        problems += result["rpc"].pop("problems")
+        t0 = time.monotonic()
+        opts.log("memory ingest: CreateMemory / BatchCreateMemories with the hash embedder")
+        result["ingest"] = asyncio.run(run_ingest(stack, token, sizes))
+        result["ingest"]["wall_s"] = round(time.monotonic() - t0, 1)
+        problems += result["ingest"].pop("problems")
+        for mode in result["ingest"]["modes"]:
+            opts.log(
+                f"memory ingest {mode['mode']:<20}: {mode['memories_per_s']:>7.0f} memories/s, "
+                f"p50 {mode['latency_ms'].get('p50', 0):.1f} ms, merged {mode['merged']}"
+            )
+        t0 = time.monotonic()
+        result["search"] = run_search(opts, stack, token, sizes, config.ef_search)
+        result["search"]["wall_s"] = round(time.monotonic() - t0, 1)
+        problems += result["search"].pop("problems")
+    except Exception as exc:
+        problems.append(f"aborted: {type(exc).__name__}: {exc}")
+        opts.log(f"memory: ABORTED: {exc} (logs in {stack.work})")
+    finally:
+        errors = stack.close()
+        if errors:
+            opts.log(f"memory: errors while stopping: {errors}")
+    result["method"] = {
+        "rounds": opts.rounds,
+        "duration_s_per_run": opts.duration_s,
+        "warmup_s_per_run": opts.warmup_s,
+        "in_flight": list(core.IN_FLIGHT),
+        "scenarios": [s.__dict__ for s in core.SCENARIOS],
+        "sizes": {
+            **{k: v for k, v in sizes.__dict__.items() if k != "ingest_batches"},
+            "ingest_batches": {str(k): v for k, v in sizes.ingest_batches.items()},
+        },
+        "ef_search": list(config.ef_search),
+        "invocation": config.invocation,
+        "vectors": {
+            "dimension": DIMENSION,
+            "intrinsic_dimension": INTRINSIC_DIMENSION,
+            "noise_ratio": NOISE_RATIO,
+            "generator": "x = normalize(A·z + e), A fixed 384×32 N(0,1), z ~ N(0, I32), "
+            "e ~ N(0, (0.1·√32)² I384); queries are fresh draws",
+        },
+        "postgres_settings": dict(PG_SETTINGS),
+        "targets": {
+            "get_session_ratio": TARGET_GET_RATIO,
+            "search_p99_ms": TARGET_SEARCH_P99_MS,
+            "recall_at_10": TARGET_RECALL,
+            "batch_memories_per_s": TARGET_BATCH_RATE,
+        },
+        "wall_s": round(time.monotonic() - t_start, 1),
+    }
+    result["problems"] = problems
+    return result
