@@ -65,7 +65,9 @@ def proc_cpu_s(pid: int | None) -> float:
 def start_echo_server(variant: str, port: int, secret: str, work_dir: Path) -> ChildProcess:
     name = f"echo-{variant.replace('+', '-')}"
     argv = [sys.executable, "-m", "agentmesh.bench.echo_server", "--variant", variant]
-    argv += ["--port", str(port), "--secret", secret]
+    # "--secret=<value>": a token_urlsafe secret may start with "-", which argparse
+    # would take for an option when given as a separate argument.
+    argv += ["--port", str(port), f"--secret={secret}"]
     child = ChildProcess(name, argv, log_path=work_dir / f"{name}.log", env=bench_env({}))
     wait_serving(child, f"127.0.0.1:{port}")
     return child
