@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import tempfile
@@ -138,11 +139,13 @@ def start_stack(opts: BenchOptions) -> Stack:
 
 
 def children_cpu_s(parent: int | None) -> float:
-    """User + system CPU seconds of `parent` and its direct children (PostgreSQL's
-    backends and workers are children of the postmaster)."""
+    """User + system CPU seconds of `parent`, its live direct children (PostgreSQL's
+    backends and workers are children of the postmaster) and the children it has reaped:
+    without the last, a backend that exits between two samples takes its CPU out of the
+    second one, and the difference can come out negative."""
     if parent is None:
         return 0.0
-    total = proc_cpu_s(parent)
+    total = proc_cpu_s(parent) + _reaped_children_cpu_s(parent)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -154,3 +157,14 @@ def children_cpu_s(parent: int | None) -> float:
         if fields[1] == str(parent):  # ppid
             total += proc_cpu_s(int(entry.name))
     return total
+
+
+def _reaped_children_cpu_s(pid: int) -> float:
+    """CPU seconds of the children ``pid`` has waited for (``cutime + cstime``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    # Fields 16 and 17 (cutime, cstime) are at 13 and 14 after the command name.
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
