@@ -1,10 +1,12 @@
 """``AgentmeshSaver``: LangGraph's ``BaseCheckpointSaver`` over MemoryService.
 
-Checkpoints and writes are serialized here with the saver's ``serde`` (LangGraph's
-``JsonPlusSerializer`` by default) into ``TypedValue``s the service stores opaquely;
-metadata travels as JSON text so integers stay integers and list filters can match
-it server-side. The whole checkpoint (channel values included) is one value: the
-contract has no per-channel blobs, and LangGraph hands ``put`` complete values.
+Checkpoints and writes are serialized here with a ``StrictSerializer``
+(``serde.py``: LangGraph's ``JsonPlusSerializer`` held to an allow-list of types, so
+loading a checkpoint that anyone wrote never imports or calls what it names) into
+``TypedValue``s the service stores opaquely; metadata travels as JSON text so integers
+stay integers and list filters can match it server-side. The whole checkpoint (channel
+values included) is one value: the contract has no per-channel blobs, and LangGraph
+hands ``put`` complete values.
 
 Use it from async code (``await graph.ainvoke(...)``). The sync methods exist for
 LangGraph code running in other threads and are forwarded to the event loop the
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -31,6 +33,7 @@ from agentmesh.langgraph._client import (
     run_sync,
     running_loop_or_none,
 )
+from agentmesh.langgraph.serde import StrictSerializer
 from agentmesh.v1 import memory_pb2
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -42,7 +45,6 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
 )
-from langgraph.checkpoint.serde.base import SerializerProtocol
 
 T = TypeVar("T")
 
@@ -76,7 +78,11 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         token: bearer token (or a function returning one) to call with; None forwards
             the authorization of the RPC being served (see ``_client``).
         timeout_s: deadline of each call.
-        serde: LangGraph serializer for checkpoints and writes.
+        allowed_types: ``(module, name)`` pairs (or classes) the graph's state holds
+            beside LangGraph's safe types (datetimes, UUIDs, LangChain messages, ...);
+            a checkpoint naming any other type is refused on load and on store
+            (``UnsafeCheckpointError``). There is no way to plug in a permissive or
+            pickling serializer.
 
     Create it on the event loop that will use it (the channel is bound to that loop).
     """
@@ -87,9 +93,9 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         *,
         token: TokenSource = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[tuple[str, ...] | type] = (),
     ) -> None:
-        super().__init__(serde=serde)
+        super().__init__(serde=StrictSerializer(allowed_types))
         self._client = MemoryClient(channel, token=token, timeout_s=timeout_s)
         self._stub = self._client.stub
         self.loop = running_loop_or_none()
@@ -102,7 +108,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         settings: Settings,
         *,
         token: TokenSource = None,
-        serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[tuple[str, ...] | type] = (),
     ) -> AsyncIterator[AgentmeshSaver]:
         """A saver on its own channel to ``target`` (``host:port``), closed on exit."""
         channel = open_memory_channel(target, settings)
@@ -111,7 +117,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
                 channel,
                 token=token,
                 timeout_s=settings.client_deadline_ms / 1000,
-                serde=serde,
+                allowed_types=allowed_types,
             )
         finally:
             await channel.close(None)

@@ -4,7 +4,7 @@ call are stored, and how many checkpoint tuples one response page carries."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 
 class KeyedWrite(Protocol):
@@ -47,3 +47,9 @@ def fitting_count(sizes: Iterable[int], max_bytes: int) -> int:
             return count
         count += 1
     return count
+
+
+VALUE_TYPES: Final = frozenset({"msgpack", "json", "bytes", "bytearray", "null"})
+"""The ``TypedValue.type`` tags the service stores: LangGraph's serializations that
+revive no object by themselves. ``pickle`` (and anything unknown) is refused: a
+process loading it would run whatever it names."""

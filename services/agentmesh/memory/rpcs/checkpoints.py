@@ -20,7 +20,7 @@ from agentmesh.core.names import SESSIONS
 from agentmesh.core.paging import Keyset, page_size
 from agentmesh.core.validation import Violations
 from agentmesh.memory.convert import json_object, timestamp
-from agentmesh.memory.domain.checkpoints import dedupe_writes, fitting_count
+from agentmesh.memory.domain.checkpoints import VALUE_TYPES, dedupe_writes, fitting_count
 from agentmesh.memory.rpc import RpcGroup
 from agentmesh.memory.stores import checkpoints as db
 from agentmesh.memory.stores.sessions import thread_session_id
@@ -66,6 +66,13 @@ def _typed_value(
         violations.add(field, "required")
         return
     violations.text(value.type, f"{field}.type", required=True, max_chars=MAX_TYPE_CHARS)
+    well_formed = value.type and len(value.type) <= MAX_TYPE_CHARS and "\x00" not in value.type
+    if well_formed and value.type not in VALUE_TYPES:
+        violations.add(
+            f"{field}.type",
+            f"{value.type!r} is not stored: one of {', '.join(sorted(VALUE_TYPES))}"
+            " (a pickle could make its reader run code)",
+        )
 
 
 def _id_list(values: Sequence[str], field: str, violations: Violations) -> None:

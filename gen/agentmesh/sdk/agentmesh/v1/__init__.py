@@ -3751,12 +3751,15 @@ class TypedValue(betterproto2.Message):
     ================================================================= checkpoints
 
     A value serialized by LangGraph's serializer (`serde.dumps_typed`): the
-    Memory service stores it opaquely, the agent runtime decodes it.
+    Memory service stores it opaquely, the agent runtime decodes it (against an
+    allow-list of types: a stored value never makes a reader run code).
     """
 
     type: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    Serializer type tag, e.g. `msgpack` or `json`.
+    Serializer type tag: one of `msgpack`, `json`, `bytes`, `bytearray` or
+    `null`. `pickle` and any other tag are INVALID_ARGUMENT: they could make the
+    process that loads the value run code.
     """
 
     data: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
