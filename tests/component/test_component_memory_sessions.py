@@ -115,7 +115,7 @@ async def test_create_without_id_generates_a_valid_one(memory: Stub, tenant_a: M
         memory_pb2.CreateSessionRequest(session=memory_pb2.Session()), metadata=tenant_a
     )
     session_id = created.name.removeprefix("sessions/")
-    assert ID_PATTERN.match(session_id)
+    assert ID_PATTERN.fullmatch(session_id)
     again = await memory.CreateSession(
         memory_pb2.CreateSessionRequest(session=memory_pb2.Session()), metadata=tenant_a
     )
@@ -890,3 +890,21 @@ async def test_another_tenant_never_sees_or_changes_the_session(
         memory_pb2.GetSessionRequest(name=created.name), metadata=tenant_a
     )
     assert fetched == created
+
+
+@pytest.mark.parametrize("session_id", ["trip\n", "trip\r\n", "trip "])
+async def test_an_id_with_a_trailing_newline_is_refused_and_creates_nothing(
+    memory: Stub, tenant_a: Metadata, session_id: str
+) -> None:
+    await expect_invalid(
+        memory.CreateSession(
+            memory_pb2.CreateSessionRequest(session_id=session_id), metadata=tenant_a
+        ),
+        "session_id",
+    )
+    await expect_invalid(
+        memory.GetSession(
+            memory_pb2.GetSessionRequest(name=f"sessions/{session_id}"), metadata=tenant_a
+        ),
+        "name",
+    )

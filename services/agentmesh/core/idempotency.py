@@ -64,7 +64,7 @@ class RequestIds:
     """Seconds a key (and the response it replays) is kept."""
 
     def __post_init__(self) -> None:
-        if not _TABLE.match(self.table):
+        if not _TABLE.fullmatch(self.table):
             raise ValueError(f"not a request_ids table: {self.table!r}")
 
     async def once(

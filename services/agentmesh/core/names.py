@@ -49,7 +49,7 @@ class ResourcePattern:
 
 def validate_id(resource_id: str, *, field: str) -> str:
     """Checks a client-chosen id against ``ID_PATTERN``; returns it unchanged."""
-    if not ID_PATTERN.match(resource_id):
+    if not ID_PATTERN.fullmatch(resource_id):
         raise InvalidArgument(field, f"id {resource_id!r} {ID_RULE}")
     return resource_id
 

@@ -85,9 +85,9 @@ def check_labels(labels: Mapping[str, str], violations: Violations, *, field: st
         violations.add(field, f"at most {MAX_LABELS} labels")
     for key, value in labels.items():
         where = f"{field}[{json.dumps(key)}]"
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             violations.add(where, "key must be 1-63 characters of a-z, 0-9, '_' and '-'")
-        if not _LABEL_VALUE.match(value):
+        if not _LABEL_VALUE.fullmatch(value):
             violations.add(where, "value must be at most 63 characters of a-z, 0-9, '_' and '-'")
 
 

@@ -67,7 +67,7 @@ class EmbeddedPostgres:
         log_path: Path | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        if not _DB_NAME_RE.match(database):
+        if not _DB_NAME_RE.fullmatch(database):
             raise ValueError(f"database name {database!r} must match {_DB_NAME_RE.pattern}")
         self.data_dir = data_dir.resolve()
         self.database = database

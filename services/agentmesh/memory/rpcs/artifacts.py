@@ -58,7 +58,7 @@ def media_type(value: str, *, field: str) -> str:
     so one spelling is stored and the `media_type` filter matches any."""
     if not value:
         raise InvalidArgument(field, "required, e.g. text/markdown")
-    if not _MEDIA_TYPE.match(value):
+    if not _MEDIA_TYPE.fullmatch(value):
         raise InvalidArgument(field, f"{value!r} is not a media type of the form type/subtype")
     return value.lower()
 
@@ -157,12 +157,12 @@ async def _raise_not_found(
 
 
 def _check_session(value: str) -> None:
-    if not value.startswith("sessions/") or not ID_PATTERN.match(value[len("sessions/") :]):
+    if not value.startswith("sessions/") or not ID_PATTERN.fullmatch(value[len("sessions/") :]):
         raise ValueError("expected sessions/{id}")
 
 
 def _check_media_type(value: str) -> None:
-    if not _MEDIA_TYPE.match(value):
+    if not _MEDIA_TYPE.fullmatch(value):
         raise ValueError("expected type/subtype")
 
 

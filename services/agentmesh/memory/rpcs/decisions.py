@@ -89,7 +89,7 @@ def _trace_id(trace_id: str, violations: Violations) -> str:
     caller's own trace, so the trail joins the traces without the client's help."""
     if not trace_id:
         return current_trace_id() or ""
-    if not _TRACE_ID.match(trace_id) or trace_id == "0" * 32:
+    if not _TRACE_ID.fullmatch(trace_id) or trace_id == "0" * 32:
         violations.add("decision.trace_id", "must be a W3C trace id: 32 lower-case hex")
     return trace_id
 
@@ -251,7 +251,7 @@ def _to_proto(row: Mapping[str, Any]) -> memory_pb2.Decision:
 def _check_reference(value: str, pattern: ResourcePattern) -> None:
     """A filter value naming a `collection/{id}`; ValueError (→ INVALID_ARGUMENT) if not."""
     prefix = pattern.collection + "/"
-    if not value.startswith(prefix) or not ID_PATTERN.match(value[len(prefix) :]):
+    if not value.startswith(prefix) or not ID_PATTERN.fullmatch(value[len(prefix) :]):
         raise ValueError(f"expected {prefix}{{id}}")
 
 

@@ -58,7 +58,7 @@ def _encode_values(
     pairs: list[str] = []
     for key, value in values.items():
         where = f"{field}[{json.dumps(key)}]"
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             violations.add(where, _KEY_RULE)
             continue
         try:
@@ -75,7 +75,7 @@ def _encode_values(
 
 def _check_remove_keys(keys: Sequence[str], violations: Violations) -> None:
     for i, key in enumerate(keys):
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             violations.add(f"remove_keys[{i}]", _KEY_RULE)
 
 
