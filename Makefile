@@ -21,6 +21,7 @@ PROTOS := $(sort $(wildcard proto/agentmesh/v1/*.proto))
 PROTO_FILES := $(patsubst proto/%,%,$(PROTOS))
 GEN_OUT ?= gen
 PYTEST_ARGS ?=
+DEV_ARGS ?=
 
 .PHONY: help
 help: ## list targets
@@ -38,8 +39,8 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 env: $(VENV)/.synced ## create/refresh the virtual environment from uv.lock
 
 .PHONY: dev
-dev: env ## bring the whole mesh up on embedded defaults (Ctrl-C stops it)
-	$(BIN)/python -m agentmesh.devstack
+dev: env ## bring the whole mesh up on embedded defaults (Ctrl-C stops it; DEV_ARGS="--embedder hash" ...)
+	$(BIN)/python -m agentmesh.devstack $(DEV_ARGS)
 
 .PHONY: gen
 gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)

@@ -18,6 +18,7 @@ from types import FrameType
 from agentmesh.devstack import paths
 from agentmesh.devstack._proc import ConsoleEcho
 from agentmesh.devstack.stack import SERVICES, DevStack, StackError, StackPorts
+from agentmesh.memory.settings import EMBEDDERS
 
 
 def _banner(stack: DevStack) -> str:
@@ -74,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--quiet", action="store_true", help="logs to files only, not the console")
+    parser.add_argument(
+        "--embedder",
+        choices=EMBEDDERS,
+        default="minilm",
+        help="Memory's embedder (default minilm: the local model, so semantic search"
+        " matches synonyms; hash is faster and knows no meaning; openai needs"
+        " AGENTMESH_MEMORY_EMBEDDER_URL)",
+    )
     args = parser.parse_args(argv)
 
     root = args.root or paths.repo_root() / ".data"
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         worker=not args.no_worker,
         echo=None if args.quiet else ConsoleEcho(sys.stderr),
         log_level=args.log_level,
+        extra_env={"AGENTMESH_MEMORY_EMBEDDER": args.embedder},
     )
 
     stopping = threading.Event()
