@@ -3,10 +3,18 @@
 The tenant of every request comes from the verified token (``tenant`` claim by default),
 never from a request field. Verified tokens are cached by their raw text until they
 expire, so the interceptor pays for signature checks once per token, not once per call.
+
+Tokens have bounded power: ``iat`` is required and ``exp - iat`` may not exceed
+``AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S``; an HS256 secret has at least 32 bytes (checked
+with the settings); a JWKS file may hold public keys only (a service that could sign
+could mint any tenant's token) and is read again when it changes, so keys rotate
+without a restart.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -14,11 +22,71 @@ from pathlib import Path
 from typing import Any, Final
 
 import jwt
+import structlog
 
 from agentmesh.core.errors import Unauthenticated
 from agentmesh.core.settings import ConfigError, Settings, env_var
 
 _BEARER_PREFIX_LEN: Final = len("bearer ")
+_JWKS_RECHECK_S: Final = 5.0
+"""How often (at most) a token verification looks whether the JWKS file changed."""
+_PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
+"""JWK members that carry private or symmetric key material (RFC 7518 section 6)."""
+
+
+def load_jwks(path: Path) -> jwt.PyJWKSet:
+    """The public keys of the JWKS file at ``path``; raises ValueError when it cannot be
+    read or parsed, or when a key carries private or symmetric material."""
+    text = path.read_text()
+    document = json.loads(text)
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ValueError("not a JWKS: no 'keys' list")
+    for i, key in enumerate(keys):
+        private = sorted(_PRIVATE_JWK_MEMBERS & set(key)) if isinstance(key, dict) else []
+        if private:
+            raise ValueError(
+                f"key {i} ({key.get('kid', 'no kid')!r}) carries private key material"
+                f" ({', '.join(private)}): give the services public keys only"
+            )
+    return jwt.PyJWKSet.from_json(text)
+
+
+class _JwksFile:
+    """A JWKS file, read again when its modification time or size changes (checked at
+    most every few seconds); a change that does not load keeps the keys it had."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp = self._stat()
+        self.keys = load_jwks(path)
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int]:
+        info = os.stat(self._path)
+        return info.st_mtime_ns, info.st_size
+
+    def refresh(self) -> bool:
+        """Reads the file again if it changed; returns whether the keys changed."""
+        now = time.monotonic()
+        if now - self._checked < _JWKS_RECHECK_S:
+            return False
+        self._checked = now
+        try:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return False
+            self.keys = load_jwks(self._path)
+            self._stamp = stamp
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            structlog.get_logger("agentmesh.auth").warning(
+                "jwks not reloaded: keeping the keys loaded before",
+                path=str(self._path),
+                error=repr(exc),
+            )
+            return False
+        structlog.get_logger("agentmesh.auth").info("jwks reloaded", path=str(self._path))
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +101,33 @@ class Authenticator:
     """Verifies ``authorization: Bearer <jwt>`` values and returns the :class:`Principal`.
 
     Checks the signature (HS256 with the shared secret, RS256 with the JWKS key named by
-    the token's ``kid``), ``exp``, ``iss``, ``aud`` and a non-empty string tenant claim.
-    The JWKS file is read once: rotating keys means restarting (rolling) the servers.
+    the token's ``kid``), ``exp``, ``iat`` (required, not in the future, at most
+    ``max_lifetime_s`` before ``exp``), ``iss``, ``aud`` and a non-empty string tenant
+    claim. A JWKS file is read again when it changes (see ``_JwksFile``).
     """
 
     def __init__(
         self,
         *,
         hs256_secret: str | None = None,
-        jwks: jwt.PyJWKSet | None = None,
+        jwks: jwt.PyJWKSet | Path | None = None,
         issuer: str = "agentmesh",
         audience: str = "agentmesh",
         tenant_claim: str = "tenant",
         leeway_s: float = 5.0,
         cache_size: int = 4096,
+        max_lifetime_s: float = 86_400,
     ) -> None:
         if not hs256_secret and jwks is None:
             raise ValueError("an Authenticator needs an HS256 secret and/or a JWKS")
         self._secret = hs256_secret
-        self._jwks = jwks
+        self._jwks_file = _JwksFile(jwks) if isinstance(jwks, Path) else None
+        self._jwks: jwt.PyJWKSet | None = None
+        if self._jwks_file is not None:
+            self._jwks = self._jwks_file.keys
+        elif isinstance(jwks, jwt.PyJWKSet):
+            self._jwks = jwks
+        self._max_lifetime_s = max_lifetime_s
         self._issuer = issuer
         self._audience = audience
         self._tenant_claim = tenant_claim
@@ -64,22 +140,19 @@ class Authenticator:
     def from_settings(cls, settings: Settings) -> Authenticator:
         """Build from ``auth_*`` settings; a missing or unusable JWKS file is a ConfigError."""
         settings.require_auth()
-        jwks = None
-        if settings.auth_jwks_file:
-            try:
-                jwks = jwt.PyJWKSet.from_json(Path(settings.auth_jwks_file).read_text())
-            except (OSError, ValueError, jwt.PyJWTError) as exc:
-                raise ConfigError(
-                    f"{env_var('auth_jwks_file')}={settings.auth_jwks_file!r}: "
-                    f"cannot load JWKS: {exc}"
-                ) from exc
-        return cls(
-            hs256_secret=settings.auth_hs256_secret,
-            jwks=jwks,
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            tenant_claim=settings.auth_tenant_claim,
-        )
+        try:
+            return cls(
+                hs256_secret=settings.auth_hs256_secret,
+                jwks=Path(settings.auth_jwks_file) if settings.auth_jwks_file else None,
+                issuer=settings.auth_issuer,
+                audience=settings.auth_audience,
+                tenant_claim=settings.auth_tenant_claim,
+                max_lifetime_s=settings.auth_max_token_lifetime_s,
+            )
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise ConfigError(
+                f"{env_var('auth_jwks_file')}={settings.auth_jwks_file!r}: cannot load JWKS: {exc}"
+            ) from exc
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Verify an ``authorization`` header value; raise :class:`Unauthenticated` if bad."""
@@ -90,6 +163,10 @@ class Authenticator:
                 "authorization must be 'Bearer <token>'", reason="MALFORMED_AUTHORIZATION"
             )
         token = authorization[_BEARER_PREFIX_LEN:].strip()
+        if self._jwks_file is not None and self._jwks_file.refresh():
+            # Rotated keys: tokens verified with a key that is gone must not stay valid.
+            self._jwks = self._jwks_file.keys
+            self._cache.clear()
         cached = self._cache.get(token)
         if cached is not None:
             principal, expires_at = cached
@@ -117,7 +194,7 @@ class Authenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway_s,
-                options={"require": ["exp", "iss", "aud"]},
+                options={"require": ["exp", "iat", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("bearer token expired", reason="TOKEN_EXPIRED") from None
@@ -141,6 +218,15 @@ class Authenticator:
             raise Unauthenticated(
                 f"bearer token is invalid: {exc}", reason="INVALID_TOKEN"
             ) from None
+        issued, expires = claims["iat"], claims["exp"]
+        if not isinstance(issued, int | float) or isinstance(issued, bool):
+            raise Unauthenticated("bearer token 'iat' is not a time", reason="INVALID_TOKEN")
+        if expires - issued > self._max_lifetime_s:
+            raise Unauthenticated(
+                f"bearer token lives {int(expires - issued)} s, longer than the"
+                f" {int(self._max_lifetime_s)} s this service accepts: mint shorter-lived tokens",
+                reason="TOKEN_LIFETIME_TOO_LONG",
+            )
         tenant = claims.get(self._tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(

@@ -40,7 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentmesh.core import context
 from agentmesh.core.auth import Authenticator
-from agentmesh.core.errors import DomainError, internal_status, to_rpc_status
+from agentmesh.core.errors import DomainError, Unauthenticated, internal_status, to_rpc_status
 from agentmesh.core.metrics import MethodMetrics
 from agentmesh.core.outages import as_unavailable
 
@@ -280,11 +280,13 @@ class ServerInterceptor(_ServerInterceptorBase):
         """Request id, authentication, context binding; raises Unauthenticated."""
         method.metrics.started()
         request_id = authorization = traceparent = tracestate = None
+        authorizations = 0
         for key, value in call.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 request_id = value
             elif key == AUTHORIZATION_KEY:
                 authorization = value
+                authorizations += 1
             elif key == TRACEPARENT_KEY:
                 traceparent = value
             elif key == TRACESTATE_KEY:
@@ -297,6 +299,11 @@ class ServerInterceptor(_ServerInterceptorBase):
             return
         self._start_span(method, call, traceparent, tracestate)
         try:
+            if authorizations > 1:
+                # Which one would a proxy in front have checked? Refuse rather than guess.
+                raise Unauthenticated(
+                    "more than one authorization header", reason="DUPLICATE_AUTHORIZATION"
+                )
             principal = self._authenticator.authenticate(authorization)
         except DomainError:
             context.bind_call(request_id)  # so the refusal is logged with its request id

@@ -1,4 +1,4 @@
-"""The grpc.aio server every service runs: interceptors, health, reflection, drain.
+"""The grpc.aio server every service runs: interceptors, health, reflection (dev), drain.
 
 A service describes itself with a :class:`ServiceSpec` and calls :func:`serve` from its
 entry point; tests call :func:`start_server` with the same spec and stop it themselves.
@@ -74,6 +74,7 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -212,9 +213,12 @@ async def start_server(settings: Settings, spec: ServiceSpec) -> RunningServer:
     await health_servicer.set(LIVENESS, _SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     registrar.finish()
-    reflection.enable_server_reflection(
-        [*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if settings.env == "dev":
+        # Reflection in dev only: in production it tells anyone who can connect every
+        # method there is; clients there use the published descriptor set.
+        reflection.enable_server_reflection(
+            [*spec.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     port = server.add_insecure_port(address)
     metrics = (

@@ -35,6 +35,8 @@ _DEFAULT_METRICS_PORTS: Final = {
     "worker": 9105,
 }
 _ENVIRONMENTS: Final = ("dev", "prod")
+MAX_TOKEN_LIFETIME_S: Final = 30 * 86_400
+"""Longest token lifetime an operator may allow."""
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
@@ -109,7 +111,7 @@ def load_settings(
         values.setdefault(name, value)
     loaded = cls(**values)
     problems = [
-        f"{env_var(name, prefix)}={getattr(loaded, name)!r}: {why}"
+        f"{env_var(name, prefix)}={_shown(name, getattr(loaded, name))}: {why}"
         for name, ok, why in loaded.checks()
         if not ok
     ]
@@ -179,6 +181,10 @@ class Settings:
     auth_tenant_claim: str = "tenant"
     """Claim that carries the tenant; tokens without it are refused."""
 
+    auth_max_token_lifetime_s: int = 86_400
+    """Longest ``exp - iat`` a token may have; a token minted to live longer (or with no
+    ``iat``) is refused, so a leaked token is useful for at most this long."""
+
     log_level: str = "info"
     """Lowest level written: debug, info, warning, error or critical."""
 
@@ -204,6 +210,10 @@ class Settings:
 
     client_deadline_ms: int = 10_000
     """Deadline given to outgoing calls whose caller set none."""
+
+    max_concurrent_streams: int = 100
+    """Most calls one client connection may have in flight on a server (HTTP/2
+    ``SETTINGS_MAX_CONCURRENT_STREAMS``): one connection cannot take every handler."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, service: str) -> Settings:
@@ -262,7 +272,25 @@ class Settings:
             ("health_interval_s", self.health_interval_s > 0, "expected > 0"),
             ("health_probe_timeout_s", self.health_probe_timeout_s > 0, "expected > 0"),
             ("client_deadline_ms", self.client_deadline_ms > 0, "expected > 0"),
+            ("max_concurrent_streams", self.max_concurrent_streams > 0, "expected > 0"),
+            (
+                "auth_max_token_lifetime_s",
+                60 <= self.auth_max_token_lifetime_s <= MAX_TOKEN_LIFETIME_S,
+                f"expected 60-{MAX_TOKEN_LIFETIME_S} (30 days)",
+            ),
+            (
+                "auth_hs256_secret",
+                not self.auth_hs256_secret or len(self.auth_hs256_secret.encode()) >= 32,
+                "expected at least 32 bytes (RFC 7518: an HS256 key of 256 bits)",
+            ),
         ]
+
+
+def _shown(name: str, value: object) -> str:
+    """A value as an error message may print it: secrets never are."""
+    if any(marker in name for marker in ("secret", "api_key", "password")):
+        return "<redacted>"
+    return repr(value)
 
 
 def _parse(annotation: object, raw: str) -> object:

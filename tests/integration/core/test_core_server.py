@@ -289,6 +289,20 @@ async def test_token_with_wrong_signature_is_refused(harness: Harness) -> None:
     assert rich_status(raised.value)[1]["ErrorInfo"].reason == "BAD_SIGNATURE"
 
 
+@pytest.mark.parametrize("second_tenant", ["acme", "other"])
+async def test_two_authorization_headers_are_refused(harness: Harness, second_tenant: str) -> None:
+    # Whichever a proxy in front checked, the service must not pick the other one.
+    first = f"Bearer {mint_token(SECRET, 'acme')}"
+    second = f"Bearer {mint_token(SECRET, second_tenant)}"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await harness.unary(
+            "Whoami", metadata=(("authorization", first), ("authorization", second))
+        )
+
+    assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert rich_status(raised.value)[1]["ErrorInfo"].reason == "DUPLICATE_AUTHORIZATION"
+
+
 async def test_good_token_makes_the_tenant_visible_to_the_handler(harness: Harness) -> None:
     response, _ = await harness.unary("Whoami")
 
@@ -522,15 +536,31 @@ async def test_health_follows_the_probes(harness: Harness, fault: str) -> None:
     assert "health changed" in events
 
 
-async def test_reflection_lists_the_services(harness: Harness) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(harness.channel)
+async def _reflected_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
     async def ask() -> AsyncIterator[Any]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
     responses = [response async for response in stub.ServerReflectionInfo(ask())]
+    return {service.name for service in responses[0].list_services_response.service}
 
-    names = {service.name for service in responses[0].list_services_response.service}
+
+async def test_reflection_lists_the_services_in_dev_only(harness: Harness) -> None:
+    # The harness runs as production (the default env): no reflection.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _reflected_services(harness.channel)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    settings = settings_for_test(env="dev")
+    servicer = ProbeServicer(settings=settings)
+    spec = ServiceSpec(name="memory", service_names=[SERVICE], register=servicer.register)
+    running = await start_server(settings, spec)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            names = await _reflected_services(channel)
+    finally:
+        await running.stop(0)
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
 

@@ -218,3 +218,90 @@ def test_unreadable_jwks_file_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="AGENTMESH_AUTH_JWKS_FILE"):
         Authenticator.from_settings(settings)
+
+
+# ------------------------------------------------------------------ bounded power
+
+
+def hs256_token(**overrides: Any) -> str:
+    return bearer(jwt.encode(claims(**overrides), SECRET, algorithm="HS256"))
+
+
+def test_a_token_without_iat_is_refused(hs256: Authenticator) -> None:
+    assert refusal(hs256, hs256_token(iat=None)).reason == "MISSING_CLAIM"
+
+
+@pytest.mark.parametrize("lifetime_s", [86_400 + 1, 7 * 86_400, 365 * 86_400])
+def test_a_token_living_longer_than_the_limit_is_refused(
+    hs256: Authenticator, lifetime_s: int
+) -> None:
+    now = int(time.time())
+    token = hs256_token(iat=now, exp=now + lifetime_s)
+    error = refusal(hs256, token)
+    assert error.reason == "TOKEN_LIFETIME_TOO_LONG"
+    assert "86400" in error.message
+
+
+def test_the_lifetime_limit_is_a_setting() -> None:
+    settings = Settings.from_env(
+        {"AGENTMESH_AUTH_HS256_SECRET": SECRET, "AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S": "600"},
+        service="memory",
+    )
+    short = Authenticator.from_settings(settings)
+    now = int(time.time())
+    assert short.authenticate(hs256_token(iat=now, exp=now + 600)).tenant == "acme"
+    assert refusal(short, hs256_token(iat=now, exp=now + 601)).reason == "TOKEN_LIFETIME_TOO_LONG"
+
+
+@pytest.mark.parametrize("iat", ["yesterday", True, None])
+def test_a_token_whose_iat_is_not_a_time_is_refused(hs256: Authenticator, iat: object) -> None:
+    token = hs256_token(iat=iat) if iat is not None else hs256_token(iat=int(time.time()) + 3600)
+    assert refusal(hs256, token).reason in {"INVALID_TOKEN", "MISSING_CLAIM"}
+
+
+def _jwks_with(rsa_key: rsa.RSAPrivateKey, *, private: bool, kid: str = "k1") -> dict[str, Any]:
+    key = rsa_key if private else rsa_key.public_key()
+    return {"keys": [{**json.loads(RSAAlgorithm.to_jwk(key)), "kid": kid, "alg": "RS256"}]}
+
+
+def test_a_jwks_with_private_key_material_is_a_config_error(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    jwks_file = tmp_path / "jwks.json"
+    for document in (
+        _jwks_with(rsa_key, private=True),
+        {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "sym"}]},
+    ):
+        jwks_file.write_text(json.dumps(document))
+        settings = Settings.from_env({"AGENTMESH_AUTH_JWKS_FILE": str(jwks_file)}, service="agent")
+        with pytest.raises(ConfigError, match="private key material"):
+            Authenticator.from_settings(settings)
+
+
+def test_a_changed_jwks_file_is_read_again_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    second = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(_jwks_with(first, private=False, kid="k1")))
+    authenticator = Authenticator(jwks=jwks_file)
+    clock = [time.monotonic()]
+    monkeypatch.setattr("agentmesh.core.auth.time.monotonic", lambda: clock[0])
+
+    def rs256_token(key: rsa.RSAPrivateKey, kid: str) -> str:
+        return bearer(jwt.encode(claims(), key, algorithm="RS256", headers={"kid": kid}))
+
+    assert authenticator.authenticate(rs256_token(first, "k1")).tenant == "acme"
+    assert refusal(authenticator, rs256_token(second, "k2")).reason == "UNKNOWN_KEY"
+
+    # The operator rotates: k2 replaces k1 in the file.
+    jwks_file.write_text(json.dumps(_jwks_with(second, private=False, kid="k2")) + " ")
+    clock[0] += 10
+    assert authenticator.authenticate(rs256_token(second, "k2")).tenant == "acme"
+    assert refusal(authenticator, rs256_token(first, "k1")).reason == "UNKNOWN_KEY"
+
+    # A broken file keeps the keys loaded before.
+    jwks_file.write_text("{not json")
+    clock[0] += 10
+    assert authenticator.authenticate(rs256_token(second, "k2")).tenant == "acme"

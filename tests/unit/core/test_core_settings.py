@@ -93,7 +93,21 @@ def test_require_auth_needs_a_secret_or_a_jwks_file() -> None:
         Settings.from_env({}, service="conductor").require_auth()
 
     Settings.from_env({"AGENTMESH_AUTH_JWKS_FILE": "/k.json"}, service="conductor").require_auth()
-    Settings.from_env({"AGENTMESH_AUTH_HS256_SECRET": "s"}, service="conductor").require_auth()
+    secret = {"AGENTMESH_AUTH_HS256_SECRET": "s" * 32}
+    Settings.from_env(secret, service="conductor").require_auth()
+
+
+@pytest.mark.parametrize("secret", ["short-secret", "x" * 31, "é" * 15, "s3cr3t!"])
+def test_an_hs256_secret_under_32_bytes_is_refused_without_printing_it(secret: str) -> None:
+    with pytest.raises(ConfigError, match="AGENTMESH_AUTH_HS256_SECRET=<redacted>") as raised:
+        Settings.from_env({"AGENTMESH_AUTH_HS256_SECRET": secret}, service="memory")
+    assert secret not in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["59", str(30 * 86_400 + 1)])
+def test_the_token_lifetime_limit_is_bounded(value: str) -> None:
+    with pytest.raises(ConfigError, match="AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S"):
+        Settings.from_env({"AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S": value}, service="memory")
 
 
 def test_otlp_endpoint_falls_back_to_the_standard_variable() -> None:
