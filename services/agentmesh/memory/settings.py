@@ -36,6 +36,10 @@ class MemorySettings:
     ``minilm`` (local all-MiniLM-L6-v2, the ``minilm`` extra) or ``openai`` (an
     OpenAI-compatible ``/v1/embeddings`` endpoint)."""
 
+    embedder_concurrency: int = 2
+    """Embedder calls one process runs at once (the others wait): the local embedders
+    are CPU work, a remote one spends a provider's quota."""
+
     embedding_dim: int = 384
     """Dimension of stored vectors; must match the embedder and the vector column."""
 
@@ -106,6 +110,7 @@ class MemorySettings:
                 f"expected one of {EMBEDDERS}",
             ),
             ("embedding_dim", 1 <= self.embedding_dim <= 16_000, "expected 1-16000"),
+            ("embedder_concurrency", 1 <= self.embedder_concurrency <= 64, "expected 1-64"),
             ("hnsw_m", 2 <= self.hnsw_m <= 100, "expected 2-100"),
             (
                 "hnsw_ef_construction",

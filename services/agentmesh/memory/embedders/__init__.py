@@ -8,6 +8,7 @@ cosine similarity is a dot product.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from typing import Protocol
@@ -34,7 +35,48 @@ class Embedder(Protocol):
         ...
 
 
+class CappedEmbedder:
+    """``inner``, running at most ``limit`` calls at a time; the others wait their turn.
+
+    Every embedder runs off the event loop (the local ones in threads, the remote one
+    in its HTTP client), but unbounded concurrency would still let one tenant's burst of
+    writes take every core (or a provider's whole quota); the cap keeps room for the
+    rest of the service.
+    """
+
+    def __init__(self, inner: Embedder, limit: int) -> None:
+        self._inner = inner
+        self._slots = asyncio.Semaphore(limit)
+
+    @property
+    def inner(self) -> Embedder:
+        """The embedder this one caps."""
+        return self._inner
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        async with self._slots:
+            return await self._inner.embed(texts)
+
+    async def aclose(self) -> None:
+        """Closes what the inner embedder holds (a remote one's HTTP pool)."""
+        close = getattr(self._inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
 def build_embedder(settings: MemorySettings, *, timeout_s: float) -> Embedder:
+    """The configured embedder (:func:`_named_embedder`), at most
+    ``embedder_concurrency`` calls at a time (:class:`CappedEmbedder`)."""
+    return CappedEmbedder(
+        _named_embedder(settings, timeout_s=timeout_s), settings.embedder_concurrency
+    )
+
+
+def _named_embedder(settings: MemorySettings, *, timeout_s: float) -> Embedder:
     """The embedder named by ``memory_embedder``, checked against ``memory_embedding_dim``.
 
     Raises ConfigError at start for a missing extra, a missing URL or a dimension
@@ -92,6 +134,7 @@ async def embed_checked(
 
 
 __all__ = [
+    "CappedEmbedder",
     "Embedder",
     "EmbedderMisbehaved",
     "EmbedderUnavailable",

@@ -28,6 +28,9 @@ from agentmesh.v1 import memory_pb2
 MAX_CONTENT_CHARS: Final = 16_384
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_BATCH: Final = 500
+MAX_BATCH_CONTENT_CHARS: Final = 1024 * 1024
+"""Most characters of content one BatchCreateMemories embeds (1 Mi): bounds one call's
+embedding work, whatever the item count and the per-item limit allow."""
 MAX_NAMESPACE_CHARS: Final = 1024
 
 _SEGMENT = r"[A-Za-z0-9_.-]+"
@@ -174,6 +177,13 @@ def validate_batch(
     count = len(requests)
     if not 1 <= count <= MAX_BATCH:
         raise InvalidArgument("requests", f"{count} items; send 1-{MAX_BATCH}")
+    total = sum(len(request.memory.content) for request in requests)
+    if total > MAX_BATCH_CONTENT_CHARS:
+        raise InvalidArgument(
+            "requests",
+            f"{total} characters of content in all; a batch embeds at most"
+            f" {MAX_BATCH_CONTENT_CHARS}: split it",
+        )
     items: list[NewMemory] = []
     violations = Violations()
     seen: dict[str, int] = {}

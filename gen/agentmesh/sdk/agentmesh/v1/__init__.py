@@ -860,7 +860,8 @@ class BatchCreateMemoriesRequest(betterproto2.Message):
         1, betterproto2.TYPE_MESSAGE, repeated=True
     )
     """
-    The memories to create, 1-500.
+    The memories to create, 1-500, with at most 1,048,576 characters of content
+    in all (INVALID_ARGUMENT on `requests` otherwise: split the batch).
     """
 
 
