@@ -182,6 +182,14 @@ class Unavailable(_RetryLater):
         super().__init__(message, retry_after_s, reason=reason)
 
 
+class DeadlineExceeded(DomainError):
+    """The work took longer than this service allows it (a query over its statement
+    timeout): the request's own cost, not an outage, so neither clients nor Envoy retry
+    it as they would UNAVAILABLE."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Aborted(DomainError):
     """A concurrency conflict (e.g. an etag mismatch); the client may retry the sequence."""
 

@@ -42,7 +42,7 @@ from agentmesh.core import context
 from agentmesh.core.auth import Authenticator
 from agentmesh.core.errors import DomainError, Unauthenticated, internal_status, to_rpc_status
 from agentmesh.core.metrics import MethodMetrics
-from agentmesh.core.outages import as_unavailable
+from agentmesh.core.outages import as_domain_error
 
 REQUEST_ID_KEY: Final = "x-request-id"
 AUTHORIZATION_KEY: Final = "authorization"
@@ -364,7 +364,7 @@ class ServerInterceptor(_ServerInterceptorBase):
             self._record(method, call, started, code, None)
             raise exc
         if not isinstance(exc, DomainError):
-            exc = as_unavailable(exc) or exc  # a database or cache outage is not a bug
+            exc = as_domain_error(exc) or exc  # an outage, a timeout, bad data: not bugs
         if isinstance(exc, DomainError):
             self._record(method, call, started, exc.code, exc)
             await call.abort_with_status(to_rpc_status(exc, call.request_id))

@@ -1,9 +1,16 @@
-"""Which unexpected exceptions mean "a dependency is down" rather than "a bug".
+"""Which unexpected exceptions are not bugs: an outage, an expensive query, bad data.
 
-A servicer does not catch connection errors of PostgreSQL or Redis around every
-query; the interceptor asks :func:`as_unavailable` instead, so an outage reaches
-the client as UNAVAILABLE with retry advice (the contract's promise, and what
-client and Envoy retry policies act on) and never as INTERNAL.
+A servicer does not catch database and cache errors around every query; the
+interceptor asks :func:`as_domain_error` instead:
+
+- an outage (a connection lost or refused, a shutdown) is UNAVAILABLE with retry
+  advice, the contract's promise and what client and Envoy retry policies act on;
+- a statement cancelled for running over its timeout is DEADLINE_EXCEEDED (reason
+  ``QUERY_TIMEOUT``): the request's own cost, so nothing retries it and Envoy does not
+  eject a healthy replica for it;
+- a value PostgreSQL refuses as data (SQLSTATE class 22: out of range, malformed, a
+  character the encoding cannot hold) is INVALID_ARGUMENT: validation where input
+  enters should have caught it, and this is the last backstop, never INTERNAL.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped]
 import redis.exceptions
 
-from agentmesh.core.errors import Unavailable
+from agentmesh.core.errors import DeadlineExceeded, DomainError, InvalidArgument, Unavailable
 
 _POSTGRES_OUTAGES: Final = (
     asyncpg.exceptions.PostgresConnectionError,  # connection lost or refused
@@ -22,8 +29,26 @@ _POSTGRES_OUTAGES: Final = (
 _REDIS_OUTAGES: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+def as_domain_error(exc: BaseException) -> DomainError | None:
+    """The error of the contract ``exc`` stands for (see the module docstring), or None
+    when it is a bug (INTERNAL)."""
+    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+        return DeadlineExceeded(
+            "the query ran longer than this service allows; narrow it (a filter, a"
+            " smaller page) and try again",
+            reason="QUERY_TIMEOUT",
+        )
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        return InvalidArgument(
+            "request", f"a value the database cannot take (SQLSTATE {exc.sqlstate})"
+        )
+    return as_unavailable(exc)
+
+
 def as_unavailable(exc: BaseException) -> Unavailable | None:
     """The UNAVAILABLE error ``exc`` stands for, or None when it is not an outage."""
+    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+        return None  # the query's own cost, not an outage (as_domain_error)
     if isinstance(exc, _POSTGRES_OUTAGES):
         return Unavailable(
             "the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE"

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+import grpc
 import pytest
 from pgvector import Vector
 
 from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.errors import InvalidArgument
+from agentmesh.core.outages import as_domain_error, as_unavailable
 from agentmesh.core.settings import ConfigError, Settings
 from agentmesh.devstack.postgres import EmbeddedPostgres
 
@@ -116,3 +119,43 @@ async def test_database_without_pgvector_fails_with_a_clear_message(postgres_url
 async def test_pool_requires_a_database_url() -> None:
     with pytest.raises(ConfigError, match="AGENTMESH_DATABASE_URL"):
         await create_pool(Settings.from_env({}, service="memory"))
+
+
+async def _raised(url: str, sql: str) -> BaseException:
+    pool = await create_pool(settings_for(url))
+    try:
+        with pytest.raises(asyncpg.PostgresError) as raised:
+            await pool.fetchval(sql)
+        error: BaseException = raised.value
+        return error
+    finally:
+        await pool.close()
+
+
+async def test_a_query_over_its_statement_timeout_is_deadline_exceeded_not_unavailable(
+    vector_db: str,
+) -> None:
+    # The pool's statement_timeout is 1.5 s (settings_for): the query is cancelled.
+    error = await _raised(vector_db, "SELECT pg_sleep(5)")
+    mapped = as_domain_error(error)
+    assert mapped is not None
+    assert mapped.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert mapped.reason == "QUERY_TIMEOUT"
+    assert as_unavailable(error) is None  # not an outage: no retry, no ejection
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'not a number'::int",  # invalid text representation
+        "SELECT 99999999999::int",  # out of range
+        "SELECT make_date(0, 1, 1)::text",  # date out of range
+        "SELECT convert_from('\\x00'::bytea, 'UTF8')",  # NUL in text
+        "SELECT 1 / 0",  # division by zero
+    ],
+)
+async def test_a_value_postgresql_refuses_is_invalid_argument(vector_db: str, sql: str) -> None:
+    error = await _raised(vector_db, sql)
+    mapped = as_domain_error(error)
+    assert isinstance(mapped, InvalidArgument), repr(error)
+    assert mapped.violations[0][0] == "request"
