@@ -1,14 +1,25 @@
 """The asyncpg connection pool, with the pgvector codec on every connection.
 
 The pool connects at start (``db_pool_min_size`` connections), so a wrong URL or
-credentials fail the process at once. Afterwards asyncpg reconnects by itself;
-:func:`ping_pool` is the health probe that reports the database while it is away.
+credentials fail the process at once. Afterwards asyncpg reconnects by itself.
+
+A call waits at most ``db_acquire_timeout_ms`` for a pooled connection: when every
+connection is busy, the call answers UNAVAILABLE (``DATABASE_BUSY``, with retry
+advice) instead of queueing until its own deadline. UNAVAILABLE rather than
+RESOURCE_EXHAUSTED: the replica is saturated, not the caller over a quota, and an
+idempotent call retried by Envoy lands on another replica that may have room.
+
+The health probe (:class:`DatabaseProbe`) has a connection of its own, outside the
+pool: a pool busy with slow queries is a loaded service, not a down one, and must not
+turn it NOT_SERVING.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 # asyncpg ships neither type hints nor a py.typed marker.
 import asyncpg  # type: ignore[import-untyped]
@@ -16,6 +27,52 @@ from pgvector.asyncpg import register_vector
 
 from agentmesh.core.errors import Unavailable
 from agentmesh.core.settings import ConfigError, Settings
+
+_PROBE_CONNECT_TIMEOUT_S: Final = 5.0
+
+
+class PoolBusyError(TimeoutError):
+    """No pooled connection came free within the acquire timeout."""
+
+
+class _Pool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg is untyped
+    """asyncpg's pool whose acquisitions wait at most ``acquire_timeout_s`` unless the
+    caller says otherwise; every ``pool.fetch*``/``execute`` goes through ``acquire``."""
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout_s = acquire_timeout_s
+
+    def acquire(self, *, timeout: float | None = None) -> _Acquire:
+        limit = self._acquire_timeout_s if timeout is None else timeout
+        return _Acquire(super().acquire(timeout=limit))
+
+
+class _Acquire:
+    """asyncpg's acquisition (``async with`` or ``await``), its timeout raised as
+    :class:`PoolBusyError`: told apart from any other timeout, it maps to UNAVAILABLE
+    ``DATABASE_BUSY``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self._inner.__aenter__()
+        except TimeoutError as exc:
+            raise PoolBusyError("no pooled connection came free in time") from exc
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._inner.__aexit__(*exc_info)
+
+    def __await__(self) -> Any:
+        return self._acquired().__await__()
+
+    async def _acquired(self) -> Any:
+        try:
+            return await self._inner
+        except TimeoutError as exc:
+            raise PoolBusyError("no pooled connection came free in time") from exc
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -68,13 +125,19 @@ async def create_pool(
     ``application_name`` for ``pg_stat_activity``.
     """
     settings.require("database_url")
-    return await asyncpg.create_pool(
-        dsn=settings.database_url,
+    return await _Pool(
+        settings.database_url,
+        acquire_timeout_s=settings.db_acquire_timeout_ms / 1000,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
         init=_init_connection,
         connect=_connect,
         reset=_keep_session_state,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         server_settings={
             "application_name": f"agentmesh-{settings.service}",
             "statement_timeout": str(settings.db_statement_timeout_ms),
@@ -84,6 +147,44 @@ async def create_pool(
     )
 
 
-async def ping_pool(pool: asyncpg.Pool) -> None:
-    """Health probe: one round trip on a pooled connection; raises when unreachable."""
-    await pool.fetchval("SELECT 1")
+class DatabaseProbe:
+    """The database health probe: ``SELECT 1`` on a connection of its own (see the
+    module docstring), opened on first use and again after any failure."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require("database_url")
+        self._settings = settings
+        self._connection: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> None:
+        """One round trip; raises when the database cannot answer."""
+        async with self._lock:
+            try:
+                if self._connection is None or self._connection.is_closed():
+                    self._connection = await _connect(
+                        self._settings.database_url,
+                        timeout=_PROBE_CONNECT_TIMEOUT_S,
+                        server_settings={
+                            "application_name": f"agentmesh-{self._settings.service}-health"
+                        },
+                    )
+                await self._connection.fetchval("SELECT 1")
+            except BaseException:
+                # Cancelled by the probe's timeout or failed: a connection in an unknown
+                # state is dropped, the next probe opens a fresh one.
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def close(self) -> None:
+        """Closes the probe's connection (at shutdown)."""
+        async with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await self._connection.close(timeout=2)
+                self._drop()

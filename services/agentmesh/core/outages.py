@@ -20,6 +20,7 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped]
 import redis.exceptions
 
+from agentmesh.core.db import PoolBusyError
 from agentmesh.core.errors import DeadlineExceeded, DomainError, InvalidArgument, Unavailable
 
 _POSTGRES_OUTAGES: Final = (
@@ -55,6 +56,11 @@ def as_unavailable(exc: BaseException) -> Unavailable | None:
         )
     if isinstance(exc, _REDIS_OUTAGES):
         return Unavailable("the cache is unavailable; retry shortly", reason="CACHE_UNAVAILABLE")
+    if isinstance(exc, PoolBusyError):
+        return Unavailable(
+            "every database connection of this replica is busy; retry shortly",
+            reason="DATABASE_BUSY",
+        )
     if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, TimeoutError)):
         # An established connection dropped mid-call, or a pool acquisition timed out.
         # (Failed connects are turned into Unavailable where they happen: core/db.py.)

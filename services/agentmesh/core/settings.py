@@ -148,6 +148,10 @@ class Settings:
     db_pool_max_size: int = 10
     """Upper bound of connections in the asyncpg pool."""
 
+    db_acquire_timeout_ms: int = 5_000
+    """Longest wait of a call for a pooled connection when all are busy; then it answers
+    UNAVAILABLE (``DATABASE_BUSY``) instead of queueing until its deadline."""
+
     db_statement_timeout_ms: int = 30_000
     """PostgreSQL ``statement_timeout`` for every pooled connection; 0 disables it."""
 
@@ -266,6 +270,7 @@ class Settings:
                 "expected >= 1 and >= AGENTMESH_DB_POOL_MIN_SIZE",
             ),
             ("db_statement_timeout_ms", self.db_statement_timeout_ms >= 0, "expected >= 0"),
+            ("db_acquire_timeout_ms", self.db_acquire_timeout_ms > 0, "expected > 0"),
             ("max_message_bytes", self.max_message_bytes > 0, "expected > 0"),
             ("drain_grace_s", self.drain_grace_s >= 0, "expected >= 0"),
             ("keepalive_time_s", self.keepalive_time_s > 0, "expected > 0"),

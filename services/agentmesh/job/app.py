@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.db import DatabaseProbe, create_pool
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
@@ -17,6 +17,7 @@ SERVICE_NAME = job_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 async def build_job(settings: Settings) -> ServiceSpec:
     """Wires the Job service: PostgreSQL (job records) and Redis (the Dramatiq broker)."""
     settings.require("database_url", "redis_url")
+    database_probe = DatabaseProbe(settings)
     pool = await create_pool(settings)
     redis_client = create_redis(settings)
     servicer = JobServicer(pool, redis_client)  # type: ignore[abstract]  # see fill_unimplemented
@@ -26,12 +27,13 @@ async def build_job(settings: Settings) -> ServiceSpec:
 
     async def close() -> None:
         await pool.close()
+        await database_probe.close()
         await redis_client.aclose()
 
     return ServiceSpec(
         name="job",
         service_names=[SERVICE_NAME],
         register=register,
-        probes=[lambda: ping_pool(pool), lambda: ping_redis(redis_client)],
+        probes=[database_probe, lambda: ping_redis(redis_client)],
         on_stop=[close],
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.db import DatabaseProbe, create_pool
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
@@ -30,6 +30,7 @@ async def build_memory(
     chosen = embedder or build_embedder(memory, timeout_s=settings.client_deadline_ms / 1000)
     # Searches use these as connection defaults, so a search is one round trip
     # (no transaction just to SET LOCAL them); see memory_search.run_search.
+    database_probe = DatabaseProbe(settings)
     pool = await create_pool(settings, server_settings=search_session_settings(memory))
     # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
     # match the settings; rebuilds the index when its m / ef_construction changed.
@@ -54,6 +55,7 @@ async def build_memory(
         # First: a pass in progress uses Redis (and its own database connection).
         await stop_janitor(janitor)
         await pool.close()
+        await database_probe.close()
         await redis_client.aclose()
         # Remote embedders hold an HTTP connection pool; local ones have nothing to close.
         close_embedder = getattr(chosen, "aclose", None)
@@ -64,6 +66,6 @@ async def build_memory(
         name="memory",
         service_names=[SERVICE_NAME],
         register=register,
-        probes=[lambda: ping_pool(pool), lambda: ping_redis(redis_client)],
+        probes=[database_probe, lambda: ping_redis(redis_client)],
         on_stop=[close],
     )

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from pgvector import Vector
 
-from agentmesh.core.db import create_pool, ping_pool
+from agentmesh.core.db import DatabaseProbe, create_pool
 from agentmesh.core.errors import InvalidArgument
 from agentmesh.core.outages import as_domain_error, as_unavailable
 from agentmesh.core.settings import ConfigError, Settings
@@ -75,7 +75,7 @@ async def test_pool_round_trips_vectors_on_every_connection(vector_db: str) -> N
     assert os.path.isdir(socket_dir)
     pool = await create_pool(settings_for(vector_db))
     try:
-        await ping_pool(pool)
+        await pool.fetchval("SELECT 1")
         await pool.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))")
         # Hold every connection at once, so each one must have the codec registered.
         connections = [await pool.acquire() for _ in range(3)]
@@ -159,3 +159,56 @@ async def test_a_value_postgresql_refuses_is_invalid_argument(vector_db: str, sq
     mapped = as_domain_error(error)
     assert isinstance(mapped, InvalidArgument), repr(error)
     assert mapped.violations[0][0] == "request"
+
+
+async def test_a_busy_pool_answers_database_busy_and_health_still_answers(vector_db: str) -> None:
+    settings = Settings.from_env(
+        {
+            "AGENTMESH_DATABASE_URL": vector_db,
+            "AGENTMESH_DB_POOL_MIN_SIZE": "1",
+            "AGENTMESH_DB_POOL_MAX_SIZE": "1",
+            "AGENTMESH_DB_ACQUIRE_TIMEOUT_MS": "200",
+        },
+        service="memory",
+    )
+    pool = await create_pool(settings)
+    probe = DatabaseProbe(settings)
+    try:
+        held = await pool.acquire()  # the one connection, busy with a slow query
+        try:
+            for call in (lambda: pool.fetchval("SELECT 1"), pool.acquire):
+                with pytest.raises(TimeoutError) as raised:
+                    await call()
+                mapped = as_domain_error(raised.value)
+                assert mapped is not None
+                assert mapped.code is grpc.StatusCode.UNAVAILABLE
+                assert mapped.reason == "DATABASE_BUSY"
+            await probe()  # its own connection: the busy pool does not fail health
+        finally:
+            await pool.release(held)
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await probe.close()
+        await pool.close()
+
+
+async def test_the_database_probe_reconnects_after_a_failure(vector_db: str) -> None:
+    probe = DatabaseProbe(settings_for(vector_db))
+    admin = await asyncpg.connect(vector_db)
+    try:
+        await probe()
+        connection = probe._connection
+        assert connection is not None
+        # The server ends the probe's session, as a restart or a failover would.
+        await admin.fetchval("SELECT pg_terminate_backend($1)", connection.get_server_pid())
+        # The next probe fails at most once (if the client has not noticed the close
+        # yet); the one after it answers on a fresh connection.
+        try:
+            await probe()
+        except Exception:  # whichever error asyncpg reports a dead session with
+            await probe()
+        assert probe._connection is not None
+        assert probe._connection is not connection
+    finally:
+        await admin.close()
+        await probe.close()
