@@ -21,6 +21,12 @@ from typing import Final
 from agentmesh.core.errors import InvalidArgument
 
 OPERATORS: Final = ("<=", ">=", "!=", "=", "<", ">")
+MAX_FILTER_CHARS: Final = 2048
+"""Longest filter text: every List method's useful filters are a few terms."""
+MAX_FILTER_TERMS: Final = 32
+"""Most terms of one filter: each becomes a condition and a bound parameter or two,
+so a filter can neither build an unbounded statement nor pass PostgreSQL's limit of
+parameters (32,767)."""
 
 _TERM = re.compile(
     r"""\s*(?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)?)\s*
@@ -86,8 +92,13 @@ def parse_filter(text: str, rules: Mapping[str, FieldRule], *, field: str = "fil
     """
     if not text.strip():
         return []
+    if len(text) > MAX_FILTER_CHARS:
+        raise InvalidArgument(field, f"{len(text)} characters; at most {MAX_FILTER_CHARS}")
+    chunks = _AND.split(text.strip())
+    if len(chunks) > MAX_FILTER_TERMS:
+        raise InvalidArgument(field, f"{len(chunks)} terms; at most {MAX_FILTER_TERMS}")
     terms: list[Term] = []
-    for chunk in _AND.split(text.strip()):
+    for chunk in chunks:
         match = _TERM.fullmatch(chunk)
         if match is None:
             raise InvalidArgument(

@@ -153,3 +153,15 @@ def test_namespace_matches_skip_wildcards() -> None:
         "namespace[cardinality(namespace) - 0] = $3",
     ]
     assert where.args == ["acme", "users", "prefs"]
+
+
+def test_a_store_filter_is_bounded_in_conditions() -> None:
+    assert len(filter_terms({f"k{i}": i for i in range(32)})) == 32
+    for too_many in (
+        {f"k{i}": i for i in range(33)},
+        {f"k{i}": {"$gt": 1, "$lt": 9} for i in range(17)},
+        {f"k{i}": i for i in range(40_000)},
+    ):
+        with pytest.raises(InvalidArgument) as raised:
+            filter_terms(too_many)
+        assert raised.value.violations[0][0] == "filter_json"

@@ -23,6 +23,9 @@ MAX_LABELS: Final = 32
 MAX_LABEL_CHARS: Final = 256
 MAX_KEY_CHARS: Final = 1024
 MAX_INDEX_FIELDS: Final = 32
+MAX_FILTER_TERMS: Final = 32
+"""Most conditions one ``filter_json`` makes (a field, or one operator of a field):
+each is a bound parameter or two, so a filter stays far below PostgreSQL's limit."""
 NO_INDEX: Final = "$none"
 """``index_fields`` of an item that is not to be embedded."""
 WILDCARD: Final = "*"
@@ -137,4 +140,8 @@ def filter_terms(filter_: dict[str, Any]) -> list[FilterTerm]:
                 terms.append(Compare(field, operator, operand))
         else:
             terms.append(Contains(field, expected))
+    if len(terms) > MAX_FILTER_TERMS:
+        raise InvalidArgument(
+            "filter_json", f"{len(terms)} conditions; at most {MAX_FILTER_TERMS}: narrow the filter"
+        )
     return terms
