@@ -62,6 +62,12 @@ def _banner(stack: DevStack) -> str:
     return "\n".join([*box, *commands])
 
 
+def envoy_access_line(name: str, line: str) -> bool:
+    """Envoy's access log (one JSON line per request, health checks included): kept in
+    ``logs/envoy.log``, not echoed, so the console shows the services' own logs."""
+    return name == "envoy" and line.startswith("{") and '"listener"' in line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentmesh.devstack", description=__doc__)
     parser.add_argument("--root", type=Path, default=None, help="state dir (default <repo>/.data)")
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         StackPorts(),
         services=[s for s in args.services.split(",") if s],
         worker=not args.no_worker,
-        echo=None if args.quiet else ConsoleEcho(sys.stderr),
+        echo=None if args.quiet else ConsoleEcho(sys.stderr, muted=envoy_access_line),
         log_level=args.log_level,
         extra_env={"AGENTMESH_MEMORY_EMBEDDER": args.embedder},
     )

@@ -33,15 +33,24 @@ class ConsoleEcho:
     """Writes child output lines to a console stream with a fixed-width name prefix.
 
     One lock for all children so that lines from concurrent children never interleave
-    mid-line.
+    mid-line. ``muted(name, line)`` picks lines that stay in the log files only.
     """
 
-    def __init__(self, stream: IO[str] | None = None, width: int = 10) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        width: int = 10,
+        *,
+        muted: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._width = width
+        self._muted = muted
         self._lock = threading.Lock()
 
     def write_line(self, name: str, line: str) -> None:
+        if self._muted is not None and self._muted(name, line):
+            return
         with self._lock:
             self._stream.write(f"{name:<{self._width}}| {line.rstrip()}\n")
             self._stream.flush()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from agentmesh.devstack.__main__ import envoy_access_line
+from agentmesh.devstack._proc import ConsoleEcho
 from agentmesh.devstack.env import OTLP_EXPORTER_VARIABLES, child_env
 
 pytestmark = pytest.mark.unit
@@ -61,3 +65,17 @@ def test_values_are_set_as_given_even_an_exporter_or_buffering() -> None:
     )
 
     assert env == {"AGENTMESH_OTLP_ENDPOINT": "http://mine:4317", "PYTHONUNBUFFERED": "0"}
+
+
+def test_the_dev_console_mutes_envoys_access_log_only() -> None:
+    access = '{"time":"2026-12-02T16:00:00Z","listener":"external","status":"503"}'
+    stream = io.StringIO()
+    echo = ConsoleEcho(stream, muted=envoy_access_line)
+    echo.write_line("envoy", access)
+    echo.write_line("envoy", "[info] all clusters initialized")
+    echo.write_line("memory", access)  # another process's JSON line stays
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "envoy     | [info] all clusters initialized",
+        f"memory    | {access}",
+    ]
