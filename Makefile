@@ -49,8 +49,9 @@ gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
 	mkdir -p $(GEN_OUT)/descriptors $(GEN_OUT)/agentmesh/sdk
 	# One compiled image of our protos, the vendored googleapis and grpc.health.v1, and the
 	# well-known types: Envoy's transcoder loads it, and protoc generates from it (no second
-	# parse). grpcurl -protoset reads it too.
-	$(BIN)/buf build --exclude-source-info --as-file-descriptor-set \
+	# parse). grpcurl -protoset reads it too, so it keeps the comments (source info):
+	# `grpcurl describe` prints them, and the .pyi stubs carry them as docstrings.
+	$(BIN)/buf build --as-file-descriptor-set \
 	  -o $(GEN_OUT)/descriptors/agentmesh.binpb
 	$(BIN)/python -m grpc_tools.protoc \
 	  --descriptor_set_in=$(GEN_OUT)/descriptors/agentmesh.binpb \

@@ -30,20 +30,31 @@ class _RunStatus:
 class _RunStatusEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
+    """Not set."""
     RUN_STATUS_COMPLETED: _RunStatus.ValueType  # 1
+    """The graph reached its end."""
     RUN_STATUS_INTERRUPTED: _RunStatus.ValueType  # 2
+    """The graph paused on an interrupt; resume the thread to continue."""
     RUN_STATUS_FAILED: _RunStatus.ValueType  # 3
+    """The run failed; `error` says why."""
 
-class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper): ...
+class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
+    """How a run ended."""
 
 RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
+"""Not set."""
 RUN_STATUS_COMPLETED: RunStatus.ValueType  # 1
+"""The graph reached its end."""
 RUN_STATUS_INTERRUPTED: RunStatus.ValueType  # 2
+"""The graph paused on an interrupt; resume the thread to continue."""
 RUN_STATUS_FAILED: RunStatus.ValueType  # 3
+"""The run failed; `error` says why."""
 global___RunStatus = RunStatus
 
 @typing.final
 class AgentSkill(google.protobuf.message.Message):
+    """A skill an agent advertises, in the spirit of A2A agent cards."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ID_FIELD_NUMBER: builtins.int
@@ -52,12 +63,19 @@ class AgentSkill(google.protobuf.message.Message):
     EXAMPLES_FIELD_NUMBER: builtins.int
     TAGS_FIELD_NUMBER: builtins.int
     id: builtins.str
+    """Stable identifier, e.g. `refunds`."""
     display_name: builtins.str
+    """Human-readable name."""
     description: builtins.str
+    """What the skill does, in a sentence or two; also used for routing."""
     @property
-    def examples(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def examples(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Example requests the skill handles; used for routing by similarity."""
+
     @property
-    def tags(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def tags(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Free tags, e.g. `billing`."""
+
     def __init__(
         self,
         *,
@@ -73,6 +91,8 @@ global___AgentSkill = AgentSkill
 
 @typing.final
 class Agent(google.protobuf.message.Message):
+    """An agent's card: what it is, what it can do and how to call it."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     @typing.final
@@ -103,20 +123,37 @@ class Agent(google.protobuf.message.Message):
     LONG_RUNNING_FIELD_NUMBER: builtins.int
     INTERRUPTS_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """Resource name, `agents/{agent}`, e.g. `agents/echo`."""
     display_name: builtins.str
+    """Human-readable name."""
     description: builtins.str
+    """What the agent does; the supervisor reads it when routing."""
     default_model: builtins.str
+    """Model used unless a run overrides it, e.g. `openai:gpt-4.1-mini`; empty for
+    agents that call no model.
+    """
     version: builtins.str
+    """Version of the agent's graph, changed whenever its behaviour changes."""
     long_running: builtins.bool
+    """True when runs usually take long enough to belong in a Job."""
     interrupts: builtins.bool
+    """True when the agent may pause for a human answer (interrupts)."""
     @property
-    def skills(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AgentSkill]: ...
+    def skills(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AgentSkill]:
+        """Skills with examples."""
+
     @property
-    def input_schema(self) -> google.protobuf.struct_pb2.Struct: ...
+    def input_schema(self) -> google.protobuf.struct_pb2.Struct:
+        """JSON Schema (draft 2020-12) of `InvokeAgentRequest.input`."""
+
     @property
-    def output_schema(self) -> google.protobuf.struct_pb2.Struct: ...
+    def output_schema(self) -> google.protobuf.struct_pb2.Struct:
+        """JSON Schema of the run's structured output."""
+
     @property
-    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
+    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """Labels for filtering, e.g. `team=support`."""
+
     def __init__(
         self,
         *,
@@ -139,14 +176,19 @@ global___Agent = Agent
 
 @typing.final
 class ListAgentsRequest(google.protobuf.message.Message):
+    """Request for AgentService.ListAgents."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
     FILTER_FIELD_NUMBER: builtins.int
     page_size: builtins.int
+    """Maximum results per page, 1-1000; 0 means 50."""
     page_token: builtins.str
+    """`next_page_token` of a previous call; opaque."""
     filter: builtins.str
+    """AIP-160 subset: `labels.<key> = "<value>"`, `long_running = true`, joined by `AND`."""
     def __init__(
         self,
         *,
@@ -160,13 +202,18 @@ global___ListAgentsRequest = ListAgentsRequest
 
 @typing.final
 class ListAgentsResponse(google.protobuf.message.Message):
+    """Response of AgentService.ListAgents."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     AGENTS_FIELD_NUMBER: builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
+    """Token for the next page; empty on the last page."""
     @property
-    def agents(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Agent]: ...
+    def agents(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Agent]:
+        """The page of agents, by name."""
+
     def __init__(
         self,
         *,
@@ -179,10 +226,13 @@ global___ListAgentsResponse = ListAgentsResponse
 
 @typing.final
 class GetAgentRequest(google.protobuf.message.Message):
+    """Request for AgentService.GetAgent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`agents/{agent}`."""
     def __init__(
         self,
         *,
@@ -194,6 +244,8 @@ global___GetAgentRequest = GetAgentRequest
 
 @typing.final
 class RunOptions(google.protobuf.message.Message):
+    """Options of one run."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: builtins.int
@@ -202,10 +254,17 @@ class RunOptions(google.protobuf.message.Message):
     JOB_FIELD_NUMBER: builtins.int
     STREAM_TOKENS_FIELD_NUMBER: builtins.int
     model: builtins.str
+    """Model override, e.g. `anthropic:claude-sonnet-4-5`; empty uses the agent's default."""
     max_steps: builtins.int
+    """Upper bound on graph steps (LangGraph recursion limit); 0 means 25."""
     session: builtins.str
+    """Session the run serves, `sessions/{session}`: its history is the context."""
     job: builtins.str
+    """Job the run executes for, `jobs/{job}`, when run by a worker."""
     stream_tokens: builtins.bool
+    """When true, StreamAgent sends token-level message deltas; otherwise whole
+    messages only.
+    """
     def __init__(
         self,
         *,
@@ -221,6 +280,8 @@ global___RunOptions = RunOptions
 
 @typing.final
 class InvokeAgentRequest(google.protobuf.message.Message):
+    """Request for AgentService.InvokeAgent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
@@ -229,13 +290,21 @@ class InvokeAgentRequest(google.protobuf.message.Message):
     PARTS_FIELD_NUMBER: builtins.int
     OPTIONS_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """Agent to run, `agents/{agent}`."""
     thread_id: builtins.str
+    """Thread to run in; empty starts a new thread (its id is in the response)."""
     @property
-    def input(self) -> google.protobuf.struct_pb2.Struct: ...
+    def input(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured input, validated against the agent's `input_schema`."""
+
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """New conversation content for the run (usually the user's message)."""
+
     @property
-    def options(self) -> global___RunOptions: ...
+    def options(self) -> global___RunOptions:
+        """Run options."""
+
     def __init__(
         self,
         *,
@@ -252,6 +321,8 @@ global___InvokeAgentRequest = InvokeAgentRequest
 
 @typing.final
 class RunResult(google.protobuf.message.Message):
+    """The outcome of a run."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: builtins.int
@@ -263,18 +334,31 @@ class RunResult(google.protobuf.message.Message):
     USAGE_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
     run_id: builtins.str
+    """Run identifier (UUID), also in checkpoint metadata."""
     thread_id: builtins.str
+    """Thread the run belongs to."""
     status: global___RunStatus.ValueType
+    """How it ended."""
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """The agent's reply content."""
+
     @property
-    def output(self) -> google.protobuf.struct_pb2.Struct: ...
+    def output(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured output, valid against the agent's `output_schema`."""
+
     @property
-    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
+    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt:
+        """The pending interrupt when `status` is INTERRUPTED."""
+
     @property
-    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage: ...
+    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage:
+        """Tokens used by the run."""
+
     @property
-    def error(self) -> google.rpc.status_pb2.Status: ...
+    def error(self) -> google.rpc.status_pb2.Status:
+        """Why the run failed when `status` is FAILED."""
+
     def __init__(
         self,
         *,
@@ -294,11 +378,15 @@ global___RunResult = RunResult
 
 @typing.final
 class InvokeAgentResponse(google.protobuf.message.Message):
+    """Response of AgentService.InvokeAgent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     RESULT_FIELD_NUMBER: builtins.int
     @property
-    def result(self) -> global___RunResult: ...
+    def result(self) -> global___RunResult:
+        """The outcome."""
+
     def __init__(
         self,
         *,
@@ -311,6 +399,8 @@ global___InvokeAgentResponse = InvokeAgentResponse
 
 @typing.final
 class StreamAgentRequest(google.protobuf.message.Message):
+    """Request for AgentService.StreamAgent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
@@ -319,13 +409,21 @@ class StreamAgentRequest(google.protobuf.message.Message):
     PARTS_FIELD_NUMBER: builtins.int
     OPTIONS_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """Agent to run, `agents/{agent}`."""
     thread_id: builtins.str
+    """Thread to run in; empty starts a new thread."""
     @property
-    def input(self) -> google.protobuf.struct_pb2.Struct: ...
+    def input(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured input, validated against the agent's `input_schema`."""
+
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """New conversation content for the run."""
+
     @property
-    def options(self) -> global___RunOptions: ...
+    def options(self) -> global___RunOptions:
+        """Run options."""
+
     def __init__(
         self,
         *,
@@ -342,6 +440,8 @@ global___StreamAgentRequest = StreamAgentRequest
 
 @typing.final
 class ResumeAgentRequest(google.protobuf.message.Message):
+    """Request for AgentService.ResumeAgent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
@@ -349,11 +449,17 @@ class ResumeAgentRequest(google.protobuf.message.Message):
     RESUME_FIELD_NUMBER: builtins.int
     OPTIONS_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """Agent that owns the thread, `agents/{agent}`."""
     thread_id: builtins.str
+    """Thread that waits on the interrupt."""
     @property
-    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput: ...
+    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput:
+        """The human's answer."""
+
     @property
-    def options(self) -> global___RunOptions: ...
+    def options(self) -> global___RunOptions:
+        """Run options for the continued run."""
+
     def __init__(
         self,
         *,
@@ -369,12 +475,16 @@ global___ResumeAgentRequest = ResumeAgentRequest
 
 @typing.final
 class MessageDelta(google.protobuf.message.Message):
+    """A piece of an assistant message as it is generated."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: builtins.int
     TEXT_FIELD_NUMBER: builtins.int
     message_id: builtins.str
+    """Identifier of the message being built; deltas with the same id concatenate."""
     text: builtins.str
+    """The new text."""
     def __init__(
         self,
         *,
@@ -387,15 +497,21 @@ global___MessageDelta = MessageDelta
 
 @typing.final
 class ToolCall(google.protobuf.message.Message):
+    """A tool call the agent makes."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ID_FIELD_NUMBER: builtins.int
     TOOL_FIELD_NUMBER: builtins.int
     ARGUMENTS_FIELD_NUMBER: builtins.int
     id: builtins.str
+    """Call id, matched by the ToolResult."""
     tool: builtins.str
+    """Tool name."""
     @property
-    def arguments(self) -> google.protobuf.struct_pb2.Struct: ...
+    def arguments(self) -> google.protobuf.struct_pb2.Struct:
+        """Arguments as JSON."""
+
     def __init__(
         self,
         *,
@@ -410,6 +526,8 @@ global___ToolCall = ToolCall
 
 @typing.final
 class ToolResult(google.protobuf.message.Message):
+    """A tool's result."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     TOOL_CALL_ID_FIELD_NUMBER: builtins.int
@@ -417,11 +535,17 @@ class ToolResult(google.protobuf.message.Message):
     PARTS_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
     tool_call_id: builtins.str
+    """The ToolCall.id this answers."""
     tool: builtins.str
+    """Tool name."""
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """The output."""
+
     @property
-    def error(self) -> google.rpc.status_pb2.Status: ...
+    def error(self) -> google.rpc.status_pb2.Status:
+        """Set when the tool failed."""
+
     def __init__(
         self,
         *,
@@ -437,13 +561,18 @@ global___ToolResult = ToolResult
 
 @typing.final
 class StateUpdate(google.protobuf.message.Message):
+    """A change of the graph's state after a node ran."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NODE_FIELD_NUMBER: builtins.int
     VALUES_FIELD_NUMBER: builtins.int
     node: builtins.str
+    """Node that ran."""
     @property
-    def values(self) -> google.protobuf.struct_pb2.Struct: ...
+    def values(self) -> google.protobuf.struct_pb2.Struct:
+        """The state keys it wrote, as JSON (values that are not JSON are summarised)."""
+
     def __init__(
         self,
         *,
@@ -457,14 +586,19 @@ global___StateUpdate = StateUpdate
 
 @typing.final
 class Handoff(google.protobuf.message.Message):
+    """Control passed from one agent to another within a run."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     FROM_AGENT_FIELD_NUMBER: builtins.int
     TO_AGENT_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     from_agent: builtins.str
+    """Agent handing off, `agents/{agent}`."""
     to_agent: builtins.str
+    """Agent taking over, `agents/{agent}`."""
     reason: builtins.str
+    """Why."""
     def __init__(
         self,
         *,
@@ -478,6 +612,10 @@ global___Handoff = Handoff
 
 @typing.final
 class AgentEvent(google.protobuf.message.Message):
+    """One event of a streamed run. Events of a run carry increasing sequence
+    numbers; exactly one `final` or `error` event ends the stream.
+    """
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: builtins.int
@@ -495,29 +633,55 @@ class AgentEvent(google.protobuf.message.Message):
     FINAL_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
     sequence: builtins.int
+    """Position of the event within the run, from 1."""
     run_id: builtins.str
+    """Run the event belongs to."""
     thread_id: builtins.str
+    """Thread of the run."""
     agent: builtins.str
+    """Agent that emitted it, `agents/{agent}`."""
     @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When it happened."""
+
     @property
-    def message_delta(self) -> global___MessageDelta: ...
+    def message_delta(self) -> global___MessageDelta:
+        """Generated text."""
+
     @property
-    def tool_call(self) -> global___ToolCall: ...
+    def tool_call(self) -> global___ToolCall:
+        """The agent calls a tool."""
+
     @property
-    def tool_result(self) -> global___ToolResult: ...
+    def tool_result(self) -> global___ToolResult:
+        """A tool answered."""
+
     @property
-    def state_update(self) -> global___StateUpdate: ...
+    def state_update(self) -> global___StateUpdate:
+        """A node changed the state."""
+
     @property
-    def handoff(self) -> global___Handoff: ...
+    def handoff(self) -> global___Handoff:
+        """Another agent takes over."""
+
     @property
-    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
+    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt:
+        """The run pauses for a human; the stream ends after this and `final`."""
+
     @property
-    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage: ...
+    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage:
+        """Tokens used so far."""
+
     @property
-    def final(self) -> global___RunResult: ...
+    def final(self) -> global___RunResult:
+        """The run's outcome; the last event of a successful stream."""
+
     @property
-    def error(self) -> google.rpc.status_pb2.Status: ...
+    def error(self) -> google.rpc.status_pb2.Status:
+        """The run failed; the last event of a failed stream. Carried in the stream
+        (not only as the gRPC status) so JSON clients see it.
+        """
+
     def __init__(
         self,
         *,

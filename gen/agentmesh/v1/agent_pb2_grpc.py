@@ -26,7 +26,14 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,34 +69,60 @@ class AgentServiceStub:
 
 
 class AgentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
 
     def ListAgents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the agents this deployment offers, by name.
+        Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets one agent's card. Errors: INVALID_ARGUMENT (malformed name),
+        NOT_FOUND (unknown agent).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InvokeAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs an agent to completion (or to its first interrupt) and returns the
+        outcome in one response. For long work, create a Job instead.
+        Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
+        field violation per schema error), NOT_FOUND (unknown agent or thread),
+        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
+        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs an agent and streams its events as they happen: message deltas, tool
+        calls and results, state updates, hand-offs, an interrupt, usage, and a
+        final event (or an error event, so JSON clients without trailers see it).
+        Errors: as InvokeAgent, returned before the first event when detected early.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Resumes a thread that waits on an interrupt with the human's answer and
+        streams the continued run's events.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
+        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
+        pending one).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,7 +164,14 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """Missing associated documentation comment in .proto file."""
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
 
     @staticmethod
     def ListAgents(request,

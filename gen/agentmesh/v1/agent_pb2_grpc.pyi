@@ -18,92 +18,191 @@ class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type:
     ...
 
 class AgentServiceStub:
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
+
     def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
     ListAgents: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.ListAgentsRequest,
         agentmesh.v1.agent_pb2.ListAgentsResponse,
     ]
+    """Lists the agents this deployment offers, by name.
+    Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+    """
 
     GetAgent: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.GetAgentRequest,
         agentmesh.v1.agent_pb2.Agent,
     ]
+    """Gets one agent's card. Errors: INVALID_ARGUMENT (malformed name),
+    NOT_FOUND (unknown agent).
+    """
 
     InvokeAgent: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.InvokeAgentRequest,
         agentmesh.v1.agent_pb2.InvokeAgentResponse,
     ]
+    """Runs an agent to completion (or to its first interrupt) and returns the
+    outcome in one response. For long work, create a Job instead.
+    Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
+    field violation per schema error), NOT_FOUND (unknown agent or thread),
+    FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
+    RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+    """
 
     StreamAgent: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.StreamAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
+    """Runs an agent and streams its events as they happen: message deltas, tool
+    calls and results, state updates, hand-offs, an interrupt, usage, and a
+    final event (or an error event, so JSON clients without trailers see it).
+    Errors: as InvokeAgent, returned before the first event when detected early.
+    """
 
     ResumeAgent: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.ResumeAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
+    """Resumes a thread that waits on an interrupt with the human's answer and
+    streams the continued run's events.
+    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
+    FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
+    pending one).
+    """
 
 class AgentServiceAsyncStub:
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
+
     ListAgents: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.ListAgentsRequest,
         agentmesh.v1.agent_pb2.ListAgentsResponse,
     ]
+    """Lists the agents this deployment offers, by name.
+    Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+    """
 
     GetAgent: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.GetAgentRequest,
         agentmesh.v1.agent_pb2.Agent,
     ]
+    """Gets one agent's card. Errors: INVALID_ARGUMENT (malformed name),
+    NOT_FOUND (unknown agent).
+    """
 
     InvokeAgent: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.agent_pb2.InvokeAgentRequest,
         agentmesh.v1.agent_pb2.InvokeAgentResponse,
     ]
+    """Runs an agent to completion (or to its first interrupt) and returns the
+    outcome in one response. For long work, create a Job instead.
+    Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
+    field violation per schema error), NOT_FOUND (unknown agent or thread),
+    FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
+    RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+    """
 
     StreamAgent: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.StreamAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
+    """Runs an agent and streams its events as they happen: message deltas, tool
+    calls and results, state updates, hand-offs, an interrupt, usage, and a
+    final event (or an error event, so JSON clients without trailers see it).
+    Errors: as InvokeAgent, returned before the first event when detected early.
+    """
 
     ResumeAgent: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.agent_pb2.ResumeAgentRequest,
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
+    """Resumes a thread that waits on an interrupt with the human's answer and
+    streams the continued run's events.
+    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
+    FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
+    pending one).
+    """
 
 class AgentServiceServicer(metaclass=abc.ABCMeta):
+    """AgentService is the registry of agents and their runtime. Agents are
+    LangGraph graphs with tools and model calls; a run belongs to a thread whose
+    state lives in the Memory service (checkpoints), so any replica can run or
+    resume any thread and the service keeps no state of its own.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down; retry idempotent methods with backoff).
+    """
+
     @abc.abstractmethod
     def ListAgents(
         self,
         request: agentmesh.v1.agent_pb2.ListAgentsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.agent_pb2.ListAgentsResponse, collections.abc.Awaitable[agentmesh.v1.agent_pb2.ListAgentsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.agent_pb2.ListAgentsResponse, collections.abc.Awaitable[agentmesh.v1.agent_pb2.ListAgentsResponse]]:
+        """Lists the agents this deployment offers, by name.
+        Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+        """
 
     @abc.abstractmethod
     def GetAgent(
         self,
         request: agentmesh.v1.agent_pb2.GetAgentRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.agent_pb2.Agent, collections.abc.Awaitable[agentmesh.v1.agent_pb2.Agent]]: ...
+    ) -> typing.Union[agentmesh.v1.agent_pb2.Agent, collections.abc.Awaitable[agentmesh.v1.agent_pb2.Agent]]:
+        """Gets one agent's card. Errors: INVALID_ARGUMENT (malformed name),
+        NOT_FOUND (unknown agent).
+        """
 
     @abc.abstractmethod
     def InvokeAgent(
         self,
         request: agentmesh.v1.agent_pb2.InvokeAgentRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.agent_pb2.InvokeAgentResponse, collections.abc.Awaitable[agentmesh.v1.agent_pb2.InvokeAgentResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.agent_pb2.InvokeAgentResponse, collections.abc.Awaitable[agentmesh.v1.agent_pb2.InvokeAgentResponse]]:
+        """Runs an agent to completion (or to its first interrupt) and returns the
+        outcome in one response. For long work, create a Job instead.
+        Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
+        field violation per schema error), NOT_FOUND (unknown agent or thread),
+        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
+        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        """
 
     @abc.abstractmethod
     def StreamAgent(
         self,
         request: agentmesh.v1.agent_pb2.StreamAgentRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.agent_pb2.AgentEvent], collections.abc.AsyncIterator[agentmesh.v1.agent_pb2.AgentEvent]]: ...
+    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.agent_pb2.AgentEvent], collections.abc.AsyncIterator[agentmesh.v1.agent_pb2.AgentEvent]]:
+        """Runs an agent and streams its events as they happen: message deltas, tool
+        calls and results, state updates, hand-offs, an interrupt, usage, and a
+        final event (or an error event, so JSON clients without trailers see it).
+        Errors: as InvokeAgent, returned before the first event when detected early.
+        """
 
     @abc.abstractmethod
     def ResumeAgent(
         self,
         request: agentmesh.v1.agent_pb2.ResumeAgentRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.agent_pb2.AgentEvent], collections.abc.AsyncIterator[agentmesh.v1.agent_pb2.AgentEvent]]: ...
+    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.agent_pb2.AgentEvent], collections.abc.AsyncIterator[agentmesh.v1.agent_pb2.AgentEvent]]:
+        """Resumes a thread that waits on an interrupt with the human's answer and
+        streams the continued run's events.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
+        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
+        pending one).
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

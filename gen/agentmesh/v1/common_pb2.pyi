@@ -26,22 +26,48 @@ class _Role:
 class _RoleEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    """Not set; rejected with INVALID_ARGUMENT where a role is required."""
     ROLE_USER: _Role.ValueType  # 1
+    """The human (or calling application) speaking to the mesh."""
     ROLE_ASSISTANT: _Role.ValueType  # 2
+    """An agent's reply."""
     ROLE_TOOL: _Role.ValueType  # 3
+    """The output of a tool call, fed back to the model."""
     ROLE_SYSTEM: _Role.ValueType  # 4
+    """Instructions that frame the conversation (system prompt)."""
 
-class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """Messages shared by more than one service. A message lives here only when two
+    services carry it on their wire; everything else stays in its service file.
+
+    Conventions used across agentmesh.v1 (see docs/adr/0002-contract-style.md):
+    - Resources follow Google AIP: a `name` field such as `sessions/{session}`.
+    - The tenant of a request is never a field: it comes from the verified
+      credential and scopes every read and write.
+    - Free-form JSON travels as google.protobuf.Struct / Value, so JSON clients
+      through Envoy see plain JSON objects.
+
+    Who produced a piece of conversation content.
+    """
 
 ROLE_UNSPECIFIED: Role.ValueType  # 0
+"""Not set; rejected with INVALID_ARGUMENT where a role is required."""
 ROLE_USER: Role.ValueType  # 1
+"""The human (or calling application) speaking to the mesh."""
 ROLE_ASSISTANT: Role.ValueType  # 2
+"""An agent's reply."""
 ROLE_TOOL: Role.ValueType  # 3
+"""The output of a tool call, fed back to the model."""
 ROLE_SYSTEM: Role.ValueType  # 4
+"""Instructions that frame the conversation (system prompt)."""
 global___Role = Role
 
 @typing.final
 class Part(google.protobuf.message.Message):
+    """One piece of content. A message is an ordered list of parts so that text,
+    structured data and binary attachments can be mixed.
+    """
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: builtins.int
@@ -50,11 +76,19 @@ class Part(google.protobuf.message.Message):
     URI_FIELD_NUMBER: builtins.int
     MEDIA_TYPE_FIELD_NUMBER: builtins.int
     text: builtins.str
+    """Plain text (UTF-8)."""
     blob: builtins.bytes
+    """Inline binary content (an image, a small file); `media_type` says what it is."""
     uri: builtins.str
+    """A reference to content stored elsewhere (an artifact name or a URL)."""
     media_type: builtins.str
+    """IANA media type of the part, e.g. `text/markdown`, `image/png`. Optional for
+    `text` (defaults to `text/plain`) and `data` (`application/json`).
+    """
     @property
-    def data(self) -> google.protobuf.struct_pb2.Struct: ...
+    def data(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured data, for example a form answer or a tool's JSON output."""
+
     def __init__(
         self,
         *,
@@ -72,14 +106,19 @@ global___Part = Part
 
 @typing.final
 class TokenUsage(google.protobuf.message.Message):
+    """Token accounting for one model call, one run, or one turn."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     INPUT_TOKENS_FIELD_NUMBER: builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: builtins.int
     input_tokens: builtins.int
+    """Tokens sent to the model (prompt)."""
     output_tokens: builtins.int
+    """Tokens produced by the model (completion)."""
     total_tokens: builtins.int
+    """input_tokens + output_tokens, filled in by the server for convenience."""
     def __init__(
         self,
         *,
@@ -93,6 +132,11 @@ global___TokenUsage = TokenUsage
 
 @typing.final
 class Interrupt(google.protobuf.message.Message):
+    """A human-in-the-loop pause: an agent run stops and waits for an answer. The
+    same message appears in agent events, on a waiting job and in the Conductor's
+    stream, so a client can answer it wherever it saw it.
+    """
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ID_FIELD_NUMBER: builtins.int
@@ -101,12 +145,21 @@ class Interrupt(google.protobuf.message.Message):
     THREAD_ID_FIELD_NUMBER: builtins.int
     CREATE_TIME_FIELD_NUMBER: builtins.int
     id: builtins.str
+    """Identifier of the interrupt, unique within its thread. Pass it back when
+    resuming so a stale answer cannot resume a newer pause.
+    """
     agent: builtins.str
+    """Agent that raised the interrupt, `agents/{agent}`."""
     thread_id: builtins.str
+    """LangGraph thread that waits on it."""
     @property
-    def value(self) -> google.protobuf.struct_pb2.Value: ...
+    def value(self) -> google.protobuf.struct_pb2.Value:
+        """What the agent asks, as JSON (for example `{"question": "Approve refund?"}`)."""
+
     @property
-    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the run paused."""
+
     def __init__(
         self,
         *,
@@ -123,13 +176,18 @@ global___Interrupt = Interrupt
 
 @typing.final
 class ResumeInput(google.protobuf.message.Message):
+    """A human's answer to an Interrupt."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     INTERRUPT_ID_FIELD_NUMBER: builtins.int
     ANSWER_FIELD_NUMBER: builtins.int
     interrupt_id: builtins.str
+    """The `Interrupt.id` being answered."""
     @property
-    def answer(self) -> google.protobuf.struct_pb2.Value: ...
+    def answer(self) -> google.protobuf.struct_pb2.Value:
+        """The answer, as JSON; its shape is whatever the agent asked for."""
+
     def __init__(
         self,
         *,
@@ -143,14 +201,19 @@ global___ResumeInput = ResumeInput
 
 @typing.final
 class ScoredCandidate(google.protobuf.message.Message):
+    """A candidate considered by a routing or tool-selection decision."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     SCORE_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """What was considered, e.g. `agents/billing` or a tool name."""
     score: builtins.float
+    """Score in [0, 1] (similarity or model confidence); higher is better."""
     reason: builtins.str
+    """Short human-readable reason, when the decider gave one."""
     def __init__(
         self,
         *,

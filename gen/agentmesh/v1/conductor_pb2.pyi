@@ -31,16 +31,25 @@ class _BusyPolicy:
 class _BusyPolicyEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_BusyPolicy.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     BUSY_POLICY_UNSPECIFIED: _BusyPolicy.ValueType  # 0
+    """Not set; treated as REJECT."""
     BUSY_POLICY_REJECT: _BusyPolicy.ValueType  # 1
+    """Refuse with ABORTED; the client retries later."""
     BUSY_POLICY_ENQUEUE: _BusyPolicy.ValueType  # 2
+    """Queue the message; it starts when the running turn ends."""
     BUSY_POLICY_INTERRUPT: _BusyPolicy.ValueType  # 3
+    """Stop the running turn and start this one."""
 
-class BusyPolicy(_BusyPolicy, metaclass=_BusyPolicyEnumTypeWrapper): ...
+class BusyPolicy(_BusyPolicy, metaclass=_BusyPolicyEnumTypeWrapper):
+    """What to do when a message arrives while a turn of the session still runs."""
 
 BUSY_POLICY_UNSPECIFIED: BusyPolicy.ValueType  # 0
+"""Not set; treated as REJECT."""
 BUSY_POLICY_REJECT: BusyPolicy.ValueType  # 1
+"""Refuse with ABORTED; the client retries later."""
 BUSY_POLICY_ENQUEUE: BusyPolicy.ValueType  # 2
+"""Queue the message; it starts when the running turn ends."""
 BUSY_POLICY_INTERRUPT: BusyPolicy.ValueType  # 3
+"""Stop the running turn and start this one."""
 global___BusyPolicy = BusyPolicy
 
 class _RoutingStrategy:
@@ -50,24 +59,39 @@ class _RoutingStrategy:
 class _RoutingStrategyEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_RoutingStrategy.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     ROUTING_STRATEGY_UNSPECIFIED: _RoutingStrategy.ValueType  # 0
+    """Not set."""
     ROUTING_STRATEGY_EXPLICIT: _RoutingStrategy.ValueType  # 1
+    """The request named the agent."""
     ROUTING_STRATEGY_SUPERVISOR: _RoutingStrategy.ValueType  # 2
+    """An LLM supervisor chose."""
     ROUTING_STRATEGY_SIMILARITY: _RoutingStrategy.ValueType  # 3
+    """Embedding similarity against agent cards chose (above the threshold)."""
     ROUTING_STRATEGY_DEFAULT: _RoutingStrategy.ValueType  # 4
+    """Nothing scored above the threshold; the default agent took the turn."""
     ROUTING_STRATEGY_HANDOFF: _RoutingStrategy.ValueType  # 5
+    """The previous agent handed the turn to another agent."""
 
-class RoutingStrategy(_RoutingStrategy, metaclass=_RoutingStrategyEnumTypeWrapper): ...
+class RoutingStrategy(_RoutingStrategy, metaclass=_RoutingStrategyEnumTypeWrapper):
+    """How the Conductor chose an agent."""
 
 ROUTING_STRATEGY_UNSPECIFIED: RoutingStrategy.ValueType  # 0
+"""Not set."""
 ROUTING_STRATEGY_EXPLICIT: RoutingStrategy.ValueType  # 1
+"""The request named the agent."""
 ROUTING_STRATEGY_SUPERVISOR: RoutingStrategy.ValueType  # 2
+"""An LLM supervisor chose."""
 ROUTING_STRATEGY_SIMILARITY: RoutingStrategy.ValueType  # 3
+"""Embedding similarity against agent cards chose (above the threshold)."""
 ROUTING_STRATEGY_DEFAULT: RoutingStrategy.ValueType  # 4
+"""Nothing scored above the threshold; the default agent took the turn."""
 ROUTING_STRATEGY_HANDOFF: RoutingStrategy.ValueType  # 5
+"""The previous agent handed the turn to another agent."""
 global___RoutingStrategy = RoutingStrategy
 
 @typing.final
 class ConverseRequest(google.protobuf.message.Message):
+    """Request for ConductorService.Converse."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: builtins.int
@@ -79,15 +103,29 @@ class ConverseRequest(google.protobuf.message.Message):
     BUSY_POLICY_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
     session: builtins.str
+    """The session, `sessions/{session}`."""
     create_session: builtins.bool
+    """When true, a missing session is created (with this id) instead of NOT_FOUND."""
     agent: builtins.str
+    """Route to this agent (`agents/{agent}`) instead of deciding."""
     background: builtins.bool
+    """When true, the turn runs as a Job: the stream sends `job_created` and then
+    progress until the job ends (the client may leave; the job goes on).
+    """
     busy_policy: global___BusyPolicy.ValueType
+    """What to do if a turn already runs in the session."""
     request_id: builtins.str
+    """Idempotency key: a retry with the same key replays the turn's events
+    instead of running it twice.
+    """
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """The user's message. Required unless `resume` is set."""
+
     @property
-    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput: ...
+    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput:
+        """Answer to the interrupt a paused turn waits on; continues that turn."""
+
     def __init__(
         self,
         *,
@@ -107,12 +145,16 @@ global___ConverseRequest = ConverseRequest
 
 @typing.final
 class WatchConversationRequest(google.protobuf.message.Message):
+    """Request for ConductorService.WatchConversation."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: builtins.int
     session: builtins.str
+    """The session, `sessions/{session}`."""
     after_sequence: builtins.int
+    """Send events with a sequence greater than this; 0 sends the whole history."""
     def __init__(
         self,
         *,
@@ -125,6 +167,8 @@ global___WatchConversationRequest = WatchConversationRequest
 
 @typing.final
 class RoutingDecision(google.protobuf.message.Message):
+    """The Conductor's routing decision for a turn (or a hand-off within it)."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     STRATEGY_FIELD_NUMBER: builtins.int
@@ -133,11 +177,17 @@ class RoutingDecision(google.protobuf.message.Message):
     REASON_FIELD_NUMBER: builtins.int
     DECISION_FIELD_NUMBER: builtins.int
     strategy: global___RoutingStrategy.ValueType
+    """How the agent was chosen."""
     agent: builtins.str
+    """The chosen agent, `agents/{agent}`."""
     reason: builtins.str
+    """Why, in a sentence."""
     decision: builtins.str
+    """The audit record in Memory, `decisions/{decision}`."""
     @property
-    def candidates(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.ScoredCandidate]: ...
+    def candidates(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.ScoredCandidate]:
+        """The agents considered, with their scores."""
+
     def __init__(
         self,
         *,
@@ -153,13 +203,18 @@ global___RoutingDecision = RoutingDecision
 
 @typing.final
 class JobCreated(google.protobuf.message.Message):
+    """The job a background turn runs as."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     JOB_FIELD_NUMBER: builtins.int
     SNAPSHOT_FIELD_NUMBER: builtins.int
     job: builtins.str
+    """The job, `jobs/{job}`; watch it with JobService.WatchJob."""
     @property
-    def snapshot(self) -> agentmesh.v1.job_pb2.Job: ...
+    def snapshot(self) -> agentmesh.v1.job_pb2.Job:
+        """The job as created."""
+
     def __init__(
         self,
         *,
@@ -173,6 +228,8 @@ global___JobCreated = JobCreated
 
 @typing.final
 class FinalMessage(google.protobuf.message.Message):
+    """The assistant message that ends a turn."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: builtins.int
@@ -180,11 +237,17 @@ class FinalMessage(google.protobuf.message.Message):
     PARTS_FIELD_NUMBER: builtins.int
     USAGE_FIELD_NUMBER: builtins.int
     message: builtins.str
+    """The stored message, `sessions/{session}/messages/{message}`."""
     agent: builtins.str
+    """The agent that answered, `agents/{agent}`."""
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """The content."""
+
     @property
-    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage: ...
+    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage:
+        """Tokens the turn used."""
+
     def __init__(
         self,
         *,
@@ -200,6 +263,8 @@ global___FinalMessage = FinalMessage
 
 @typing.final
 class ConverseEvent(google.protobuf.message.Message):
+    """One event of a conversation turn."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: builtins.int
@@ -214,24 +279,45 @@ class ConverseEvent(google.protobuf.message.Message):
     FINAL_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
     session: builtins.str
+    """The session, `sessions/{session}`."""
     sequence: builtins.int
+    """Per-session sequence number, increasing across turns; resume with
+    WatchConversation(after_sequence).
+    """
     turn_id: builtins.str
+    """The turn the event belongs to."""
     @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When it happened."""
+
     @property
-    def routing(self) -> global___RoutingDecision: ...
+    def routing(self) -> global___RoutingDecision:
+        """Which agent takes the turn and why."""
+
     @property
-    def agent_event(self) -> agentmesh.v1.agent_pb2.AgentEvent: ...
+    def agent_event(self) -> agentmesh.v1.agent_pb2.AgentEvent:
+        """An event of the running agent, relayed."""
+
     @property
-    def job_created(self) -> global___JobCreated: ...
+    def job_created(self) -> global___JobCreated:
+        """The turn runs as a background job."""
+
     @property
-    def job_event(self) -> agentmesh.v1.job_pb2.JobEvent: ...
+    def job_event(self) -> agentmesh.v1.job_pb2.JobEvent:
+        """The background job changed (state, progress, interrupt)."""
+
     @property
-    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
+    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt:
+        """The turn pauses for a human; answer with Converse(resume)."""
+
     @property
-    def final(self) -> global___FinalMessage: ...
+    def final(self) -> global___FinalMessage:
+        """The turn's answer; the last event of a successful turn."""
+
     @property
-    def error(self) -> google.rpc.status_pb2.Status: ...
+    def error(self) -> google.rpc.status_pb2.Status:
+        """The turn failed; the last event of a failed turn."""
+
     def __init__(
         self,
         *,

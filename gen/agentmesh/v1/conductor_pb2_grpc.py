@@ -26,7 +26,15 @@ if _version_not_supported:
 
 
 class ConductorServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,16 +55,39 @@ class ConductorServiceStub:
 
 
 class ConductorServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
 
     def Converse(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Takes one turn of a conversation and streams its events: the routing
+        decision, the agent's relayed events, a job handle when the work runs in the
+        background, and the final message. Every event carries the session's next
+        sequence number, so a client that disconnects resumes with
+        WatchConversation. Failures after the stream started arrive as an `error`
+        event (visible to JSON clients, which see no trailers).
+        Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
+        NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
+        already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
+        with no paused turn, or a message while a turn waits for a resume),
+        RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchConversation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Streams a session's conversation events after `after_sequence`: first the
+        stored ones, then live ones as turns produce them, until the client leaves.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
+        latest sequence).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -83,7 +114,15 @@ def add_ConductorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConductorService:
-    """Missing associated documentation comment in .proto file."""
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
 
     @staticmethod
     def Converse(request,

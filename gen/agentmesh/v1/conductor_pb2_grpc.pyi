@@ -18,41 +18,122 @@ class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type:
     ...
 
 class ConductorServiceStub:
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
+
     def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
     Converse: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.ConverseRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
     ]
+    """Takes one turn of a conversation and streams its events: the routing
+    decision, the agent's relayed events, a job handle when the work runs in the
+    background, and the final message. Every event carries the session's next
+    sequence number, so a client that disconnects resumes with
+    WatchConversation. Failures after the stream started arrive as an `error`
+    event (visible to JSON clients, which see no trailers).
+    Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
+    NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
+    already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
+    with no paused turn, or a message while a turn waits for a resume),
+    RESOURCE_EXHAUSTED (quota, with RetryInfo).
+    """
 
     WatchConversation: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.WatchConversationRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
     ]
+    """Streams a session's conversation events after `after_sequence`: first the
+    stored ones, then live ones as turns produce them, until the client leaves.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
+    latest sequence).
+    """
 
 class ConductorServiceAsyncStub:
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
+
     Converse: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.ConverseRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
     ]
+    """Takes one turn of a conversation and streams its events: the routing
+    decision, the agent's relayed events, a job handle when the work runs in the
+    background, and the final message. Every event carries the session's next
+    sequence number, so a client that disconnects resumes with
+    WatchConversation. Failures after the stream started arrive as an `error`
+    event (visible to JSON clients, which see no trailers).
+    Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
+    NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
+    already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
+    with no paused turn, or a message while a turn waits for a resume),
+    RESOURCE_EXHAUSTED (quota, with RetryInfo).
+    """
 
     WatchConversation: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.conductor_pb2.WatchConversationRequest,
         agentmesh.v1.conductor_pb2.ConverseEvent,
     ]
+    """Streams a session's conversation events after `after_sequence`: first the
+    stored ones, then live ones as turns produce them, until the client leaves.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
+    latest sequence).
+    """
 
 class ConductorServiceServicer(metaclass=abc.ABCMeta):
+    """ConductorService runs the conversation of a session: it takes a user's
+    message, decides which agent handles it (explicit choice, an LLM supervisor,
+    or embedding similarity against agent cards), streams the agent's answer
+    back, and hands long work to a Job. Every routing decision is recorded in
+    Memory's audit trail.
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (a dependency is down).
+    """
+
     @abc.abstractmethod
     def Converse(
         self,
         request: agentmesh.v1.conductor_pb2.ConverseRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.conductor_pb2.ConverseEvent], collections.abc.AsyncIterator[agentmesh.v1.conductor_pb2.ConverseEvent]]: ...
+    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.conductor_pb2.ConverseEvent], collections.abc.AsyncIterator[agentmesh.v1.conductor_pb2.ConverseEvent]]:
+        """Takes one turn of a conversation and streams its events: the routing
+        decision, the agent's relayed events, a job handle when the work runs in the
+        background, and the final message. Every event carries the session's next
+        sequence number, so a client that disconnects resumes with
+        WatchConversation. Failures after the stream started arrive as an `error`
+        event (visible to JSON clients, which see no trailers).
+        Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
+        NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
+        already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
+        with no paused turn, or a message while a turn waits for a resume),
+        RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        """
 
     @abc.abstractmethod
     def WatchConversation(
         self,
         request: agentmesh.v1.conductor_pb2.WatchConversationRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.conductor_pb2.ConverseEvent], collections.abc.AsyncIterator[agentmesh.v1.conductor_pb2.ConverseEvent]]: ...
+    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.conductor_pb2.ConverseEvent], collections.abc.AsyncIterator[agentmesh.v1.conductor_pb2.ConverseEvent]]:
+        """Streams a session's conversation events after `after_sequence`: first the
+        stored ones, then live ones as turns produce them, until the client leaves.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
+        latest sequence).
+        """
 
 def add_ConductorServiceServicer_to_server(servicer: ConductorServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -31,22 +31,37 @@ class _JobState:
 class _JobStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """Not set."""
     JOB_STATE_PENDING: _JobState.ValueType  # 1
+    """Accepted and queued, waiting for a worker (or for its start delay)."""
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    """A worker is running the agent."""
     JOB_STATE_INPUT_REQUIRED: _JobState.ValueType  # 3
+    """The agent paused for a human answer; see `Job.interrupt` and ResumeJob."""
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 4
+    """Finished; `result` holds the output. Terminal."""
     JOB_STATE_FAILED: _JobState.ValueType  # 5
+    """Failed after its last attempt; `error` says why. Terminal (RetryJob re-opens)."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 6
+    """Cancelled by a client. Terminal (RetryJob re-opens)."""
 
-class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper): ...
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """The lifecycle state of a job."""
 
 JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""Not set."""
 JOB_STATE_PENDING: JobState.ValueType  # 1
+"""Accepted and queued, waiting for a worker (or for its start delay)."""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
+"""A worker is running the agent."""
 JOB_STATE_INPUT_REQUIRED: JobState.ValueType  # 3
+"""The agent paused for a human answer; see `Job.interrupt` and ResumeJob."""
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 4
+"""Finished; `result` holds the output. Terminal."""
 JOB_STATE_FAILED: JobState.ValueType  # 5
+"""Failed after its last attempt; `error` says why. Terminal (RetryJob re-opens)."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
+"""Cancelled by a client. Terminal (RetryJob re-opens)."""
 global___JobState = JobState
 
 class _JobPriority:
@@ -56,20 +71,31 @@ class _JobPriority:
 class _JobPriorityEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_JobPriority.ValueType], builtins.type):
     DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     JOB_PRIORITY_UNSPECIFIED: _JobPriority.ValueType  # 0
+    """Not set; treated as DEFAULT."""
     JOB_PRIORITY_HIGH: _JobPriority.ValueType  # 1
+    """Run before DEFAULT and LOW work."""
     JOB_PRIORITY_DEFAULT: _JobPriority.ValueType  # 2
+    """The normal queue."""
     JOB_PRIORITY_LOW: _JobPriority.ValueType  # 3
+    """Run when nothing more urgent waits."""
 
-class JobPriority(_JobPriority, metaclass=_JobPriorityEnumTypeWrapper): ...
+class JobPriority(_JobPriority, metaclass=_JobPriorityEnumTypeWrapper):
+    """Queue priority of a job."""
 
 JOB_PRIORITY_UNSPECIFIED: JobPriority.ValueType  # 0
+"""Not set; treated as DEFAULT."""
 JOB_PRIORITY_HIGH: JobPriority.ValueType  # 1
+"""Run before DEFAULT and LOW work."""
 JOB_PRIORITY_DEFAULT: JobPriority.ValueType  # 2
+"""The normal queue."""
 JOB_PRIORITY_LOW: JobPriority.ValueType  # 3
+"""Run when nothing more urgent waits."""
 global___JobPriority = JobPriority
 
 @typing.final
 class RetryPolicy(google.protobuf.message.Message):
+    """How failed attempts are retried automatically (exponential backoff)."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MAX_ATTEMPTS_FIELD_NUMBER: builtins.int
@@ -77,11 +103,17 @@ class RetryPolicy(google.protobuf.message.Message):
     MAX_BACKOFF_FIELD_NUMBER: builtins.int
     BACKOFF_MULTIPLIER_FIELD_NUMBER: builtins.int
     max_attempts: builtins.int
+    """Attempts in all, 1-10; 0 means 3. 1 disables automatic retries."""
     backoff_multiplier: builtins.float
+    """Factor applied to the delay after each attempt, >= 1; 0 means 2."""
     @property
-    def initial_backoff(self) -> google.protobuf.duration_pb2.Duration: ...
+    def initial_backoff(self) -> google.protobuf.duration_pb2.Duration:
+        """Delay before the second attempt; default 1 s."""
+
     @property
-    def max_backoff(self) -> google.protobuf.duration_pb2.Duration: ...
+    def max_backoff(self) -> google.protobuf.duration_pb2.Duration:
+        """Upper bound of the delay; default 5 min."""
+
     def __init__(
         self,
         *,
@@ -97,6 +129,8 @@ global___RetryPolicy = RetryPolicy
 
 @typing.final
 class Progress(google.protobuf.message.Message):
+    """Progress reported by the running agent."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PERCENT_FIELD_NUMBER: builtins.int
@@ -104,10 +138,15 @@ class Progress(google.protobuf.message.Message):
     MESSAGE_FIELD_NUMBER: builtins.int
     UPDATE_TIME_FIELD_NUMBER: builtins.int
     percent: builtins.float
+    """Completion estimate, 0-100."""
     stage: builtins.str
+    """Short machine-friendly stage name, e.g. `research`."""
     message: builtins.str
+    """Human-readable message."""
     @property
-    def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When it was reported."""
+
     def __init__(
         self,
         *,
@@ -123,6 +162,8 @@ global___Progress = Progress
 
 @typing.final
 class Job(google.protobuf.message.Message):
+    """A unit of long-running agent work."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     @typing.final
@@ -165,43 +206,83 @@ class Job(google.protobuf.message.Message):
     END_TIME_FIELD_NUMBER: builtins.int
     UPDATE_TIME_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """Resource name, `jobs/{job}`; the id is chosen by the client on create
+    (`job_id`) or generated.
+    """
     agent: builtins.str
+    """Agent to run, `agents/{agent}`."""
     session: builtins.str
+    """Session the job serves, `sessions/{session}`, if any."""
     priority: global___JobPriority.ValueType
+    """Queue priority."""
     state: global___JobState.ValueType
+    """Current state."""
     attempt: builtins.int
+    """Current attempt, from 1."""
     thread_id: builtins.str
+    """LangGraph thread of the run (its checkpoints live in Memory)."""
     sequence: builtins.int
+    """Sequence number of the job's latest change (see WatchJob)."""
     @property
-    def input(self) -> google.protobuf.struct_pb2.Struct: ...
+    def input(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured input of the run, validated against the agent's input schema."""
+
     @property
-    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]: ...
+    def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
+        """Content of the run (usually the user's request)."""
+
     @property
-    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]: ...
+    def labels(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """Labels for filtering, e.g. `team=support`."""
+
     @property
-    def retry_policy(self) -> global___RetryPolicy: ...
+    def retry_policy(self) -> global___RetryPolicy:
+        """Automatic retry of failed attempts."""
+
     @property
-    def start_delay(self) -> google.protobuf.duration_pb2.Duration: ...
+    def start_delay(self) -> google.protobuf.duration_pb2.Duration:
+        """Do not start before this delay has passed (0 to 7 days)."""
+
     @property
-    def progress(self) -> global___Progress: ...
+    def progress(self) -> global___Progress:
+        """Latest progress."""
+
     @property
-    def result(self) -> google.protobuf.struct_pb2.Struct: ...
+    def result(self) -> google.protobuf.struct_pb2.Struct:
+        """Output of the run when SUCCEEDED."""
+
     @property
-    def error(self) -> google.rpc.status_pb2.Status: ...
+    def error(self) -> google.rpc.status_pb2.Status:
+        """Why it failed when FAILED (or why the last attempt failed)."""
+
     @property
-    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt: ...
+    def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt:
+        """The pending interrupt when INPUT_REQUIRED."""
+
     @property
-    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage: ...
+    def usage(self) -> agentmesh.v1.common_pb2.TokenUsage:
+        """Tokens used across attempts."""
+
     @property
-    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def create_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the job was created."""
+
     @property
-    def schedule_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def schedule_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the earliest start is (create time + start delay)."""
+
     @property
-    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def start_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the current attempt started running."""
+
     @property
-    def end_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def end_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the job reached a terminal state."""
+
     @property
-    def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def update_time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When anything about the job last changed."""
+
     def __init__(
         self,
         *,
@@ -236,15 +317,23 @@ global___Job = Job
 
 @typing.final
 class CreateJobRequest(google.protobuf.message.Message):
+    """Request for JobService.CreateJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     JOB_FIELD_NUMBER: builtins.int
     JOB_ID_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
     job_id: builtins.str
+    """Client-chosen id (becomes `jobs/{job_id}`, 1-63 characters of `[a-z0-9-]`);
+    generated when empty.
+    """
     request_id: builtins.str
+    """Idempotency key; a retry with the same key returns the first job."""
     @property
-    def job(self) -> global___Job: ...
+    def job(self) -> global___Job:
+        """The job to create; `name` is ignored (use `job_id`)."""
+
     def __init__(
         self,
         *,
@@ -259,10 +348,13 @@ global___CreateJobRequest = CreateJobRequest
 
 @typing.final
 class GetJobRequest(google.protobuf.message.Message):
+    """Request for JobService.GetJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`jobs/{job}`."""
     def __init__(
         self,
         *,
@@ -274,6 +366,8 @@ global___GetJobRequest = GetJobRequest
 
 @typing.final
 class ListJobsRequest(google.protobuf.message.Message):
+    """Request for JobService.ListJobs."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: builtins.int
@@ -281,9 +375,16 @@ class ListJobsRequest(google.protobuf.message.Message):
     FILTER_FIELD_NUMBER: builtins.int
     ORDER_BY_FIELD_NUMBER: builtins.int
     page_size: builtins.int
+    """Maximum results per page, 1-1000; 0 means 50."""
     page_token: builtins.str
+    """`next_page_token` of a previous call with the same filter and order; opaque."""
     filter: builtins.str
+    """AIP-160 subset: `state = RUNNING`, `agent = "agents/x"`,
+    `session = "sessions/s"`, `labels.<key> = "<value>"`,
+    `create_time >= "<RFC 3339>"`, `create_time < "…"`, joined by `AND`.
+    """
     order_by: builtins.str
+    """`create_time desc` (default), `create_time`, `update_time desc`, `update_time`."""
     def __init__(
         self,
         *,
@@ -298,13 +399,18 @@ global___ListJobsRequest = ListJobsRequest
 
 @typing.final
 class ListJobsResponse(google.protobuf.message.Message):
+    """Response of JobService.ListJobs."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
     next_page_token: builtins.str
+    """Token for the next page; empty on the last page."""
     @property
-    def jobs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Job]: ...
+    def jobs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Job]:
+        """The page of jobs."""
+
     def __init__(
         self,
         *,
@@ -317,12 +423,16 @@ global___ListJobsResponse = ListJobsResponse
 
 @typing.final
 class CancelJobRequest(google.protobuf.message.Message):
+    """Request for JobService.CancelJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`jobs/{job}`."""
     reason: builtins.str
+    """Why, recorded in the job's error message."""
     def __init__(
         self,
         *,
@@ -335,13 +445,18 @@ global___CancelJobRequest = CancelJobRequest
 
 @typing.final
 class ResumeJobRequest(google.protobuf.message.Message):
+    """Request for JobService.ResumeJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     RESUME_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`jobs/{job}`."""
     @property
-    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput: ...
+    def resume(self) -> agentmesh.v1.common_pb2.ResumeInput:
+        """The answer to the pending interrupt."""
+
     def __init__(
         self,
         *,
@@ -355,10 +470,13 @@ global___ResumeJobRequest = ResumeJobRequest
 
 @typing.final
 class RetryJobRequest(google.protobuf.message.Message):
+    """Request for JobService.RetryJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`jobs/{job}`."""
     def __init__(
         self,
         *,
@@ -370,12 +488,18 @@ global___RetryJobRequest = RetryJobRequest
 
 @typing.final
 class WatchJobRequest(google.protobuf.message.Message):
+    """Request for JobService.WatchJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     NAME_FIELD_NUMBER: builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: builtins.int
     name: builtins.str
+    """`jobs/{job}`."""
     after_sequence: builtins.int
+    """Replay changes with a sequence greater than this; 0 starts with the
+    current state.
+    """
     def __init__(
         self,
         *,
@@ -388,16 +512,23 @@ global___WatchJobRequest = WatchJobRequest
 
 @typing.final
 class JobEvent(google.protobuf.message.Message):
+    """One change of a job, as streamed by WatchJob."""
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: builtins.int
     JOB_FIELD_NUMBER: builtins.int
     TIME_FIELD_NUMBER: builtins.int
     sequence: builtins.int
+    """The job's change number (Job.sequence after the change), increasing."""
     @property
-    def job(self) -> global___Job: ...
+    def job(self) -> global___Job:
+        """The job as it was right after the change."""
+
     @property
-    def time(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the change happened."""
+
     def __init__(
         self,
         *,

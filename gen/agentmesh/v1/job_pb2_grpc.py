@@ -26,7 +26,18 @@ if _version_not_supported:
 
 
 class JobServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+    PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -72,46 +83,77 @@ class JobServiceStub:
 
 
 class JobServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+    PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
 
     def CreateJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates a job and enqueues it. Idempotent with `request_id`.
+        Errors: INVALID_ARGUMENT (bad agent name, input violates the agent's input
+        schema, bad retry policy or delay), NOT_FOUND (unknown agent),
+        RESOURCE_EXHAUSTED (too many active jobs for the tenant, with RetryInfo).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a job. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists jobs with a filter on state, agent, label, session and time, ordered
+        by `order_by`. Errors: INVALID_ARGUMENT (bad filter, order or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancels a job that has not ended; a running attempt is asked to stop and the
+        job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Answers the interrupt an INPUT_REQUIRED job waits on; the job goes back to
+        RUNNING. Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND,
+        FAILED_PRECONDITION (not INPUT_REQUIRED, or a different interrupt pends).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RetryJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Starts a new attempt of a FAILED or CANCELLED job (state back to PENDING,
+        attempt + 1). Errors: NOT_FOUND, FAILED_PRECONDITION (any other state).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Streams a job: first its current state, then every change, until it ends.
+        With `after_sequence`, replays the changes after that point first, so a
+        client resumes watching without missing one.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
+        beyond the job's last change).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -163,7 +205,18 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService:
-    """Missing associated documentation comment in .proto file."""
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+    PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
 
     @staticmethod
     def CreateJob(request,

@@ -18,126 +18,243 @@ class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type:
     ...
 
 class JobServiceStub:
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+      PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+      PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+      FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
+
     def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
     CreateJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CreateJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Creates a job and enqueues it. Idempotent with `request_id`.
+    Errors: INVALID_ARGUMENT (bad agent name, input violates the agent's input
+    schema, bad retry policy or delay), NOT_FOUND (unknown agent),
+    RESOURCE_EXHAUSTED (too many active jobs for the tenant, with RetryInfo).
+    """
 
     GetJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.GetJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Gets a job. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND."""
 
     ListJobs: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ListJobsRequest,
         agentmesh.v1.job_pb2.ListJobsResponse,
     ]
+    """Lists jobs with a filter on state, agent, label, session and time, ordered
+    by `order_by`. Errors: INVALID_ARGUMENT (bad filter, order or page token).
+    """
 
     CancelJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CancelJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Cancels a job that has not ended; a running attempt is asked to stop and the
+    job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
+    Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+    """
 
     ResumeJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ResumeJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Answers the interrupt an INPUT_REQUIRED job waits on; the job goes back to
+    RUNNING. Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND,
+    FAILED_PRECONDITION (not INPUT_REQUIRED, or a different interrupt pends).
+    """
 
     RetryJob: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.RetryJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Starts a new attempt of a FAILED or CANCELLED job (state back to PENDING,
+    attempt + 1). Errors: NOT_FOUND, FAILED_PRECONDITION (any other state).
+    """
 
     WatchJob: grpc.UnaryStreamMultiCallable[
         agentmesh.v1.job_pb2.WatchJobRequest,
         agentmesh.v1.job_pb2.JobEvent,
     ]
+    """Streams a job: first its current state, then every change, until it ends.
+    With `after_sequence`, replays the changes after that point first, so a
+    client resumes watching without missing one.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
+    beyond the job's last change).
+    """
 
 class JobServiceAsyncStub:
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+      PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+      PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+      FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
+
     CreateJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CreateJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Creates a job and enqueues it. Idempotent with `request_id`.
+    Errors: INVALID_ARGUMENT (bad agent name, input violates the agent's input
+    schema, bad retry policy or delay), NOT_FOUND (unknown agent),
+    RESOURCE_EXHAUSTED (too many active jobs for the tenant, with RetryInfo).
+    """
 
     GetJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.GetJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Gets a job. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND."""
 
     ListJobs: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ListJobsRequest,
         agentmesh.v1.job_pb2.ListJobsResponse,
     ]
+    """Lists jobs with a filter on state, agent, label, session and time, ordered
+    by `order_by`. Errors: INVALID_ARGUMENT (bad filter, order or page token).
+    """
 
     CancelJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.CancelJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Cancels a job that has not ended; a running attempt is asked to stop and the
+    job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
+    Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+    """
 
     ResumeJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.ResumeJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Answers the interrupt an INPUT_REQUIRED job waits on; the job goes back to
+    RUNNING. Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND,
+    FAILED_PRECONDITION (not INPUT_REQUIRED, or a different interrupt pends).
+    """
 
     RetryJob: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.job_pb2.RetryJobRequest,
         agentmesh.v1.job_pb2.Job,
     ]
+    """Starts a new attempt of a FAILED or CANCELLED job (state back to PENDING,
+    attempt + 1). Errors: NOT_FOUND, FAILED_PRECONDITION (any other state).
+    """
 
     WatchJob: grpc.aio.UnaryStreamMultiCallable[
         agentmesh.v1.job_pb2.WatchJobRequest,
         agentmesh.v1.job_pb2.JobEvent,
     ]
+    """Streams a job: first its current state, then every change, until it ends.
+    With `after_sequence`, replays the changes after that point first, so a
+    client resumes watching without missing one.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
+    beyond the job's last change).
+    """
 
 class JobServiceServicer(metaclass=abc.ABCMeta):
+    """JobService runs long agent work durably: job records live in PostgreSQL,
+    Dramatiq workers execute them over Redis, and every state change is kept so
+    clients can watch a job and resume watching after a disconnect.
+
+    State machine (anything else is FAILED_PRECONDITION):
+      PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
+      PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+      FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Every RPC may return UNAUTHENTICATED (missing or invalid token) and
+    UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
+    """
+
     @abc.abstractmethod
     def CreateJob(
         self,
         request: agentmesh.v1.job_pb2.CreateJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]:
+        """Creates a job and enqueues it. Idempotent with `request_id`.
+        Errors: INVALID_ARGUMENT (bad agent name, input violates the agent's input
+        schema, bad retry policy or delay), NOT_FOUND (unknown agent),
+        RESOURCE_EXHAUSTED (too many active jobs for the tenant, with RetryInfo).
+        """
 
     @abc.abstractmethod
     def GetJob(
         self,
         request: agentmesh.v1.job_pb2.GetJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]:
+        """Gets a job. Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND."""
 
     @abc.abstractmethod
     def ListJobs(
         self,
         request: agentmesh.v1.job_pb2.ListJobsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.ListJobsResponse, collections.abc.Awaitable[agentmesh.v1.job_pb2.ListJobsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.ListJobsResponse, collections.abc.Awaitable[agentmesh.v1.job_pb2.ListJobsResponse]]:
+        """Lists jobs with a filter on state, agent, label, session and time, ordered
+        by `order_by`. Errors: INVALID_ARGUMENT (bad filter, order or page token).
+        """
 
     @abc.abstractmethod
     def CancelJob(
         self,
         request: agentmesh.v1.job_pb2.CancelJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]:
+        """Cancels a job that has not ended; a running attempt is asked to stop and the
+        job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+        """
 
     @abc.abstractmethod
     def ResumeJob(
         self,
         request: agentmesh.v1.job_pb2.ResumeJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]:
+        """Answers the interrupt an INPUT_REQUIRED job waits on; the job goes back to
+        RUNNING. Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND,
+        FAILED_PRECONDITION (not INPUT_REQUIRED, or a different interrupt pends).
+        """
 
     @abc.abstractmethod
     def RetryJob(
         self,
         request: agentmesh.v1.job_pb2.RetryJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]: ...
+    ) -> typing.Union[agentmesh.v1.job_pb2.Job, collections.abc.Awaitable[agentmesh.v1.job_pb2.Job]]:
+        """Starts a new attempt of a FAILED or CANCELLED job (state back to PENDING,
+        attempt + 1). Errors: NOT_FOUND, FAILED_PRECONDITION (any other state).
+        """
 
     @abc.abstractmethod
     def WatchJob(
         self,
         request: agentmesh.v1.job_pb2.WatchJobRequest,
         context: _ServicerContext,
-    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.job_pb2.JobEvent], collections.abc.AsyncIterator[agentmesh.v1.job_pb2.JobEvent]]: ...
+    ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.job_pb2.JobEvent], collections.abc.AsyncIterator[agentmesh.v1.job_pb2.JobEvent]]:
+        """Streams a job: first its current state, then every change, until it ends.
+        With `after_sequence`, replays the changes after that point first, so a
+        client resumes watching without missing one.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
+        beyond the job's last change).
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -27,7 +27,19 @@ if _version_not_supported:
 
 
 class MemoryServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -228,232 +240,437 @@ class MemoryServiceStub:
 
 
 class MemoryServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
 
     def CreateSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates a session. Idempotent with `request_id`: a retry of the same request
+        with the same id returns the session created the first time. The id of a
+        deleted session stays taken until its `purge_time` (AIP-164): the session
+        can be undeleted until then; once it is purged the id is free again.
+        Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+        used for a different request), ALREADY_EXISTS (`session_id` taken by a
+        different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+        session, `SESSION_DELETED` for a deleted one, whose message and metadata
+        (`delete_time`, `purge_time`) say when the id becomes free).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a session. A deleted session (see DeleteSession) is not returned, even
+        before its purge: ListSessions with `show_deleted` shows it.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or deleted).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
+        on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+        sessions are left out unless `show_deleted` is set (AIP-164).
+        Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Updates the fields named in `update_mask`. When `session.etag` is set it
+        must match the stored one, so concurrent updates cannot silently overwrite
+        each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+        service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+        mismatch, also for an etag of an earlier session with the same id: read
+        again and retry).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a session with its messages, working memory and checkpoints.
+
+        Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+        kept, with everything it holds, until its `purge_time`, `delete_time` plus
+        the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+        default). Until then UndeleteSession gives it back whole; afterwards the
+        service's janitor removes it for good. Meanwhile it behaves as deleted
+        everywhere: GetSession, UpdateSession, its messages, its working memory and
+        the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+        unless `show_deleted`, and its id stays taken. A server whose purge window is
+        0 removes the session at once, as before, and it cannot be undeleted.
+
+        Idempotent: deleting a deleted session changes nothing (its `purge_time`
+        stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+        the Session AIP-164 suggests, so that clients of the hard delete keep working.
+        Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+        issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+        ABORTED (`etag` given and not the session's current one, also when it is an
+        earlier session's with the same id).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UndeleteSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Restores a deleted session before its `purge_time` (AIP-164), with its
+        messages, checkpoints and working memory (working memory keeps its own
+        time to live while the session is deleted, so it may have expired). The
+        restored session has no `delete_time` or `purge_time`, and a new etag.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or already purged: past its `purge_time`, or deleted by a server
+        whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+        is nothing to undelete, e.g. a retry of an undelete that succeeded).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AppendMessages(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """---------------------------------------------------------------- messages
+
+        Appends one or more messages to a session, in the order given, atomically.
+        Sequence numbers are allocated here and only here, so they never collide.
+        Idempotent: a message whose `message_id` already exists in the session, or
+        a retry with the same `request_id`, returns the stored messages instead of
+        appending copies.
+        Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
+        messages, `request_id` already used for a different request), NOT_FOUND
+        (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists a session's messages in sequence order, with pagination and a time
+        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+        (session unknown or deleted).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """---------------------------------------------------------------- memories
+
+        Creates a long-term memory; its embedding is computed server-side unless
+        given. A near-duplicate in the same namespace (similarity above the
+        server's merge threshold) is updated instead of copied, and returned.
+        Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
+        dimension, `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+        (embedding provider down).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchCreateMemories(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates up to 500 memories in one call, embedded in one batch; all or none.
+        Errors: as CreateMemory; a violation names the index of the offending item
+        (`requests[3].memory.content`, `requests[3].request_id`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (also when expired).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMemories(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists memories, newest first, filtered by namespace prefix, kind and labels.
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Updates the fields named in `update_mask`; changing `content` re-embeds.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SearchMemories(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Semantic search by text (embedded server-side) or by vector, within a
+        namespace prefix, optionally filtered by kind and metadata, best first.
+        Expired memories never come back.
+        Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
+        range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateDecision(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """--------------------------------------------------------------- decisions
+
+        Appends a decision to the audit trail. Decisions are never updated or
+        deleted, and they outlive their session: an audit trail must not lose the
+        record of what was decided when the conversation is removed. Idempotent
+        with `request_id`.
+        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+        `request_id` already used for a different request).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDecision(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets a decision. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDecisions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists decisions, newest first, filtered by agent, session, job and time.
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutArtifact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """--------------------------------------------------------------- artifacts
+
+        Stores a new version of an artifact (the first call creates it, version 1).
+        Idempotent with `request_id`.
+        Errors: INVALID_ARGUMENT (bad name, no content, content over the size
+        limit, bad media type, `request_id` already used for a different request),
+        ABORTED (`etag` given and not the latest version's).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetArtifact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets the latest version of an artifact, or the version asked for.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (artifact or version).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListArtifacts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists artifacts (latest version of each, content omitted), filtered by
+        session and media type. Errors: INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListArtifactVersions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the versions of one artifact, newest first, content omitted.
+        Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteArtifact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes an artifact with all its versions.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetWorkingMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """---------------------------------------------------------- working memory
+
+        Reads a session's working memory (empty values if nothing is stored or it
+        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateWorkingMemory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Merges keys into a session's working memory atomically: keys in
+        `working_memory.values` are set, keys in `remove_keys` removed, others kept;
+        the TTL is refreshed. A working memory holds at most a server-set number of
+        keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+        its value's as JSON). An update that would leave it over a limit (and larger
+        than it was) changes nothing, TTL included; one that does not grow it always
+        passes, so removing keys works even over a lowered limit.
+        Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+        range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+        (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+        (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+        `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+        update fails the same way until keys are removed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """------------------------------------------- LangGraph checkpoints (internal)
+        These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
+        agent processes keep no state. Not exposed as JSON.
+
+        A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+        While that session is deleted (until its purge, see DeleteSession) its
+        threads look empty: reads find no checkpoint of them, DeleteThread,
+        DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+        gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+        CopyThread target) are NOT_FOUND naming the session. Threads of no session
+        (LangGraph's UUIDs) are not affected.
+
+        Stores a checkpoint of a thread. Idempotent: storing the same
+        (thread, namespace, id) again overwrites it with identical content.
+        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+        NOT_FOUND (the thread's session is deleted).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutCheckpointWrites(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
+        Idempotent per (task, index). The checkpoint need not be stored yet, and a
+        missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        when a run fails, without) the checkpoint itself. Such writes wait under the
+        checkpoint's key and are returned with it once PutCheckpoint stores it; until
+        then no read returns them. DeleteThread removes them, and PruneCheckpoints
+        when the checkpoint could not be kept anyway.
+        Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+        than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+        (the thread's session is deleted).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets one checkpoint with its pending writes (also those stored before the
+        checkpoint): the given id, or the latest of the thread and namespace.
+        Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+        such checkpoint; writes alone do not make one).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCheckpoints(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists checkpoints newest first, filtered by thread, namespace, metadata and
+        `before`, each with its pending writes (also those stored before it).
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteThread(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes every checkpoint and write of a thread, in every namespace, including
+        writes whose checkpoint was never stored. Idempotent (a missing thread is not
+        an error). Errors: INVALID_ARGUMENT (missing thread id).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CopyThread(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Copies every checkpoint of a thread, with its writes, to another thread id.
+        Writes of checkpoints the source does not hold are not copied (that
+        checkpoint can only land on the source).
+        Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+        has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+        target has checkpoints).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCheckpointsForRuns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the checkpoints created by the given runs (metadata `run_id`), with
+        their writes. Writes of checkpoints not stored carry no run id and stay
+        (DeleteThread or PruneCheckpoints removes them).
+        Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PruneCheckpoints(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Keeps only the latest checkpoints of the given threads (per namespace, plus
+        the ancestors LangGraph delta channels still need), deleting the others with
+        their writes. Writes of a checkpoint not stored go too when `keep_latest`
+        newer checkpoints exist in its namespace (it could not be kept if it landed).
+        Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutStoreItem(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """------------------------------------------------ LangGraph store (internal)
+        These back agentmesh's BaseStore: long-lived JSON documents under a
+        namespace, shared across threads.
+
+        Puts (creates or replaces) an item. Errors: INVALID_ARGUMENT (empty
+        namespace or key, bad JSON, too large).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetStoreItem(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Gets an item. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteStoreItem(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes an item; a missing item is not an error. Errors: INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SearchStoreItems(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Searches items under a namespace prefix by JSON filter and, when `query` is
+        set, by semantic similarity. Errors: INVALID_ARGUMENT (bad filter, limit).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListStoreNamespaces(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lists the namespaces that hold items, matched by prefix/suffix and cut at
+        `max_depth`. Errors: INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -660,7 +877,19 @@ def add_MemoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MemoryService:
-    """Missing associated documentation comment in .proto file."""
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
 
     @staticmethod
     def CreateSession(request,

@@ -19,653 +19,1373 @@ class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type:
     ...
 
 class MemoryServiceStub:
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
+
     def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
     CreateSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Creates a session. Idempotent with `request_id`: a retry of the same request
+    with the same id returns the session created the first time. The id of a
+    deleted session stays taken until its `purge_time` (AIP-164): the session
+    can be undeleted until then; once it is purged the id is free again.
+    Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+    used for a different request), ALREADY_EXISTS (`session_id` taken by a
+    different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+    session, `SESSION_DELETED` for a deleted one, whose message and metadata
+    (`delete_time`, `purge_time`) say when the id becomes free).
+    """
 
     GetSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Gets a session. A deleted session (see DeleteSession) is not returned, even
+    before its purge: ListSessions with `show_deleted` shows it.
+    Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+    tenant's, or deleted).
+    """
 
     ListSessions: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListSessionsRequest,
         agentmesh.v1.memory_pb2.ListSessionsResponse,
     ]
+    """Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
+    on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+    sessions are left out unless `show_deleted` is set (AIP-164).
+    Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+    """
 
     UpdateSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Updates the fields named in `update_mask`. When `session.etag` is set it
+    must match the stored one, so concurrent updates cannot silently overwrite
+    each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+    service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+    mismatch, also for an etag of an earlier session with the same id: read
+    again and retry).
+    """
 
     DeleteSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteSessionRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes a session with its messages, working memory and checkpoints.
+
+    Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+    kept, with everything it holds, until its `purge_time`, `delete_time` plus
+    the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+    default). Until then UndeleteSession gives it back whole; afterwards the
+    service's janitor removes it for good. Meanwhile it behaves as deleted
+    everywhere: GetSession, UpdateSession, its messages, its working memory and
+    the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+    unless `show_deleted`, and its id stays taken. A server whose purge window is
+    0 removes the session at once, as before, and it cannot be undeleted.
+
+    Idempotent: deleting a deleted session changes nothing (its `purge_time`
+    stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+    the Session AIP-164 suggests, so that clients of the hard delete keep working.
+    Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+    issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+    ABORTED (`etag` given and not the session's current one, also when it is an
+    earlier session's with the same id).
+    """
 
     UndeleteSession: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UndeleteSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Restores a deleted session before its `purge_time` (AIP-164), with its
+    messages, checkpoints and working memory (working memory keeps its own
+    time to live while the session is deleted, so it may have expired). The
+    restored session has no `delete_time` or `purge_time`, and a new etag.
+    Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+    tenant's, or already purged: past its `purge_time`, or deleted by a server
+    whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+    is nothing to undelete, e.g. a retry of an undelete that succeeded).
+    """
 
     AppendMessages: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.AppendMessagesRequest,
         agentmesh.v1.memory_pb2.AppendMessagesResponse,
     ]
+    """---------------------------------------------------------------- messages
+
+    Appends one or more messages to a session, in the order given, atomically.
+    Sequence numbers are allocated here and only here, so they never collide.
+    Idempotent: a message whose `message_id` already exists in the session, or
+    a retry with the same `request_id`, returns the stored messages instead of
+    appending copies.
+    Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
+    messages, `request_id` already used for a different request), NOT_FOUND
+    (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+    """
 
     ListMessages: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMessagesRequest,
         agentmesh.v1.memory_pb2.ListMessagesResponse,
     ]
+    """Lists a session's messages in sequence order, with pagination and a time
+    range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+    (session unknown or deleted).
+    """
 
     CreateMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """---------------------------------------------------------------- memories
+
+    Creates a long-term memory; its embedding is computed server-side unless
+    given. A near-duplicate in the same namespace (similarity above the
+    server's merge threshold) is updated instead of copied, and returned.
+    Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
+    dimension, `request_id` already used for a different request),
+    RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+    (embedding provider down).
+    """
 
     BatchCreateMemories: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
         agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
     ]
+    """Creates up to 500 memories in one call, embedded in one batch; all or none.
+    Errors: as CreateMemory; a violation names the index of the offending item
+    (`requests[3].memory.content`, `requests[3].request_id`).
+    """
 
     GetMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """Gets a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (also when expired)."""
 
     ListMemories: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMemoriesRequest,
         agentmesh.v1.memory_pb2.ListMemoriesResponse,
     ]
+    """Lists memories, newest first, filtered by namespace prefix, kind and labels.
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     UpdateMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """Updates the fields named in `update_mask`; changing `content` re-embeds.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch).
+    """
 
     DeleteMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteMemoryRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`)."""
 
     SearchMemories: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchMemoriesRequest,
         agentmesh.v1.memory_pb2.SearchMemoriesResponse,
     ]
+    """Semantic search by text (embedded server-side) or by vector, within a
+    namespace prefix, optionally filtered by kind and metadata, best first.
+    Expired memories never come back.
+    Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
+    range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+    """
 
     CreateDecision: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
     ]
+    """--------------------------------------------------------------- decisions
+
+    Appends a decision to the audit trail. Decisions are never updated or
+    deleted, and they outlive their session: an audit trail must not lose the
+    record of what was decided when the conversation is removed. Idempotent
+    with `request_id`.
+    Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+    `request_id` already used for a different request).
+    """
 
     GetDecision: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
     ]
+    """Gets a decision. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     ListDecisions: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListDecisionsRequest,
         agentmesh.v1.memory_pb2.ListDecisionsResponse,
     ]
+    """Lists decisions, newest first, filtered by agent, session, job and time.
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     PutArtifact: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
     ]
+    """--------------------------------------------------------------- artifacts
+
+    Stores a new version of an artifact (the first call creates it, version 1).
+    Idempotent with `request_id`.
+    Errors: INVALID_ARGUMENT (bad name, no content, content over the size
+    limit, bad media type, `request_id` already used for a different request),
+    ABORTED (`etag` given and not the latest version's).
+    """
 
     GetArtifact: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
     ]
+    """Gets the latest version of an artifact, or the version asked for.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (artifact or version).
+    """
 
     ListArtifacts: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactsRequest,
         agentmesh.v1.memory_pb2.ListArtifactsResponse,
     ]
+    """Lists artifacts (latest version of each, content omitted), filtered by
+    session and media type. Errors: INVALID_ARGUMENT.
+    """
 
     ListArtifactVersions: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
         agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
     ]
+    """Lists the versions of one artifact, newest first, content omitted.
+    Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
 
     DeleteArtifact: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteArtifactRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes an artifact with all its versions.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`).
+    """
 
     GetWorkingMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
     ]
+    """---------------------------------------------------------- working memory
+
+    Reads a session's working memory (empty values if nothing is stored or it
+    expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
+    """
 
     UpdateWorkingMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
     ]
+    """Merges keys into a session's working memory atomically: keys in
+    `working_memory.values` are set, keys in `remove_keys` removed, others kept;
+    the TTL is refreshed. A working memory holds at most a server-set number of
+    keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+    its value's as JSON). An update that would leave it over a limit (and larger
+    than it was) changes nothing, TTL included; one that does not grow it always
+    passes, so removing keys works even over a lowered limit.
+    Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+    range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+    (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+    `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+    (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+    `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+    update fails the same way until keys are removed.
+    """
 
     PutCheckpoint: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointRequest,
         agentmesh.v1.memory_pb2.PutCheckpointResponse,
     ]
+    """------------------------------------------- LangGraph checkpoints (internal)
+    These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
+    agent processes keep no state. Not exposed as JSON.
+
+    A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+    While that session is deleted (until its purge, see DeleteSession) its
+    threads look empty: reads find no checkpoint of them, DeleteThread,
+    DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+    gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+    CopyThread target) are NOT_FOUND naming the session. Threads of no session
+    (LangGraph's UUIDs) are not affected.
+
+    Stores a checkpoint of a thread. Idempotent: storing the same
+    (thread, namespace, id) again overwrites it with identical content.
+    Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+    NOT_FOUND (the thread's session is deleted).
+    """
 
     PutCheckpointWrites: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
         agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
     ]
+    """Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
+    Idempotent per (task, index). The checkpoint need not be stored yet, and a
+    missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+    when a run fails, without) the checkpoint itself. Such writes wait under the
+    checkpoint's key and are returned with it once PutCheckpoint stores it; until
+    then no read returns them. DeleteThread removes them, and PruneCheckpoints
+    when the checkpoint could not be kept anyway.
+    Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+    than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+    (the thread's session is deleted).
+    """
 
     GetCheckpoint: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetCheckpointRequest,
         agentmesh.v1.memory_pb2.CheckpointTuple,
     ]
+    """Gets one checkpoint with its pending writes (also those stored before the
+    checkpoint): the given id, or the latest of the thread and namespace.
+    Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+    such checkpoint; writes alone do not make one).
+    """
 
     ListCheckpoints: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListCheckpointsRequest,
         agentmesh.v1.memory_pb2.ListCheckpointsResponse,
     ]
+    """Lists checkpoints newest first, filtered by thread, namespace, metadata and
+    `before`, each with its pending writes (also those stored before it).
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     DeleteThread: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteThreadRequest,
         agentmesh.v1.memory_pb2.DeleteThreadResponse,
     ]
+    """Deletes every checkpoint and write of a thread, in every namespace, including
+    writes whose checkpoint was never stored. Idempotent (a missing thread is not
+    an error). Errors: INVALID_ARGUMENT (missing thread id).
+    """
 
     CopyThread: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CopyThreadRequest,
         agentmesh.v1.memory_pb2.CopyThreadResponse,
     ]
+    """Copies every checkpoint of a thread, with its writes, to another thread id.
+    Writes of checkpoints the source does not hold are not copied (that
+    checkpoint can only land on the source).
+    Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+    has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+    target has checkpoints).
+    """
 
     DeleteCheckpointsForRuns: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
     ]
+    """Deletes the checkpoints created by the given runs (metadata `run_id`), with
+    their writes. Writes of checkpoints not stored carry no run id and stay
+    (DeleteThread or PruneCheckpoints removes them).
+    Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
+    """
 
     PruneCheckpoints: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
         agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
     ]
+    """Keeps only the latest checkpoints of the given threads (per namespace, plus
+    the ancestors LangGraph delta channels still need), deleting the others with
+    their writes. Writes of a checkpoint not stored go too when `keep_latest`
+    newer checkpoints exist in its namespace (it could not be kept if it landed).
+    Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
+    """
 
     PutStoreItem: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
     ]
+    """------------------------------------------------ LangGraph store (internal)
+    These back agentmesh's BaseStore: long-lived JSON documents under a
+    namespace, shared across threads.
+
+    Puts (creates or replaces) an item. Errors: INVALID_ARGUMENT (empty
+    namespace or key, bad JSON, too large).
+    """
 
     GetStoreItem: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
     ]
+    """Gets an item. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     DeleteStoreItem: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes an item; a missing item is not an error. Errors: INVALID_ARGUMENT."""
 
     SearchStoreItems: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
         agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
     ]
+    """Searches items under a namespace prefix by JSON filter and, when `query` is
+    set, by semantic similarity. Errors: INVALID_ARGUMENT (bad filter, limit).
+    """
 
     ListStoreNamespaces: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
         agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
     ]
+    """Lists the namespaces that hold items, matched by prefix/suffix and cut at
+    `max_depth`. Errors: INVALID_ARGUMENT.
+    """
 
 class MemoryServiceAsyncStub:
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
+
     CreateSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Creates a session. Idempotent with `request_id`: a retry of the same request
+    with the same id returns the session created the first time. The id of a
+    deleted session stays taken until its `purge_time` (AIP-164): the session
+    can be undeleted until then; once it is purged the id is free again.
+    Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+    used for a different request), ALREADY_EXISTS (`session_id` taken by a
+    different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+    session, `SESSION_DELETED` for a deleted one, whose message and metadata
+    (`delete_time`, `purge_time`) say when the id becomes free).
+    """
 
     GetSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Gets a session. A deleted session (see DeleteSession) is not returned, even
+    before its purge: ListSessions with `show_deleted` shows it.
+    Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+    tenant's, or deleted).
+    """
 
     ListSessions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListSessionsRequest,
         agentmesh.v1.memory_pb2.ListSessionsResponse,
     ]
+    """Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
+    on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+    sessions are left out unless `show_deleted` is set (AIP-164).
+    Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+    """
 
     UpdateSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Updates the fields named in `update_mask`. When `session.etag` is set it
+    must match the stored one, so concurrent updates cannot silently overwrite
+    each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+    service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+    mismatch, also for an etag of an earlier session with the same id: read
+    again and retry).
+    """
 
     DeleteSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteSessionRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes a session with its messages, working memory and checkpoints.
+
+    Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+    kept, with everything it holds, until its `purge_time`, `delete_time` plus
+    the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+    default). Until then UndeleteSession gives it back whole; afterwards the
+    service's janitor removes it for good. Meanwhile it behaves as deleted
+    everywhere: GetSession, UpdateSession, its messages, its working memory and
+    the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+    unless `show_deleted`, and its id stays taken. A server whose purge window is
+    0 removes the session at once, as before, and it cannot be undeleted.
+
+    Idempotent: deleting a deleted session changes nothing (its `purge_time`
+    stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+    the Session AIP-164 suggests, so that clients of the hard delete keep working.
+    Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+    issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+    ABORTED (`etag` given and not the session's current one, also when it is an
+    earlier session's with the same id).
+    """
 
     UndeleteSession: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UndeleteSessionRequest,
         agentmesh.v1.memory_pb2.Session,
     ]
+    """Restores a deleted session before its `purge_time` (AIP-164), with its
+    messages, checkpoints and working memory (working memory keeps its own
+    time to live while the session is deleted, so it may have expired). The
+    restored session has no `delete_time` or `purge_time`, and a new etag.
+    Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+    tenant's, or already purged: past its `purge_time`, or deleted by a server
+    whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+    is nothing to undelete, e.g. a retry of an undelete that succeeded).
+    """
 
     AppendMessages: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.AppendMessagesRequest,
         agentmesh.v1.memory_pb2.AppendMessagesResponse,
     ]
+    """---------------------------------------------------------------- messages
+
+    Appends one or more messages to a session, in the order given, atomically.
+    Sequence numbers are allocated here and only here, so they never collide.
+    Idempotent: a message whose `message_id` already exists in the session, or
+    a retry with the same `request_id`, returns the stored messages instead of
+    appending copies.
+    Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
+    messages, `request_id` already used for a different request), NOT_FOUND
+    (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+    """
 
     ListMessages: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMessagesRequest,
         agentmesh.v1.memory_pb2.ListMessagesResponse,
     ]
+    """Lists a session's messages in sequence order, with pagination and a time
+    range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+    (session unknown or deleted).
+    """
 
     CreateMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """---------------------------------------------------------------- memories
+
+    Creates a long-term memory; its embedding is computed server-side unless
+    given. A near-duplicate in the same namespace (similarity above the
+    server's merge threshold) is updated instead of copied, and returned.
+    Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
+    dimension, `request_id` already used for a different request),
+    RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+    (embedding provider down).
+    """
 
     BatchCreateMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
         agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse,
     ]
+    """Creates up to 500 memories in one call, embedded in one batch; all or none.
+    Errors: as CreateMemory; a violation names the index of the offending item
+    (`requests[3].memory.content`, `requests[3].request_id`).
+    """
 
     GetMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """Gets a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (also when expired)."""
 
     ListMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListMemoriesRequest,
         agentmesh.v1.memory_pb2.ListMemoriesResponse,
     ]
+    """Lists memories, newest first, filtered by namespace prefix, kind and labels.
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     UpdateMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
     ]
+    """Updates the fields named in `update_mask`; changing `content` re-embeds.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch).
+    """
 
     DeleteMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteMemoryRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`)."""
 
     SearchMemories: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchMemoriesRequest,
         agentmesh.v1.memory_pb2.SearchMemoriesResponse,
     ]
+    """Semantic search by text (embedded server-side) or by vector, within a
+    namespace prefix, optionally filtered by kind and metadata, best first.
+    Expired memories never come back.
+    Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
+    range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+    """
 
     CreateDecision: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
     ]
+    """--------------------------------------------------------------- decisions
+
+    Appends a decision to the audit trail. Decisions are never updated or
+    deleted, and they outlive their session: an audit trail must not lose the
+    record of what was decided when the conversation is removed. Idempotent
+    with `request_id`.
+    Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+    `request_id` already used for a different request).
+    """
 
     GetDecision: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
     ]
+    """Gets a decision. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     ListDecisions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListDecisionsRequest,
         agentmesh.v1.memory_pb2.ListDecisionsResponse,
     ]
+    """Lists decisions, newest first, filtered by agent, session, job and time.
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     PutArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
     ]
+    """--------------------------------------------------------------- artifacts
+
+    Stores a new version of an artifact (the first call creates it, version 1).
+    Idempotent with `request_id`.
+    Errors: INVALID_ARGUMENT (bad name, no content, content over the size
+    limit, bad media type, `request_id` already used for a different request),
+    ABORTED (`etag` given and not the latest version's).
+    """
 
     GetArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetArtifactRequest,
         agentmesh.v1.memory_pb2.Artifact,
     ]
+    """Gets the latest version of an artifact, or the version asked for.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (artifact or version).
+    """
 
     ListArtifacts: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactsRequest,
         agentmesh.v1.memory_pb2.ListArtifactsResponse,
     ]
+    """Lists artifacts (latest version of each, content omitted), filtered by
+    session and media type. Errors: INVALID_ARGUMENT.
+    """
 
     ListArtifactVersions: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
         agentmesh.v1.memory_pb2.ListArtifactVersionsResponse,
     ]
+    """Lists the versions of one artifact, newest first, content omitted.
+    Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
 
     DeleteArtifact: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteArtifactRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes an artifact with all its versions.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`).
+    """
 
     GetWorkingMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
     ]
+    """---------------------------------------------------------- working memory
+
+    Reads a session's working memory (empty values if nothing is stored or it
+    expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
+    """
 
     UpdateWorkingMemory: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
         agentmesh.v1.memory_pb2.WorkingMemory,
     ]
+    """Merges keys into a session's working memory atomically: keys in
+    `working_memory.values` are set, keys in `remove_keys` removed, others kept;
+    the TTL is refreshed. A working memory holds at most a server-set number of
+    keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+    its value's as JSON). An update that would leave it over a limit (and larger
+    than it was) changes nothing, TTL included; one that does not grow it always
+    passes, so removing keys works even over a lowered limit.
+    Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+    range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+    (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+    `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+    (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+    `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+    update fails the same way until keys are removed.
+    """
 
     PutCheckpoint: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointRequest,
         agentmesh.v1.memory_pb2.PutCheckpointResponse,
     ]
+    """------------------------------------------- LangGraph checkpoints (internal)
+    These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
+    agent processes keep no state. Not exposed as JSON.
+
+    A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+    While that session is deleted (until its purge, see DeleteSession) its
+    threads look empty: reads find no checkpoint of them, DeleteThread,
+    DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+    gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+    CopyThread target) are NOT_FOUND naming the session. Threads of no session
+    (LangGraph's UUIDs) are not affected.
+
+    Stores a checkpoint of a thread. Idempotent: storing the same
+    (thread, namespace, id) again overwrites it with identical content.
+    Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+    NOT_FOUND (the thread's session is deleted).
+    """
 
     PutCheckpointWrites: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
         agentmesh.v1.memory_pb2.PutCheckpointWritesResponse,
     ]
+    """Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
+    Idempotent per (task, index). The checkpoint need not be stored yet, and a
+    missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+    when a run fails, without) the checkpoint itself. Such writes wait under the
+    checkpoint's key and are returned with it once PutCheckpoint stores it; until
+    then no read returns them. DeleteThread removes them, and PruneCheckpoints
+    when the checkpoint could not be kept anyway.
+    Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+    than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+    (the thread's session is deleted).
+    """
 
     GetCheckpoint: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetCheckpointRequest,
         agentmesh.v1.memory_pb2.CheckpointTuple,
     ]
+    """Gets one checkpoint with its pending writes (also those stored before the
+    checkpoint): the given id, or the latest of the thread and namespace.
+    Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+    such checkpoint; writes alone do not make one).
+    """
 
     ListCheckpoints: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListCheckpointsRequest,
         agentmesh.v1.memory_pb2.ListCheckpointsResponse,
     ]
+    """Lists checkpoints newest first, filtered by thread, namespace, metadata and
+    `before`, each with its pending writes (also those stored before it).
+    Errors: INVALID_ARGUMENT (bad filter or page token).
+    """
 
     DeleteThread: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteThreadRequest,
         agentmesh.v1.memory_pb2.DeleteThreadResponse,
     ]
+    """Deletes every checkpoint and write of a thread, in every namespace, including
+    writes whose checkpoint was never stored. Idempotent (a missing thread is not
+    an error). Errors: INVALID_ARGUMENT (missing thread id).
+    """
 
     CopyThread: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CopyThreadRequest,
         agentmesh.v1.memory_pb2.CopyThreadResponse,
     ]
+    """Copies every checkpoint of a thread, with its writes, to another thread id.
+    Writes of checkpoints the source does not hold are not copied (that
+    checkpoint can only land on the source).
+    Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+    has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+    target has checkpoints).
+    """
 
     DeleteCheckpointsForRuns: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
         agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse,
     ]
+    """Deletes the checkpoints created by the given runs (metadata `run_id`), with
+    their writes. Writes of checkpoints not stored carry no run id and stay
+    (DeleteThread or PruneCheckpoints removes them).
+    Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
+    """
 
     PruneCheckpoints: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
         agentmesh.v1.memory_pb2.PruneCheckpointsResponse,
     ]
+    """Keeps only the latest checkpoints of the given threads (per namespace, plus
+    the ancestors LangGraph delta channels still need), deleting the others with
+    their writes. Writes of a checkpoint not stored go too when `keep_latest`
+    newer checkpoints exist in its namespace (it could not be kept if it landed).
+    Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
+    """
 
     PutStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.PutStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
     ]
+    """------------------------------------------------ LangGraph store (internal)
+    These back agentmesh's BaseStore: long-lived JSON documents under a
+    namespace, shared across threads.
+
+    Puts (creates or replaces) an item. Errors: INVALID_ARGUMENT (empty
+    namespace or key, bad JSON, too large).
+    """
 
     GetStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetStoreItemRequest,
         agentmesh.v1.memory_pb2.StoreItem,
     ]
+    """Gets an item. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     DeleteStoreItem: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
         google.protobuf.empty_pb2.Empty,
     ]
+    """Deletes an item; a missing item is not an error. Errors: INVALID_ARGUMENT."""
 
     SearchStoreItems: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
         agentmesh.v1.memory_pb2.SearchStoreItemsResponse,
     ]
+    """Searches items under a namespace prefix by JSON filter and, when `query` is
+    set, by semantic similarity. Errors: INVALID_ARGUMENT (bad filter, limit).
+    """
 
     ListStoreNamespaces: grpc.aio.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
         agentmesh.v1.memory_pb2.ListStoreNamespacesResponse,
     ]
+    """Lists the namespaces that hold items, matched by prefix/suffix and cut at
+    `max_depth`. Errors: INVALID_ARGUMENT.
+    """
 
 class MemoryServiceServicer(metaclass=abc.ABCMeta):
+    """MemoryService owns all conversational state: sessions and their message
+    history, long-term semantic memories (pgvector), the decision audit trail,
+    versioned context artifacts, short-term working memory (Redis, TTL) and the
+    LangGraph checkpoints and store that let any agent replica resume any thread.
+    Other services reach this state only through these RPCs.
+
+    Every request is scoped by the tenant of its verified credential: a resource
+    of another tenant does not exist for the caller (NOT_FOUND, never
+    PERMISSION_DENIED, so names do not leak). Every RPC may also return
+    UNAUTHENTICATED (missing or invalid token) and UNAVAILABLE (storage down;
+    retry idempotent methods with backoff).
+    ---------------------------------------------------------------- sessions
+    """
+
     @abc.abstractmethod
     def CreateSession(
         self,
         request: agentmesh.v1.memory_pb2.CreateSessionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]:
+        """Creates a session. Idempotent with `request_id`: a retry of the same request
+        with the same id returns the session created the first time. The id of a
+        deleted session stays taken until its `purge_time` (AIP-164): the session
+        can be undeleted until then; once it is purged the id is free again.
+        Errors: INVALID_ARGUMENT (bad id, labels or metadata; `request_id` already
+        used for a different request), ALREADY_EXISTS (`session_id` taken by a
+        different request: ErrorInfo reason `RESOURCE_ALREADY_EXISTS` for a live
+        session, `SESSION_DELETED` for a deleted one, whose message and metadata
+        (`delete_time`, `purge_time`) say when the id becomes free).
+        """
 
     @abc.abstractmethod
     def GetSession(
         self,
         request: agentmesh.v1.memory_pb2.GetSessionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]:
+        """Gets a session. A deleted session (see DeleteSession) is not returned, even
+        before its purge: ListSessions with `show_deleted` shows it.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or deleted).
+        """
 
     @abc.abstractmethod
     def ListSessions(
         self,
         request: agentmesh.v1.memory_pb2.ListSessionsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListSessionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListSessionsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListSessionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListSessionsResponse]]:
+        """Lists sessions, newest first, with opaque page tokens (AIP-158) and a filter
+        on labels and time (AIP-160 subset, see ListSessionsRequest.filter). Deleted
+        sessions are left out unless `show_deleted` is set (AIP-164).
+        Errors: INVALID_ARGUMENT (bad filter, page size or page token).
+        """
 
     @abc.abstractmethod
     def UpdateSession(
         self,
         request: agentmesh.v1.memory_pb2.UpdateSessionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]:
+        """Updates the fields named in `update_mask`. When `session.etag` is set it
+        must match the stored one, so concurrent updates cannot silently overwrite
+        each other. Errors: INVALID_ARGUMENT (bad mask or values, an etag this
+        service did not issue), NOT_FOUND (also a deleted session), ABORTED (etag
+        mismatch, also for an etag of an earlier session with the same id: read
+        again and retry).
+        """
 
     @abc.abstractmethod
     def DeleteSession(
         self,
         request: agentmesh.v1.memory_pb2.DeleteSessionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]: ...
+    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]:
+        """Deletes a session with its messages, working memory and checkpoints.
+
+        Soft delete (AIP-164): the session is marked deleted (`delete_time`) and
+        kept, with everything it holds, until its `purge_time`, `delete_time` plus
+        the server's purge window (AGENTMESH_MEMORY_SESSION_PURGE_AFTER_S, 7 days by
+        default). Until then UndeleteSession gives it back whole; afterwards the
+        service's janitor removes it for good. Meanwhile it behaves as deleted
+        everywhere: GetSession, UpdateSession, its messages, its working memory and
+        the checkpoints of its threads are NOT_FOUND, ListSessions leaves it out
+        unless `show_deleted`, and its id stays taken. A server whose purge window is
+        0 removes the session at once, as before, and it cannot be undeleted.
+
+        Idempotent: deleting a deleted session changes nothing (its `purge_time`
+        stays) and is NOT_FOUND, or success with `allow_missing`. Returns Empty, not
+        the Session AIP-164 suggests, so that clients of the hard delete keep working.
+        Errors: INVALID_ARGUMENT (malformed name, an etag this service did not
+        issue), NOT_FOUND (unknown or already deleted, unless `allow_missing`),
+        ABORTED (`etag` given and not the session's current one, also when it is an
+        earlier session's with the same id).
+        """
 
     @abc.abstractmethod
     def UndeleteSession(
         self,
         request: agentmesh.v1.memory_pb2.UndeleteSessionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Session, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Session]]:
+        """Restores a deleted session before its `purge_time` (AIP-164), with its
+        messages, checkpoints and working memory (working memory keeps its own
+        time to live while the session is deleted, so it may have expired). The
+        restored session has no `delete_time` or `purge_time`, and a new etag.
+        Errors: INVALID_ARGUMENT (malformed name), NOT_FOUND (unknown, another
+        tenant's, or already purged: past its `purge_time`, or deleted by a server
+        whose purge window is 0), ALREADY_EXISTS (the session is not deleted: there
+        is nothing to undelete, e.g. a retry of an undelete that succeeded).
+        """
 
     @abc.abstractmethod
     def AppendMessages(
         self,
         request: agentmesh.v1.memory_pb2.AppendMessagesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.AppendMessagesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.AppendMessagesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.AppendMessagesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.AppendMessagesResponse]]:
+        """---------------------------------------------------------------- messages
+
+        Appends one or more messages to a session, in the order given, atomically.
+        Sequence numbers are allocated here and only here, so they never collide.
+        Idempotent: a message whose `message_id` already exists in the session, or
+        a retry with the same `request_id`, returns the stored messages instead of
+        appending copies.
+        Errors: INVALID_ARGUMENT (no messages, missing role, empty parts, too many
+        messages, `request_id` already used for a different request), NOT_FOUND
+        (session unknown or deleted), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        """
 
     @abc.abstractmethod
     def ListMessages(
         self,
         request: agentmesh.v1.memory_pb2.ListMessagesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListMessagesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListMessagesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListMessagesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListMessagesResponse]]:
+        """Lists a session's messages in sequence order, with pagination and a time
+        range. Errors: INVALID_ARGUMENT (bad range or page token), NOT_FOUND
+        (session unknown or deleted).
+        """
 
     @abc.abstractmethod
     def CreateMemory(
         self,
         request: agentmesh.v1.memory_pb2.CreateMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]:
+        """---------------------------------------------------------------- memories
+
+        Creates a long-term memory; its embedding is computed server-side unless
+        given. A near-duplicate in the same namespace (similarity above the
+        server's merge threshold) is updated instead of copied, and returned.
+        Errors: INVALID_ARGUMENT (empty content, bad namespace, wrong vector
+        dimension, `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (embedding provider quota, with RetryInfo), UNAVAILABLE
+        (embedding provider down).
+        """
 
     @abc.abstractmethod
     def BatchCreateMemories(
         self,
         request: agentmesh.v1.memory_pb2.BatchCreateMemoriesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.BatchCreateMemoriesResponse]]:
+        """Creates up to 500 memories in one call, embedded in one batch; all or none.
+        Errors: as CreateMemory; a violation names the index of the offending item
+        (`requests[3].memory.content`, `requests[3].request_id`).
+        """
 
     @abc.abstractmethod
     def GetMemory(
         self,
         request: agentmesh.v1.memory_pb2.GetMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]:
+        """Gets a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (also when expired)."""
 
     @abc.abstractmethod
     def ListMemories(
         self,
         request: agentmesh.v1.memory_pb2.ListMemoriesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListMemoriesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListMemoriesResponse]]:
+        """Lists memories, newest first, filtered by namespace prefix, kind and labels.
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
 
     @abc.abstractmethod
     def UpdateMemory(
         self,
         request: agentmesh.v1.memory_pb2.UpdateMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Memory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Memory]]:
+        """Updates the fields named in `update_mask`; changing `content` re-embeds.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch).
+        """
 
     @abc.abstractmethod
     def DeleteMemory(
         self,
         request: agentmesh.v1.memory_pb2.DeleteMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]: ...
+    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]:
+        """Deletes a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`)."""
 
     @abc.abstractmethod
     def SearchMemories(
         self,
         request: agentmesh.v1.memory_pb2.SearchMemoriesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.SearchMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.SearchMemoriesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.SearchMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.SearchMemoriesResponse]]:
+        """Semantic search by text (embedded server-side) or by vector, within a
+        namespace prefix, optionally filtered by kind and metadata, best first.
+        Expired memories never come back.
+        Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
+        range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+        """
 
     @abc.abstractmethod
     def CreateDecision(
         self,
         request: agentmesh.v1.memory_pb2.CreateDecisionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Decision, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Decision]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Decision, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Decision]]:
+        """--------------------------------------------------------------- decisions
+
+        Appends a decision to the audit trail. Decisions are never updated or
+        deleted, and they outlive their session: an audit trail must not lose the
+        record of what was decided when the conversation is removed. Idempotent
+        with `request_id`.
+        Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
+        `request_id` already used for a different request).
+        """
 
     @abc.abstractmethod
     def GetDecision(
         self,
         request: agentmesh.v1.memory_pb2.GetDecisionRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Decision, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Decision]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Decision, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Decision]]:
+        """Gets a decision. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     @abc.abstractmethod
     def ListDecisions(
         self,
         request: agentmesh.v1.memory_pb2.ListDecisionsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListDecisionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListDecisionsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListDecisionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListDecisionsResponse]]:
+        """Lists decisions, newest first, filtered by agent, session, job and time.
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
 
     @abc.abstractmethod
     def PutArtifact(
         self,
         request: agentmesh.v1.memory_pb2.PutArtifactRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Artifact, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Artifact]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Artifact, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Artifact]]:
+        """--------------------------------------------------------------- artifacts
+
+        Stores a new version of an artifact (the first call creates it, version 1).
+        Idempotent with `request_id`.
+        Errors: INVALID_ARGUMENT (bad name, no content, content over the size
+        limit, bad media type, `request_id` already used for a different request),
+        ABORTED (`etag` given and not the latest version's).
+        """
 
     @abc.abstractmethod
     def GetArtifact(
         self,
         request: agentmesh.v1.memory_pb2.GetArtifactRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.Artifact, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Artifact]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.Artifact, collections.abc.Awaitable[agentmesh.v1.memory_pb2.Artifact]]:
+        """Gets the latest version of an artifact, or the version asked for.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (artifact or version).
+        """
 
     @abc.abstractmethod
     def ListArtifacts(
         self,
         request: agentmesh.v1.memory_pb2.ListArtifactsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListArtifactsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListArtifactsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListArtifactsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListArtifactsResponse]]:
+        """Lists artifacts (latest version of each, content omitted), filtered by
+        session and media type. Errors: INVALID_ARGUMENT.
+        """
 
     @abc.abstractmethod
     def ListArtifactVersions(
         self,
         request: agentmesh.v1.memory_pb2.ListArtifactVersionsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListArtifactVersionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListArtifactVersionsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListArtifactVersionsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListArtifactVersionsResponse]]:
+        """Lists the versions of one artifact, newest first, content omitted.
+        Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
 
     @abc.abstractmethod
     def DeleteArtifact(
         self,
         request: agentmesh.v1.memory_pb2.DeleteArtifactRequest,
         context: _ServicerContext,
-    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]: ...
+    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]:
+        """Deletes an artifact with all its versions.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (unless `allow_missing`).
+        """
 
     @abc.abstractmethod
     def GetWorkingMemory(
         self,
         request: agentmesh.v1.memory_pb2.GetWorkingMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.WorkingMemory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.WorkingMemory]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.WorkingMemory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.WorkingMemory]]:
+        """---------------------------------------------------------- working memory
+
+        Reads a session's working memory (empty values if nothing is stored or it
+        expired). Errors: INVALID_ARGUMENT, NOT_FOUND (session unknown or deleted).
+        """
 
     @abc.abstractmethod
     def UpdateWorkingMemory(
         self,
         request: agentmesh.v1.memory_pb2.UpdateWorkingMemoryRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.WorkingMemory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.WorkingMemory]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.WorkingMemory, collections.abc.Awaitable[agentmesh.v1.memory_pb2.WorkingMemory]]:
+        """Merges keys into a session's working memory atomically: keys in
+        `working_memory.values` are set, keys in `remove_keys` removed, others kept;
+        the TTL is refreshed. A working memory holds at most a server-set number of
+        keys (1000 by default) and bytes (1 MiB by default; each key's length plus
+        its value's as JSON). An update that would leave it over a limit (and larger
+        than it was) changes nothing, TTL included; one that does not grow it always
+        passes, so removing keys works even over a lowered limit.
+        Errors: INVALID_ARGUMENT (bad key, a value over 64 KiB as JSON, TTL out of
+        range, or values that alone exceed a limit, whatever is stored), NOT_FOUND
+        (session unknown or deleted), RESOURCE_EXHAUSTED (the merge would exceed a limit; reason
+        `WORKING_MEMORY_LIMIT_EXCEEDED`, with a QuotaFailure naming the limit
+        (`quota_id`, `quota_value`) and ErrorInfo metadata `limit_name` (`keys` or
+        `bytes`), `limit`, `projected`). It carries no RetryInfo: retrying the same
+        update fails the same way until keys are removed.
+        """
 
     @abc.abstractmethod
     def PutCheckpoint(
         self,
         request: agentmesh.v1.memory_pb2.PutCheckpointRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.PutCheckpointResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PutCheckpointResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.PutCheckpointResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PutCheckpointResponse]]:
+        """------------------------------------------- LangGraph checkpoints (internal)
+        These back agentmesh's BaseCheckpointSaver; agents call them over gRPC so
+        agent processes keep no state. Not exposed as JSON.
+
+        A session's threads are `thread_id = <session id>` or `<session id>:<suffix>`.
+        While that session is deleted (until its purge, see DeleteSession) its
+        threads look empty: reads find no checkpoint of them, DeleteThread,
+        DeleteCheckpointsForRuns and PruneCheckpoints leave them alone (UndeleteSession
+        gives them back), and writes to them (PutCheckpoint, PutCheckpointWrites, a
+        CopyThread target) are NOT_FOUND naming the session. Threads of no session
+        (LangGraph's UUIDs) are not affected.
+
+        Stores a checkpoint of a thread. Idempotent: storing the same
+        (thread, namespace, id) again overwrites it with identical content.
+        Errors: INVALID_ARGUMENT (missing thread or checkpoint id, payload too large),
+        NOT_FOUND (the thread's session is deleted).
+        """
 
     @abc.abstractmethod
     def PutCheckpointWrites(
         self,
         request: agentmesh.v1.memory_pb2.PutCheckpointWritesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.PutCheckpointWritesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PutCheckpointWritesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.PutCheckpointWritesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PutCheckpointWritesResponse]]:
+        """Stores intermediate writes linked to a checkpoint (LangGraph `put_writes`).
+        Idempotent per (task, index). The checkpoint need not be stored yet, and a
+        missing one is never NOT_FOUND: LangGraph may store a checkpoint's writes before (or,
+        when a run fails, without) the checkpoint itself. Such writes wait under the
+        checkpoint's key and are returned with it once PutCheckpoint stores it; until
+        then no read returns them. DeleteThread removes them, and PruneCheckpoints
+        when the checkpoint could not be kept anyway.
+        Errors: INVALID_ARGUMENT (missing thread id, checkpoint id or writes, more
+        than 10,000 writes, a write without task id, channel or value), NOT_FOUND
+        (the thread's session is deleted).
+        """
 
     @abc.abstractmethod
     def GetCheckpoint(
         self,
         request: agentmesh.v1.memory_pb2.GetCheckpointRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.CheckpointTuple, collections.abc.Awaitable[agentmesh.v1.memory_pb2.CheckpointTuple]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.CheckpointTuple, collections.abc.Awaitable[agentmesh.v1.memory_pb2.CheckpointTuple]]:
+        """Gets one checkpoint with its pending writes (also those stored before the
+        checkpoint): the given id, or the latest of the thread and namespace.
+        Errors: INVALID_ARGUMENT (missing thread id, ids too long), NOT_FOUND (no
+        such checkpoint; writes alone do not make one).
+        """
 
     @abc.abstractmethod
     def ListCheckpoints(
         self,
         request: agentmesh.v1.memory_pb2.ListCheckpointsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListCheckpointsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListCheckpointsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListCheckpointsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListCheckpointsResponse]]:
+        """Lists checkpoints newest first, filtered by thread, namespace, metadata and
+        `before`, each with its pending writes (also those stored before it).
+        Errors: INVALID_ARGUMENT (bad filter or page token).
+        """
 
     @abc.abstractmethod
     def DeleteThread(
         self,
         request: agentmesh.v1.memory_pb2.DeleteThreadRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.DeleteThreadResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.DeleteThreadResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.DeleteThreadResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.DeleteThreadResponse]]:
+        """Deletes every checkpoint and write of a thread, in every namespace, including
+        writes whose checkpoint was never stored. Idempotent (a missing thread is not
+        an error). Errors: INVALID_ARGUMENT (missing thread id).
+        """
 
     @abc.abstractmethod
     def CopyThread(
         self,
         request: agentmesh.v1.memory_pb2.CopyThreadRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.CopyThreadResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.CopyThreadResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.CopyThreadResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.CopyThreadResponse]]:
+        """Copies every checkpoint of a thread, with its writes, to another thread id.
+        Writes of checkpoints the source does not hold are not copied (that
+        checkpoint can only land on the source).
+        Errors: INVALID_ARGUMENT (missing ids, same thread), NOT_FOUND (the source
+        has no checkpoints, or the target's session is deleted), ALREADY_EXISTS (the
+        target has checkpoints).
+        """
 
     @abc.abstractmethod
     def DeleteCheckpointsForRuns(
         self,
         request: agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.DeleteCheckpointsForRunsResponse]]:
+        """Deletes the checkpoints created by the given runs (metadata `run_id`), with
+        their writes. Writes of checkpoints not stored carry no run id and stay
+        (DeleteThread or PruneCheckpoints removes them).
+        Errors: INVALID_ARGUMENT (no run ids, more than 1000, empty ids).
+        """
 
     @abc.abstractmethod
     def PruneCheckpoints(
         self,
         request: agentmesh.v1.memory_pb2.PruneCheckpointsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.PruneCheckpointsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PruneCheckpointsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.PruneCheckpointsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.PruneCheckpointsResponse]]:
+        """Keeps only the latest checkpoints of the given threads (per namespace, plus
+        the ancestors LangGraph delta channels still need), deleting the others with
+        their writes. Writes of a checkpoint not stored go too when `keep_latest`
+        newer checkpoints exist in its namespace (it could not be kept if it landed).
+        Errors: INVALID_ARGUMENT (no threads, more than 1000, keep_latest < 1).
+        """
 
     @abc.abstractmethod
     def PutStoreItem(
         self,
         request: agentmesh.v1.memory_pb2.PutStoreItemRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.StoreItem, collections.abc.Awaitable[agentmesh.v1.memory_pb2.StoreItem]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.StoreItem, collections.abc.Awaitable[agentmesh.v1.memory_pb2.StoreItem]]:
+        """------------------------------------------------ LangGraph store (internal)
+        These back agentmesh's BaseStore: long-lived JSON documents under a
+        namespace, shared across threads.
+
+        Puts (creates or replaces) an item. Errors: INVALID_ARGUMENT (empty
+        namespace or key, bad JSON, too large).
+        """
 
     @abc.abstractmethod
     def GetStoreItem(
         self,
         request: agentmesh.v1.memory_pb2.GetStoreItemRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.StoreItem, collections.abc.Awaitable[agentmesh.v1.memory_pb2.StoreItem]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.StoreItem, collections.abc.Awaitable[agentmesh.v1.memory_pb2.StoreItem]]:
+        """Gets an item. Errors: INVALID_ARGUMENT, NOT_FOUND."""
 
     @abc.abstractmethod
     def DeleteStoreItem(
         self,
         request: agentmesh.v1.memory_pb2.DeleteStoreItemRequest,
         context: _ServicerContext,
-    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]: ...
+    ) -> typing.Union[google.protobuf.empty_pb2.Empty, collections.abc.Awaitable[google.protobuf.empty_pb2.Empty]]:
+        """Deletes an item; a missing item is not an error. Errors: INVALID_ARGUMENT."""
 
     @abc.abstractmethod
     def SearchStoreItems(
         self,
         request: agentmesh.v1.memory_pb2.SearchStoreItemsRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.SearchStoreItemsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.SearchStoreItemsResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.SearchStoreItemsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.SearchStoreItemsResponse]]:
+        """Searches items under a namespace prefix by JSON filter and, when `query` is
+        set, by semantic similarity. Errors: INVALID_ARGUMENT (bad filter, limit).
+        """
 
     @abc.abstractmethod
     def ListStoreNamespaces(
         self,
         request: agentmesh.v1.memory_pb2.ListStoreNamespacesRequest,
         context: _ServicerContext,
-    ) -> typing.Union[agentmesh.v1.memory_pb2.ListStoreNamespacesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListStoreNamespacesResponse]]: ...
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ListStoreNamespacesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ListStoreNamespacesResponse]]:
+        """Lists the namespaces that hold items, matched by prefix/suffix and cut at
+        `max_depth`. Errors: INVALID_ARGUMENT.
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

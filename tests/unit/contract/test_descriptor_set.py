@@ -8,11 +8,14 @@ services: Health is in the set for grpcurl and the internal listener, not for RE
 
 from __future__ import annotations
 
+import subprocess
+
 import yaml
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 
 from agentmesh.devstack import paths
+from agentmesh.devstack._proc import find_executable
 from agentmesh.devstack.envoy_config import SERVICE_NAMES, dev_values, render_envoy_config
 
 HEALTH_FILE = "grpc/health/v1/health.proto"
@@ -26,11 +29,12 @@ def descriptor_files() -> dict[str, descriptor_pb2.FileDescriptorProto]:
 def without_json_names(
     file: descriptor_pb2.FileDescriptorProto,
 ) -> descriptor_pb2.FileDescriptorProto:
-    """A copy without the file name and the json_name buf fills in (protoc's Python
-    descriptors omit them); everything else must be equal."""
+    """A copy without the file name, the comments and the json_name buf fills in
+    (protoc's Python descriptors omit them); everything else must be equal."""
     copy = descriptor_pb2.FileDescriptorProto()
     copy.CopyFrom(file)
     copy.ClearField("name")
+    copy.ClearField("source_code_info")  # comments: in the set for grpcurl, not compiled in
     pending = list(copy.message_type)
     while pending:
         message = pending.pop()
@@ -74,3 +78,24 @@ def test_the_transcoder_lists_only_our_services() -> None:
         for file in descriptor_files().values()
         for service in file.service
     }
+
+
+def test_grpcurl_describe_shows_the_proto_comments() -> None:
+    # docs/api/README.md calls the proto comments the reference: the descriptor set
+    # keeps them, so `grpcurl -protoset … describe` prints them.
+    described = subprocess.run(
+        [
+            str(find_executable("grpcurl")),
+            "-protoset",
+            str(paths.descriptor_set()),
+            "describe",
+            "agentmesh.v1.MemoryService.CreateSession",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    comment_lines = [line for line in described.splitlines() if line.lstrip().startswith("//")]
+    assert len(comment_lines) >= 3, described
+    assert "ALREADY_EXISTS" in described  # the errors the RPC's comment lists
