@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg  # type: ignore[import-untyped]
+import grpc
 import pytest
 
 from agentmesh.core.idempotency import RequestIds
 from agentmesh.memory.embedders import HashEmbedder
-from agentmesh.v1 import memory_pb2
+from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
 REQUEST_IDS = RequestIds("memory.request_ids", ttl_s=60)
 
@@ -67,3 +69,53 @@ async def test_hash_embedder_is_deterministic_normalised_and_similarity_aware() 
     similar = sum(x * y for x, y in zip(a, b, strict=True))
     unrelated = sum(x * y for x, y in zip(a, c, strict=True))
     assert similar > 0.5 > unrelated
+
+
+async def test_a_request_id_is_scoped_to_its_tenant(
+    memory: memory_pb2_grpc.MemoryServiceAsyncStub,
+    tenant_a: tuple[tuple[str, str], ...],
+    tenant_b: tuple[tuple[str, str], ...],
+) -> None:
+    """The same key from another tenant neither replays the first tenant's response nor
+    waits on it: it does its own work."""
+    request_id = f"shared-{uuid.uuid4().hex}"
+    request = memory_pb2.CreateSessionRequest(
+        session=memory_pb2.Session(display_name="same"), request_id=request_id
+    )
+    mine = await memory.CreateSession(request, metadata=tenant_a)
+    theirs = await memory.CreateSession(request, metadata=tenant_b, timeout=5)
+    assert theirs.name != mine.name
+    # Each tenant's retry replays its own response.
+    assert await memory.CreateSession(request, metadata=tenant_a) == mine
+    assert await memory.CreateSession(request, metadata=tenant_b) == theirs
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await memory.GetSession(memory_pb2.GetSessionRequest(name=theirs.name), metadata=tenant_a)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_expired_request_id_can_be_used_again_for_new_work(
+    memory: memory_pb2_grpc.MemoryServiceAsyncStub,
+    tenant_a: tuple[tuple[str, str], ...],
+    db: asyncpg.Pool,
+) -> None:
+    request_id = f"reused-{uuid.uuid4().hex}"
+    first = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="first"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    await db.execute(
+        "UPDATE memory.request_ids SET expire_time = now() - interval '1 second'"
+        " WHERE tenant = 'tenant-a' AND request_id = $1",
+        request_id,
+    )
+    # Another request with the expired key is new work, not INVALID_ARGUMENT.
+    second = await memory.CreateSession(
+        memory_pb2.CreateSessionRequest(
+            session=memory_pb2.Session(display_name="second"), request_id=request_id
+        ),
+        metadata=tenant_a,
+    )
+    assert second.name != first.name
+    assert second.display_name == "second"

@@ -65,6 +65,8 @@ class ProbeServicer:
     hop_target: str = ""
     settings: Settings | None = None
     flaky_failures_left: int = 0
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a ``Slow`` call has reached its handler."""
 
     async def whoami(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         call = current_call()
@@ -144,6 +146,7 @@ class ProbeServicer:
         return b"ok"
 
     async def slow(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.slow_started.set()
         await asyncio.sleep(float(request))
         return b"done"
 
@@ -633,7 +636,7 @@ async def test_stop_drains_in_flight_calls_then_runs_on_stop() -> None:
         )
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         slow = channel.unary_unary(f"/{SERVICE}/Slow", None, None)(b"0.3", metadata=AUTH)
-        await asyncio.sleep(0.1)  # let the slow call reach its handler
+        await servicer.slow_started.wait()  # the slow call is in its handler: in flight
 
         live = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=LIVENESS)
