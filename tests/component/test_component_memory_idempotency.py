@@ -80,7 +80,7 @@ async def test_a_request_id_is_scoped_to_its_tenant(
     waits on it: it does its own work."""
     request_id = f"shared-{uuid.uuid4().hex}"
     request = memory_pb2.CreateSessionRequest(
-        session=memory_pb2.Session(display_name="same"), request_id=request_id
+        session=memory_pb2.Session(display_name="per-tenant key"), request_id=request_id
     )
     mine = await memory.CreateSession(request, metadata=tenant_a)
     theirs = await memory.CreateSession(request, metadata=tenant_b, timeout=5)
@@ -99,9 +99,11 @@ async def test_an_expired_request_id_can_be_used_again_for_new_work(
     db: asyncpg.Pool,
 ) -> None:
     request_id = f"reused-{uuid.uuid4().hex}"
+    # Display names of this test's own: other tests count sessions by display name.
+    again = f"again-{uuid.uuid4().hex[:8]}"
     first = await memory.CreateSession(
         memory_pb2.CreateSessionRequest(
-            session=memory_pb2.Session(display_name="first"), request_id=request_id
+            session=memory_pb2.Session(display_name="expiring key"), request_id=request_id
         ),
         metadata=tenant_a,
     )
@@ -113,9 +115,9 @@ async def test_an_expired_request_id_can_be_used_again_for_new_work(
     # Another request with the expired key is new work, not INVALID_ARGUMENT.
     second = await memory.CreateSession(
         memory_pb2.CreateSessionRequest(
-            session=memory_pb2.Session(display_name="second"), request_id=request_id
+            session=memory_pb2.Session(display_name=again), request_id=request_id
         ),
         metadata=tenant_a,
     )
     assert second.name != first.name
-    assert second.display_name == "second"
+    assert second.display_name == again
