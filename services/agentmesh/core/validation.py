@@ -25,6 +25,9 @@ MAX_LABELS: Final = 64
 """Most labels one resource carries."""
 MAX_REQUEST_ID: Final = 128
 """Longest ``request_id`` (idempotency key), in characters; a UUID is typical."""
+NUL: Final = "\x00"
+"""The character PostgreSQL's text and jsonb cannot hold: refused in any text stored."""
+NUL_RULE: Final = "must not contain NUL characters"
 _LABEL_KEY: Final = re.compile(r"^[a-z0-9_-]{1,63}$")
 # The contract says "at most 63 characters", so an empty value is a valid label.
 _LABEL_VALUE: Final = re.compile(r"^[a-z0-9_-]{0,63}$")
@@ -59,8 +62,8 @@ class Violations:
             self.add(field, "required")
         elif len(value) > max_chars:
             self.add(field, f"at most {max_chars} characters")
-        elif "\x00" in value:
-            self.add(field, "must not contain NUL characters")
+        elif NUL in value:
+            self.add(field, NUL_RULE)
         return value
 
     def text_bytes(self, value: str, field: str, *, max_bytes: int) -> str:
@@ -68,8 +71,8 @@ class Violations:
         response carries) rather than characters: at most ``max_bytes`` bytes, no NUL."""
         if len(value.encode()) > max_bytes:
             self.add(field, f"larger than {max_bytes} bytes")
-        elif "\x00" in value:
-            self.add(field, "must not contain NUL characters")
+        elif NUL in value:
+            self.add(field, NUL_RULE)
         return value
 
     def raise_if_any(self) -> None:
@@ -95,6 +98,8 @@ def check_display_name(display_name: str, violations: Violations, *, field: str)
     """A display name: free text of at most ``MAX_DISPLAY_NAME`` characters."""
     if len(display_name) > MAX_DISPLAY_NAME:
         violations.add(field, f"at most {MAX_DISPLAY_NAME} characters")
+    elif NUL in display_name:
+        violations.add(field, NUL_RULE)
 
 
 def validate_request_id(request_id: str, *, field: str = "request_id") -> str:

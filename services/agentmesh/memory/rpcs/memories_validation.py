@@ -19,8 +19,8 @@ from typing import Any, Final
 from agentmesh.core.errors import InvalidArgument
 from agentmesh.core.filtering import EQUALITY, FieldRule, parse_filter
 from agentmesh.core.names import SESSIONS
-from agentmesh.core.validation import Violations, validate_request_id
-from agentmesh.memory.convert import from_timestamp, struct_to_json
+from agentmesh.core.validation import NUL, NUL_RULE, Violations, validate_request_id
+from agentmesh.memory.convert import from_timestamp, struct_to_jsonb
 from agentmesh.memory.domain.merging import NewMemory
 from agentmesh.memory.stores.memories import MemoryFilter
 from agentmesh.v1 import memory_pb2
@@ -78,6 +78,8 @@ def validate_content(content: str, field_name: str) -> str:
         raise InvalidArgument(field_name, "required: 1-16384 characters")
     if len(content) > MAX_CONTENT_CHARS:
         raise InvalidArgument(field_name, f"{len(content)} characters; at most {MAX_CONTENT_CHARS}")
+    if NUL in content:
+        raise InvalidArgument(field_name, NUL_RULE)
     return content
 
 
@@ -106,7 +108,7 @@ def _validate_session(name: str, field_name: str) -> str | None:
 
 
 def validate_metadata(memory: memory_pb2.Memory, field_name: str) -> dict[str, Any]:
-    text = struct_to_json(memory.metadata, field=field_name, max_bytes=MAX_METADATA_BYTES)
+    text = struct_to_jsonb(memory.metadata, field=field_name, max_bytes=MAX_METADATA_BYTES)
     value: dict[str, Any] = _integral(json.loads(text))
     return value
 

@@ -18,7 +18,7 @@ from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import NotFound
 from agentmesh.core.names import AGENTS, SESSIONS, validate_id
 from agentmesh.core.paging import Keyset, page_size
-from agentmesh.core.validation import Violations, validate_request_id
+from agentmesh.core.validation import NUL, NUL_RULE, Violations, validate_request_id
 from agentmesh.memory import convert
 from agentmesh.memory.rpc import RpcGroup
 from agentmesh.memory.stores.messages import Appended, NewMessage, append_messages, list_messages
@@ -93,8 +93,12 @@ def _parts_json(parts: Any, violations: Violations, *, field: str) -> str:
         violations.add(field, "at least one part is required")
     encoded: list[Any] = []
     for j, part in enumerate(parts):
-        if part.WhichOneof("kind") is None:
+        kind = part.WhichOneof("kind")
+        if kind is None:
             violations.add(f"{field}[{j}]", "empty part: set one of text, data, blob or uri")
+            continue
+        if kind in ("text", "uri") and NUL in getattr(part, kind):
+            violations.add(f"{field}[{j}].{kind}", NUL_RULE)
             continue
         try:
             encoded.append(json_format.MessageToDict(part, preserving_proto_field_name=True))
