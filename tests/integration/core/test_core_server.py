@@ -14,14 +14,18 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from jwt.algorithms import RSAAlgorithm
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -658,3 +662,56 @@ async def test_stop_drains_in_flight_calls_then_runs_on_stop() -> None:
                 b"", metadata=AUTH, timeout=1
             )
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_rs256_tokens_through_a_running_server_with_a_jwks_file(tmp_path: Path) -> None:
+    """Production's shape: the server holds public keys only, a token signed by the
+    issuer's private key is accepted, one signed by another key is not, and a rotated
+    file is picked up without a restart."""
+    issuer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwks(key: rsa.RSAPrivateKey, kid: str) -> str:
+        public = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+        return json.dumps({"keys": [{**public, "kid": kid, "alg": "RS256", "use": "sig"}]})
+
+    def token(key: rsa.RSAPrivateKey, kid: str, tenant: str) -> tuple[tuple[str, str], ...]:
+        now = int(time.time())
+        claims = {"iss": "agentmesh", "aud": "agentmesh", "sub": "svc", "tenant": tenant}
+        signed = jwt.encode(
+            {**claims, "iat": now, "exp": now + 600}, key, algorithm="RS256", headers={"kid": kid}
+        )
+        return (("authorization", f"Bearer {signed}"),)
+
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(jwks(issuer_key, "k1"))
+    environ = {
+        "AGENTMESH_GRPC_PORT": "0",
+        "AGENTMESH_METRICS_PORT": "0",
+        "AGENTMESH_AUTH_JWKS_FILE": str(jwks_file),
+    }
+    settings = Settings.from_env(environ, service="memory")
+    servicer = ProbeServicer(settings=settings)
+    spec = ServiceSpec(name="memory", service_names=[SERVICE], register=servicer.register)
+    running = await start_server(settings, spec)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            whoami = channel.unary_unary(f"/{SERVICE}/Whoami", None, None)
+            answer = await whoami(b"", metadata=token(issuer_key, "k1", "globex"))
+            assert json.loads(answer)["tenant"] == "globex"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await whoami(b"", metadata=token(other_key, "k1", "globex"))
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+            jwks_file.write_text(jwks(other_key, "k2"))  # the issuer rotates its key
+
+            async def rotated() -> bool:
+                try:
+                    await whoami(b"", metadata=token(other_key, "k2", "globex"))
+                except grpc.aio.AioRpcError:
+                    return False
+                return True
+
+            await eventually(rotated, timeout_s=15)
+    finally:
+        await running.stop(0)
