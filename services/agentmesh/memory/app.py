@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from agentmesh.core.db import DatabaseProbe, create_pool
+from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
@@ -43,6 +44,7 @@ async def build_memory(
         redis=redis_client,
         embedder=chosen,
         request_ids=memory_request_ids(memory),
+        expensive=TenantLimiter(memory.tenant_concurrency, what="embedding or search"),
     )
     servicer = memory_servicer(deps)
 

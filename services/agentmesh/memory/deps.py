@@ -9,6 +9,7 @@ import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
 
 from agentmesh.core.idempotency import RequestIds
+from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
 from agentmesh.memory.settings import MemorySettings
@@ -38,3 +39,5 @@ class MemoryDeps:
     """Turns memory content and queries into vectors."""
     request_ids: RequestIds
     """Idempotency keys of creates (``memory.request_ids``)."""
+    expensive: TenantLimiter
+    """Per-tenant limit on embedding and search calls (``tenant_concurrency``)."""

@@ -7,8 +7,15 @@ share nothing but ``MemoryDeps`` and the helpers here.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 from agentmesh.core.context import current_tenant
 from agentmesh.memory.deps import MemoryDeps
+
+G = TypeVar("G", bound="RpcGroup")
+R = TypeVar("R")
 
 
 class RpcGroup:
@@ -21,3 +28,17 @@ class RpcGroup:
     def tenant() -> str:
         """The caller's tenant, from the verified token (never from the request)."""
         return current_tenant()
+
+
+def expensive(
+    method: Callable[[G, Any, Any], Awaitable[R]],
+) -> Callable[[G, Any, Any], Awaitable[R]]:
+    """Marks an RPC as embedding or search work: it runs inside the per-tenant limit
+    (``MemoryDeps.expensive``), so a tenant over it is RESOURCE_EXHAUSTED at once."""
+
+    @functools.wraps(method)
+    async def limited(self: G, request: Any, context: Any) -> R:
+        with self.deps.expensive.hold(self.tenant()):
+            return await method(self, request, context)
+
+    return limited

@@ -40,6 +40,11 @@ class MemorySettings:
     """Embedder calls one process runs at once (the others wait): the local embedders
     are CPU work, a remote one spends a provider's quota."""
 
+    tenant_concurrency: int = 16
+    """Embedding and search calls (creates and searches of memories and store items) one
+    tenant may have in flight on one replica; more are RESOURCE_EXHAUSTED with retry
+    advice, so one tenant's burst cannot starve the others."""
+
     embedding_dim: int = 384
     """Dimension of stored vectors; must match the embedder and the vector column."""
 
@@ -111,6 +116,7 @@ class MemorySettings:
             ),
             ("embedding_dim", 1 <= self.embedding_dim <= 16_000, "expected 1-16000"),
             ("embedder_concurrency", 1 <= self.embedder_concurrency <= 64, "expected 1-64"),
+            ("tenant_concurrency", 1 <= self.tenant_concurrency <= 10_000, "expected 1-10000"),
             ("hnsw_m", 2 <= self.hnsw_m <= 100, "expected 2-100"),
             (
                 "hnsw_ef_construction",

@@ -27,7 +27,7 @@ from agentmesh.core.paging import Keyset, page_size
 from agentmesh.memory.convert import etag, json_to_struct, parse_etag, struct_to_json, timestamp
 from agentmesh.memory.domain.merging import NewMemory
 from agentmesh.memory.embedders import embed_checked
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, expensive
 from agentmesh.memory.rpcs.memories_validation import (
     KINDS,
     MAX_METADATA_BYTES,
@@ -83,6 +83,7 @@ class MemoryRpcs(RpcGroup):
     def _dimension(self) -> int:
         return self.deps.settings.embedding_dim
 
+    @expensive
     async def CreateMemory(
         self, request: memory_pb2.CreateMemoryRequest, context: ServicerContext
     ) -> memory_pb2.Memory:
@@ -101,6 +102,7 @@ class MemoryRpcs(RpcGroup):
                 conn, tenant, "CreateMemory", request, memory_pb2.Memory, write
             )
 
+    @expensive
     async def BatchCreateMemories(
         self, request: memory_pb2.BatchCreateMemoriesRequest, context: ServicerContext
     ) -> memory_pb2.BatchCreateMemoriesResponse:
@@ -181,6 +183,7 @@ class MemoryRpcs(RpcGroup):
             memories=[to_proto(row) for row in page], next_page_token=token
         )
 
+    @expensive
     async def UpdateMemory(
         self, request: memory_pb2.UpdateMemoryRequest, context: ServicerContext
     ) -> memory_pb2.Memory:
@@ -211,6 +214,7 @@ class MemoryRpcs(RpcGroup):
             raise NotFound(MEMORIES.resource_type, request.name)
         return empty_pb2.Empty()
 
+    @expensive
     async def SearchMemories(
         self, request: memory_pb2.SearchMemoriesRequest, context: ServicerContext
     ) -> memory_pb2.SearchMemoriesResponse:

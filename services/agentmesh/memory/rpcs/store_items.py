@@ -27,7 +27,7 @@ from agentmesh.memory.domain.store_items import (
     filter_terms,
     index_text,
 )
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, expensive
 from agentmesh.memory.stores.store_items import (
     EMBEDDING_DIM,
     delete_item,
@@ -100,6 +100,7 @@ def _check_item_name(namespace: Sequence[str], key: str, *, field: str = "") -> 
 class StoreRpcs(RpcGroup):
     """The LangGraph store: put, get, delete, search, list namespaces."""
 
+    @expensive
     async def PutStoreItem(
         self, request: memory_pb2.PutStoreItemRequest, context: ServicerContext
     ) -> memory_pb2.StoreItem:
@@ -139,6 +140,7 @@ class StoreRpcs(RpcGroup):
         await delete_item(self.deps.pool, self.tenant(), request.namespace, request.key)
         return empty_pb2.Empty()
 
+    @expensive
     async def SearchStoreItems(
         self, request: memory_pb2.SearchStoreItemsRequest, context: ServicerContext
     ) -> memory_pb2.SearchStoreItemsResponse:
