@@ -40,6 +40,13 @@ def _secret(settings: Settings) -> str:
 
 def _token(args: argparse.Namespace) -> int:
     settings = Settings.from_env(service="conductor")
+    if not 1 <= args.ttl_s <= settings.auth_max_token_lifetime_s:
+        # The services would refuse it: say so now rather than at the first call.
+        raise ConfigError(
+            f"--ttl-s {args.ttl_s}: expected 1-{settings.auth_max_token_lifetime_s}"
+            f" ({env_var('auth_max_token_lifetime_s')}, the longest lifetime the services"
+            " accept)"
+        )
     token = mint_token(
         _secret(settings),
         args.tenant,

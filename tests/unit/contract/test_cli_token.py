@@ -33,3 +33,18 @@ def test_empty_tenant_is_refused(
     monkeypatch.setenv("AGENTMESH_AUTH_HS256_SECRET", SECRET)
     assert main(["token", "--tenant", " "]) == 2
     assert "--tenant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("ttl_s", "limit"), [("86401", None), ("0", None), ("601", "600")])
+def test_a_lifetime_the_services_would_refuse_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ttl_s: str,
+    limit: str | None,
+) -> None:
+    monkeypatch.setenv("AGENTMESH_AUTH_HS256_SECRET", SECRET)
+    if limit is not None:
+        monkeypatch.setenv("AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S", limit)
+    assert main(["token", "--tenant", "acme", "--ttl-s", ttl_s]) == 2
+    error = capsys.readouterr().err
+    assert "AGENTMESH_AUTH_MAX_TOKEN_LIFETIME_S" in error
