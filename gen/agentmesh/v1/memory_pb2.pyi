@@ -2138,16 +2138,26 @@ class SearchStoreItemsResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: builtins.int
+    next_offset: builtins.int
+    """When the response stopped at the byte budget (large values) before `limit`
+    items: the `offset` that continues the search where this response stopped. 0 when
+    the response holds every item asked for or there are no more.
+    """
     @property
     def items(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___StoreItem]:
-        """Matching items, best first when a query was given, else newest first."""
+        """Matching items, best first when a query was given, else newest first. Fewer than
+        `limit` when the response reached the service's byte budget first (see
+        `next_offset`).
+        """
 
     def __init__(
         self,
         *,
         items: collections.abc.Iterable[global___StoreItem] | None = ...,
+        next_offset: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["items", b"items"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["items", b"items", "next_offset", b"next_offset"]) -> None: ...
 
 global___SearchStoreItemsResponse = SearchStoreItemsResponse
 

@@ -3,6 +3,11 @@
 The pool connects at start (``db_pool_min_size`` connections), so a wrong URL or
 credentials fail the process at once. Afterwards asyncpg reconnects by itself.
 
+List and search RPCs run inside :func:`query_timeout`: their ``fetch`` queries are
+cancelled after ``db_list_statement_timeout_ms`` (:class:`QueryTimeoutError`, answered
+DEADLINE_EXCEEDED like a statement over the general ``statement_timeout``), without a
+``SET`` round trip per call.
+
 A call waits at most ``db_acquire_timeout_ms`` for a pooled connection: when every
 connection is busy, the call answers UNAVAILABLE (``DATABASE_BUSY``, with retry
 advice) instead of queueing until its own deadline. UNAVAILABLE rather than
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 # asyncpg ships neither type hints nor a py.typed marker.
@@ -33,6 +39,44 @@ _PROBE_CONNECT_TIMEOUT_S: Final = 5.0
 
 class PoolBusyError(TimeoutError):
     """No pooled connection came free within the acquire timeout."""
+
+
+class QueryTimeoutError(TimeoutError):
+    """A query ran past the :func:`query_timeout` of its call and was cancelled."""
+
+
+_query_timeout_s: ContextVar[float | None] = ContextVar("agentmesh_query_timeout", default=None)
+
+
+@contextlib.contextmanager
+def query_timeout(timeout_ms: int) -> Iterator[None]:
+    """Within this block (one RPC), every ``fetch`` on a pooled connection is cancelled
+    after ``timeout_ms`` (0: no limit beyond the connection's ``statement_timeout``)."""
+    token = _query_timeout_s.set(timeout_ms / 1000 if timeout_ms > 0 else None)
+    try:
+        yield
+    finally:
+        _query_timeout_s.reset(token)
+
+
+class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """asyncpg's connection whose ``fetch`` honours the call's :func:`query_timeout`:
+    asyncpg cancels the statement on the server when the timeout passes."""
+
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109  # asyncpg's own signature
+        **kw: Any,
+    ) -> Any:
+        limit = _query_timeout_s.get() if timeout is None else timeout
+        if limit is None:
+            return await super().fetch(query, *args, **kw)
+        try:
+            return await super().fetch(query, *args, timeout=limit, **kw)
+        except TimeoutError as exc:
+            raise QueryTimeoutError(f"query cancelled after {limit:g} s") from exc
 
 
 class _Pool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg is untyped
@@ -136,7 +180,7 @@ async def create_pool(
         connect=_connect,
         reset=_keep_session_state,
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=_Connection,
         record_class=asyncpg.Record,
         server_settings={
             "application_name": f"agentmesh-{settings.service}",

@@ -5,9 +5,10 @@ interceptor asks :func:`as_domain_error` instead:
 
 - an outage (a connection lost or refused, a shutdown) is UNAVAILABLE with retry
   advice, the contract's promise and what client and Envoy retry policies act on;
-- a statement cancelled for running over its timeout is DEADLINE_EXCEEDED (reason
-  ``QUERY_TIMEOUT``): the request's own cost, so nothing retries it and Envoy does not
-  eject a healthy replica for it;
+- a statement cancelled for running over its timeout (the connection's
+  ``statement_timeout`` or a list's shorter :func:`agentmesh.core.db.query_timeout`)
+  is DEADLINE_EXCEEDED (reason ``QUERY_TIMEOUT``): the request's own cost, so nothing
+  retries it and Envoy does not eject a healthy replica for it;
 - a value PostgreSQL refuses as data (SQLSTATE class 22: out of range, malformed, a
   character the encoding cannot hold) is INVALID_ARGUMENT: validation where input
   enters should have caught it, and this is the last backstop, never INTERNAL.
@@ -20,7 +21,7 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped]
 import redis.exceptions
 
-from agentmesh.core.db import PoolBusyError
+from agentmesh.core.db import PoolBusyError, QueryTimeoutError
 from agentmesh.core.errors import DeadlineExceeded, DomainError, InvalidArgument, Unavailable
 
 _POSTGRES_OUTAGES: Final = (
@@ -33,7 +34,7 @@ _REDIS_OUTAGES: Final = (redis.exceptions.ConnectionError, redis.exceptions.Time
 def as_domain_error(exc: BaseException) -> DomainError | None:
     """The error of the contract ``exc`` stands for (see the module docstring), or None
     when it is a bug (INTERNAL)."""
-    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+    if isinstance(exc, (asyncpg.exceptions.QueryCanceledError, QueryTimeoutError)):
         return DeadlineExceeded(
             "the query ran longer than this service allows; narrow it (a filter, a"
             " smaller page) and try again",
@@ -48,7 +49,7 @@ def as_domain_error(exc: BaseException) -> DomainError | None:
 
 def as_unavailable(exc: BaseException) -> Unavailable | None:
     """The UNAVAILABLE error ``exc`` stands for, or None when it is not an outage."""
-    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+    if isinstance(exc, (asyncpg.exceptions.QueryCanceledError, QueryTimeoutError)):
         return None  # the query's own cost, not an outage (as_domain_error)
     if isinstance(exc, _POSTGRES_OUTAGES):
         return Unavailable(

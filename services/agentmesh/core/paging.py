@@ -120,11 +120,19 @@ class Keyset:
         size: int,
         query: Mapping[str, str],
         key: Callable[[R], Sequence[Any]],
+        *,
+        budget: int | None = None,
+        item_bytes: Callable[[R], int] | None = None,
     ) -> tuple[Sequence[R], str]:
         """Splits rows fetched with ``LIMIT size + 1`` (the extra row says another page
-        exists) into the page to send and the token of the next one ("" at the end)."""
-        page = rows[:size]
-        if len(rows) <= size or not page:
+        exists) into the page to send and the token of the next one ("" at the end).
+        With a ``budget``, the page also stops at that many bytes (:func:`fit_page`,
+        each row's size from ``item_bytes``) and the next one continues from there."""
+        if budget is None or item_bytes is None:
+            page: Sequence[R] = rows[:size]
+        else:
+            page = fit_page(rows, limit=size, budget=budget, size=item_bytes)
+        if len(rows) <= len(page) or not page:
             return page, ""
         return page, self.encode(key(page[-1]), query)
 
@@ -143,3 +151,20 @@ def _typed(value: Any, kind: type, field: str) -> Any:
             except OverflowError:
                 pass
     raise InvalidArgument(field, _NOT_OURS)
+
+
+def fit_page(rows: Sequence[R], *, limit: int, budget: int, size: Callable[[R], int]) -> list[R]:
+    """The page of ``rows`` to send: at most ``limit`` leading rows whose ``size``\\ s add
+    up to at most ``budget`` bytes, and always the first (a single item larger than the
+    budget is sent alone; per-item limits keep it under the message limit). A list
+    fetches ``limit + 1`` rows (through :func:`agentmesh.core.sql.byte_budgeted`); when
+    the page is shorter than what came back, there is a next page, starting after the
+    page's last row."""
+    page: list[R] = []
+    total = 0
+    for row in rows[:limit]:
+        total += size(row)
+        if page and total > budget:
+            break
+        page.append(row)
+    return page

@@ -155,6 +155,11 @@ class Settings:
     db_statement_timeout_ms: int = 30_000
     """PostgreSQL ``statement_timeout`` for every pooled connection; 0 disables it."""
 
+    db_list_statement_timeout_ms: int = 5_000
+    """Longest a list or search query may run before it is cancelled (DEADLINE_EXCEEDED,
+    reason ``QUERY_TIMEOUT``): those are the queries a client can make expensive with a
+    filter, so they get less time than ``db_statement_timeout_ms``; 0 disables it."""
+
     redis_url: str | None = None
     """Redis URL, e.g. ``redis://127.0.0.1:6379/0``."""
 
@@ -198,6 +203,12 @@ class Settings:
 
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest gRPC message sent or received, in bytes."""
+
+    page_max_bytes: int = 2 * 1024 * 1024
+    """Byte budget of one list or search response: a page stops at this many bytes of
+    items as well as at its page size (the next page token continues from there), so no
+    response is assembled beyond it. At most half of ``max_message_bytes``: sizes are
+    estimated from the stored data, and a single item is always sent."""
 
     drain_grace_s: float = 10.0
     """Seconds in-flight RPCs get to finish after SIGTERM; keep below the pod's
@@ -272,6 +283,16 @@ class Settings:
             ("db_statement_timeout_ms", self.db_statement_timeout_ms >= 0, "expected >= 0"),
             ("db_acquire_timeout_ms", self.db_acquire_timeout_ms > 0, "expected > 0"),
             ("max_message_bytes", self.max_message_bytes > 0, "expected > 0"),
+            (
+                "page_max_bytes",
+                0 < self.page_max_bytes <= self.max_message_bytes // 2,
+                "expected > 0 and at most half of AGENTMESH_MAX_MESSAGE_BYTES",
+            ),
+            (
+                "db_list_statement_timeout_ms",
+                self.db_list_statement_timeout_ms >= 0,
+                "expected >= 0",
+            ),
             ("drain_grace_s", self.drain_grace_s >= 0, "expected >= 0"),
             ("keepalive_time_s", self.keepalive_time_s > 0, "expected > 0"),
             ("health_interval_s", self.health_interval_s > 0, "expected > 0"),

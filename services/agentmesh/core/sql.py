@@ -9,7 +9,7 @@ a client.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -65,3 +65,37 @@ async def delete_batch(
         limit,
     )
     return int(deleted)
+
+
+PAGE_ITEM_BYTES: Final = "page_item_bytes"
+"""The column a :func:`byte_budgeted` query's inner select names each row's size with."""
+ROW_OVERHEAD_BYTES: Final = 256
+"""Added to each row's stored sizes in a size estimate: its names, ids and times."""
+
+
+def item_bytes(row: asyncpg.Record) -> int:
+    """A :func:`byte_budgeted` row's estimated size (``page_item_bytes``)."""
+    return int(row[PAGE_ITEM_BYTES])
+
+
+def byte_budgeted(inner: str, *, order: str, budget: int) -> str:
+    """Wraps a page query so PostgreSQL sends only the rows that fit ``budget`` bytes.
+
+    ``inner`` is the whole page query (``... ORDER BY ... LIMIT n``) and selects each
+    row's estimated response size as ``page_item_bytes``; ``order`` is the same order
+    in terms of the inner query's output columns. The result is the leading rows whose
+    sizes add up to at most ``budget`` (always the first one, however large), plus the
+    first row that did not fit, if any: it tells :func:`agentmesh.core.paging.fit_page`
+    the page was cut there. Rows the budget excludes never leave the server, and their
+    large values are never read (TOAST values are fetched only for rows sent). The
+    inner query keeps its own plan (index order, LIMIT); the window runs over its at
+    most ``n`` rows.
+    """
+    return (
+        "SELECT * FROM (SELECT page.*,"
+        f" sum(page.{PAGE_ITEM_BYTES}) OVER w - page.{PAGE_ITEM_BYTES} AS page_bytes_before,"
+        " row_number() OVER w AS page_row"
+        f" FROM ({inner}) AS page"
+        f" WINDOW w AS (ORDER BY {order} ROWS UNBOUNDED PRECEDING)) AS fitted"
+        f" WHERE page_bytes_before <= {int(budget)} ORDER BY page_row"
+    )

@@ -161,8 +161,15 @@ class AgentmeshStore(BaseStore):
             limit=op.limit,
             offset=op.offset,
         )
-        found = await self._client.call(self._stub.SearchStoreItems, request)
-        return [_search_item(item) for item in found.items]
+        items: list[SearchItem] = []
+        while True:
+            found = await self._client.call(self._stub.SearchStoreItems, request)
+            items.extend(_search_item(item) for item in found.items)
+            # A response cut at the service's byte budget says where to continue.
+            if not found.next_offset or len(items) >= op.limit or not found.items:
+                return items
+            request.offset = found.next_offset
+            request.limit = op.limit - len(items)
 
     async def _put(self, op: PutOp) -> None:
         if op.value is None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from agentmesh.core.context import current_tenant
+from agentmesh.core.db import query_timeout
 from agentmesh.memory.deps import MemoryDeps
 
 G = TypeVar("G", bound="RpcGroup")
@@ -42,3 +43,18 @@ def expensive(
             return await method(self, request, context)
 
     return limited
+
+
+def listing(
+    method: Callable[[G, Any, Any], Awaitable[R]],
+) -> Callable[[G, Any, Any], Awaitable[R]]:
+    """Marks a list or search RPC: its queries get ``db_list_statement_timeout_ms``
+    (:func:`agentmesh.core.db.query_timeout`), less than other statements, because a
+    client's filter can make them expensive; past it the call is DEADLINE_EXCEEDED."""
+
+    @functools.wraps(method)
+    async def bounded(self: G, request: Any, context: Any) -> R:
+        with query_timeout(self.deps.process.db_list_statement_timeout_ms):
+            return await method(self, request, context)
+
+    return bounded

@@ -3,12 +3,11 @@ call are stored and how many tuples a page carries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from agentmesh.memory.domain.checkpoints import dedupe_writes, fitting_count
+from agentmesh.memory.domain.checkpoints import dedupe_writes
 from agentmesh.v1 import memory_pb2
 
 pytestmark = pytest.mark.unit
@@ -46,25 +45,3 @@ def test_pending_write_protos_dedupe_too() -> None:
     ]
     assert [w.channel for w in dedupe_writes(writes)] == ["one"]
     assert dedupe_writes([]) == []
-
-
-def test_a_page_takes_the_leading_tuples_that_fit() -> None:
-    assert fitting_count([10, 10, 10], 25) == 2
-    assert fitting_count([10, 10, 10], 30) == 3  # exactly the budget fits
-    assert fitting_count([], 10) == 0
-
-
-def test_a_page_carries_one_tuple_even_if_it_alone_is_too_large() -> None:
-    assert fitting_count([50, 1], 10) == 1
-
-
-def test_sizes_are_read_only_as_far_as_needed() -> None:
-    read: list[int] = []
-
-    def sizes() -> Iterator[int]:
-        for size in [10, 10, 10, 10]:
-            read.append(size)
-            yield size
-
-    assert fitting_count(sizes(), 15) == 1
-    assert read == [10, 10]  # the second size decided it; the rest was never read

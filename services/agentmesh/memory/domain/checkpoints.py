@@ -1,9 +1,9 @@
 """LangGraph checkpoints, the rules that need no database: which pending writes of one
-call are stored, and how many checkpoint tuples one response page carries."""
+call are stored, and which value types are."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol, TypeVar
 
 
@@ -32,21 +32,6 @@ def dedupe_writes(writes: Sequence[W]) -> list[W]:
         if write.idx < 0 or key not in chosen:
             chosen[key] = write
     return list(chosen.values())
-
-
-def fitting_count(sizes: Iterable[int], max_bytes: int) -> int:
-    """How many leading items of ``sizes`` (bytes each) fit in ``max_bytes`` together,
-    always at least one when there is one: each checkpoint tuple carries a whole
-    serialized state, so a page is cut by size too, and a single state larger than
-    the budget is still sent alone. ``sizes`` is read lazily, only as far as needed."""
-    total = 0
-    count = 0
-    for size in sizes:
-        total += size
-        if count and total > max_bytes:
-            return count
-        count += 1
-    return count
 
 
 VALUE_TYPES: Final = frozenset({"msgpack", "json", "bytes", "bytearray", "null"})

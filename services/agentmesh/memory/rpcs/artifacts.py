@@ -18,10 +18,11 @@ from agentmesh.core.errors import InvalidArgument, NotFound
 from agentmesh.core.filtering import EQUALITY, FieldRule, parse_filter
 from agentmesh.core.names import ARTIFACTS, ID_PATTERN, SESSIONS
 from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import Violations, validate_request_id
 from agentmesh.memory.convert import json_to_struct, optional_ref, struct_to_jsonb, timestamp
 from agentmesh.memory.domain.artifacts import Content, check_etag, etag, superseded
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, listing
 from agentmesh.memory.stores.artifacts import (
     ArtifactFilter,
     NewVersion,
@@ -223,6 +224,7 @@ class ArtifactRpcs(RpcGroup):
             await _raise_not_found(self.deps.pool, tenant, artifact_id, request.version)
         return _to_proto(row, content=True)
 
+    @listing
     async def ListArtifacts(
         self, request: memory_pb2.ListArtifactsRequest, context: ServicerContext
     ) -> memory_pb2.ListArtifactsResponse:
@@ -240,13 +242,22 @@ class ArtifactRpcs(RpcGroup):
             where,
             after_id=after[0] if after is not None else None,
             limit=size + 1,
+            budget=self.deps.process.page_max_bytes,
         )
-        page, next_token = PAGE.page(rows, size, query, key=lambda row: (row["artifact_id"],))
+        page, next_token = PAGE.page(
+            rows,
+            size,
+            query,
+            key=lambda row: (row["artifact_id"],),
+            budget=self.deps.process.page_max_bytes,
+            item_bytes=item_bytes,
+        )
         return memory_pb2.ListArtifactsResponse(
             artifacts=[_to_proto(row, content=False) for row in page],
             next_page_token=next_token,
         )
 
+    @listing
     async def ListArtifactVersions(
         self, request: memory_pb2.ListArtifactVersionsRequest, context: ServicerContext
     ) -> memory_pb2.ListArtifactVersionsResponse:
@@ -267,8 +278,16 @@ class ArtifactRpcs(RpcGroup):
             artifact_id,
             before_version=before[0] if before is not None else None,
             limit=size + 1,
+            budget=self.deps.process.page_max_bytes,
         )
-        page, next_token = VERSIONS_PAGE.page(rows, size, query, key=lambda row: (row["version"],))
+        page, next_token = VERSIONS_PAGE.page(
+            rows,
+            size,
+            query,
+            key=lambda row: (row["version"],),
+            budget=self.deps.process.page_max_bytes,
+            item_bytes=item_bytes,
+        )
         return memory_pb2.ListArtifactVersionsResponse(
             artifacts=[_to_proto(row, content=False) for row in page],
             next_page_token=next_token,

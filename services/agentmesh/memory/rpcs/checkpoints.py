@@ -17,11 +17,12 @@ import asyncpg  # type: ignore[import-untyped]
 from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import AlreadyExists, InvalidArgument, NotFound
 from agentmesh.core.names import SESSIONS
-from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.paging import Keyset, fit_page, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import Violations
 from agentmesh.memory.convert import json_object, timestamp
-from agentmesh.memory.domain.checkpoints import VALUE_TYPES, dedupe_writes, fitting_count
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.domain.checkpoints import VALUE_TYPES, dedupe_writes
+from agentmesh.memory.rpc import RpcGroup, listing
 from agentmesh.memory.stores import checkpoints as db
 from agentmesh.memory.stores.sessions import thread_session_id
 from agentmesh.v1 import memory_pb2
@@ -263,6 +264,7 @@ class CheckpointRpcs(RpcGroup):
             (found,) = await _tuples(conn, tenant, [row])
         return found
 
+    @listing
     async def ListCheckpoints(
         self, request: memory_pb2.ListCheckpointsRequest, context: ServicerContext
     ) -> memory_pb2.ListCheckpointsResponse:
@@ -300,11 +302,12 @@ class CheckpointRpcs(RpcGroup):
                 metadata_filter=None if metadata_filter == "{}" else metadata_filter,
                 after=(after[0], after[1], after[2]) if after is not None else None,
                 limit=size + 1,
+                budget=self.deps.process.page_max_bytes,
             )
-            tuples = await _tuples(conn, tenant, rows[:size])
-        # A response must fit the gRPC message limit however large the states are.
-        budget = self.deps.process.max_message_bytes // 2
-        page = tuples[: fitting_count((found.ByteSize() for found in tuples), budget)]
+            fitting = fit_page(
+                rows, limit=size, budget=self.deps.process.page_max_bytes, size=item_bytes
+            )
+            page = await _tuples(conn, tenant, fitting)
         next_token = ""
         if len(page) < len(rows):
             last = page[-1].checkpoint

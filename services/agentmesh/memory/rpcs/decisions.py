@@ -35,10 +35,12 @@ from agentmesh.core.names import (
     ResourcePattern,
     new_id,
 )
+from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import Violations, validate_request_id
 from agentmesh.memory.convert import json_to_struct, optional_ref, struct_to_jsonb, timestamp
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, listing
 from agentmesh.memory.stores.decisions import (
     DecisionFilter,
     NewDecision,
@@ -317,6 +319,7 @@ class DecisionRpcs(RpcGroup):
             raise NotFound(DECISIONS.resource_type, request.name)
         return _to_proto(row)
 
+    @listing
     async def ListDecisions(
         self, request: memory_pb2.ListDecisionsRequest, context: ServicerContext
     ) -> memory_pb2.ListDecisionsResponse:
@@ -328,12 +331,24 @@ class DecisionRpcs(RpcGroup):
         violations.raise_if_any()
         assert size is not None
         assert terms is not None
+        budget = self.deps.process.page_max_bytes
         rows = await list_decisions(
-            self.deps.pool, self.tenant(), _decision_filter(terms), before=before, limit=size + 1
+            self.deps.pool,
+            self.tenant(),
+            _decision_filter(terms),
+            before=before,
+            limit=size + 1,
+            budget=budget,
         )
         page, next_token = PAGE.page(
-            rows, size, query, key=lambda row: (row["create_time"], row["id"])
+            rows,
+            size,
+            query,
+            key=lambda row: (row["create_time"], row["id"]),
+            budget=budget,
+            item_bytes=item_bytes,
         )
-        return memory_pb2.ListDecisionsResponse(
-            decisions=[_to_proto(row) for row in page], next_page_token=next_token
+        decisions = await convert_sized(
+            lambda: [_to_proto(row) for row in page], sum(map(item_bytes, page))
         )
+        return memory_pb2.ListDecisionsResponse(decisions=decisions, next_page_token=next_token)

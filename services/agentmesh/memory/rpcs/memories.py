@@ -23,11 +23,13 @@ from google.protobuf import empty_pb2
 from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import Aborted, InvalidArgument, NotFound
 from agentmesh.core.names import MEMORIES, SESSIONS
+from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.memory.convert import etag, json_to_struct, parse_etag, struct_to_json, timestamp
 from agentmesh.memory.domain.merging import NewMemory
 from agentmesh.memory.embedders import embed_checked
-from agentmesh.memory.rpc import RpcGroup, expensive
+from agentmesh.memory.rpc import RpcGroup, expensive, listing
 from agentmesh.memory.rpcs.memories_validation import (
     KINDS,
     MAX_METADATA_BYTES,
@@ -170,6 +172,7 @@ class MemoryRpcs(RpcGroup):
             raise NotFound(MEMORIES.resource_type, request.name)
         return to_proto(row)
 
+    @listing
     async def ListMemories(
         self, request: memory_pb2.ListMemoriesRequest, context: ServicerContext
     ) -> memory_pb2.ListMemoriesResponse:
@@ -177,11 +180,22 @@ class MemoryRpcs(RpcGroup):
         conditions = list_filter(request.filter)
         query = {"filter": request.filter}
         after = PAGE.decode(request.page_token, query)
-        rows = await list_memories(self.deps.pool, self.tenant(), conditions, after, size + 1)
-        page, token = PAGE.page(rows, size, query, key=lambda row: (row["create_time"], row["id"]))
-        return memory_pb2.ListMemoriesResponse(
-            memories=[to_proto(row) for row in page], next_page_token=token
+        budget = self.deps.process.page_max_bytes
+        rows = await list_memories(
+            self.deps.pool, self.tenant(), conditions, after, size + 1, budget=budget
         )
+        page, token = PAGE.page(
+            rows,
+            size,
+            query,
+            key=lambda row: (row["create_time"], row["id"]),
+            budget=budget,
+            item_bytes=item_bytes,
+        )
+        memories = await convert_sized(
+            lambda: [to_proto(row) for row in page], sum(map(item_bytes, page))
+        )
+        return memory_pb2.ListMemoriesResponse(memories=memories, next_page_token=token)
 
     @expensive
     async def UpdateMemory(
@@ -215,6 +229,7 @@ class MemoryRpcs(RpcGroup):
         return empty_pb2.Empty()
 
     @expensive
+    @listing
     async def SearchMemories(
         self, request: memory_pb2.SearchMemoriesRequest, context: ServicerContext
     ) -> memory_pb2.SearchMemoriesResponse:

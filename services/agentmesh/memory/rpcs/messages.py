@@ -17,10 +17,12 @@ from google.protobuf import json_format, timestamp_pb2
 from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import NotFound
 from agentmesh.core.names import AGENTS, SESSIONS, validate_id
+from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import NUL, NUL_RULE, Violations, validate_request_id
 from agentmesh.memory import convert
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, listing
 from agentmesh.memory.stores.messages import Appended, NewMessage, append_messages, list_messages
 from agentmesh.memory.stores.sessions import session_is_live
 from agentmesh.v1 import common_pb2, memory_pb2
@@ -241,6 +243,7 @@ class MessageRpcs(RpcGroup):
                 conn, tenant, "AppendMessages", request, memory_pb2.AppendMessagesResponse, write
             )
 
+    @listing
     async def ListMessages(
         self, request: memory_pb2.ListMessagesRequest, context: ServicerContext
     ) -> memory_pb2.ListMessagesResponse:
@@ -260,10 +263,17 @@ class MessageRpcs(RpcGroup):
                 descending=query.descending,
                 after=position[0] if position is not None else None,
                 limit=query.size + 1,  # one extra row says whether another page exists
+                budget=self.deps.process.page_max_bytes,
             )
         page, next_token = PAGE.page(
-            rows, query.size, query.fingerprint, key=lambda row: (row["sequence"],)
+            rows,
+            query.size,
+            query.fingerprint,
+            key=lambda row: (row["sequence"],),
+            budget=self.deps.process.page_max_bytes,
+            item_bytes=item_bytes,
         )
-        return memory_pb2.ListMessagesResponse(
-            messages=[message_proto(row) for row in page], next_page_token=next_token
+        messages = await convert_sized(
+            lambda: [message_proto(row) for row in page], sum(map(item_bytes, page))
         )
+        return memory_pb2.ListMessagesResponse(messages=messages, next_page_token=next_token)

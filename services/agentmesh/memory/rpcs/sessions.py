@@ -23,7 +23,9 @@ from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import NotFound
 from agentmesh.core.filtering import EQUALITY, TIME_RANGE, FieldRule, parse_filter
 from agentmesh.core.names import SESSIONS, new_id, validate_id
+from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, page_size
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import (
     Violations,
     check_display_name,
@@ -39,7 +41,7 @@ from agentmesh.memory.domain.sessions import (
     undelete_refusal,
     write_refusal,
 )
-from agentmesh.memory.rpc import RpcGroup
+from agentmesh.memory.rpc import RpcGroup, listing
 from agentmesh.memory.stores.sessions import (
     get_session,
     hard_delete_session,
@@ -149,6 +151,7 @@ class SessionRpcs(RpcGroup):
             raise NotFound(SESSIONS.resource_type, request.name)
         return session_proto(row)
 
+    @listing
     async def ListSessions(
         self, request: memory_pb2.ListSessionsRequest, context: ServicerContext
     ) -> memory_pb2.ListSessionsResponse:
@@ -165,13 +168,20 @@ class SessionRpcs(RpcGroup):
             show_deleted=request.show_deleted,
             after=after,
             limit=size + 1,  # one extra row says whether another page exists
+            budget=self.deps.process.page_max_bytes,
         )
         page, next_token = PAGE.page(
-            rows, size, query, key=lambda row: (row["create_time"], row["id"])
+            rows,
+            size,
+            query,
+            key=lambda row: (row["create_time"], row["id"]),
+            budget=self.deps.process.page_max_bytes,
+            item_bytes=item_bytes,
         )
-        return memory_pb2.ListSessionsResponse(
-            sessions=[session_proto(row) for row in page], next_page_token=next_token
+        sessions = await convert_sized(
+            lambda: [session_proto(row) for row in page], sum(map(item_bytes, page))
         )
+        return memory_pb2.ListSessionsResponse(sessions=sessions, next_page_token=next_token)
 
     async def UpdateSession(
         self, request: memory_pb2.UpdateSessionRequest, context: ServicerContext

@@ -18,6 +18,9 @@ from google.protobuf import empty_pb2
 
 from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.core.offload import convert_sized
+from agentmesh.core.paging import fit_page
+from agentmesh.core.sql import item_bytes
 from agentmesh.core.validation import Violations
 from agentmesh.memory.convert import json_object, timestamp
 from agentmesh.memory.domain.store_items import (
@@ -27,7 +30,7 @@ from agentmesh.memory.domain.store_items import (
     filter_terms,
     index_text,
 )
-from agentmesh.memory.rpc import RpcGroup, expensive
+from agentmesh.memory.rpc import RpcGroup, expensive, listing
 from agentmesh.memory.stores.store_items import (
     EMBEDDING_DIM,
     delete_item,
@@ -141,6 +144,7 @@ class StoreRpcs(RpcGroup):
         return empty_pb2.Empty()
 
     @expensive
+    @listing
     async def SearchStoreItems(
         self, request: memory_pb2.SearchStoreItemsRequest, context: ServicerContext
     ) -> memory_pb2.SearchStoreItemsResponse:
@@ -167,9 +171,17 @@ class StoreRpcs(RpcGroup):
             query_vector=query_vector,
             limit=limit,
             offset=offset,
+            budget=self.deps.process.page_max_bytes,
         )
-        return memory_pb2.SearchStoreItemsResponse(items=[_item(row, row["score"]) for row in rows])
+        page = fit_page(rows, limit=limit, budget=self.deps.process.page_max_bytes, size=item_bytes)
+        items = await convert_sized(
+            lambda: [_item(row, row["score"]) for row in page], sum(map(item_bytes, page))
+        )
+        # Rows past the page: the budget stopped it before `limit` items.
+        next_offset = offset + len(page) if len(rows) > len(page) else 0
+        return memory_pb2.SearchStoreItemsResponse(items=items, next_offset=next_offset)
 
+    @listing
     async def ListStoreNamespaces(
         self, request: memory_pb2.ListStoreNamespacesRequest, context: ServicerContext
     ) -> memory_pb2.ListStoreNamespacesResponse:

@@ -16,7 +16,7 @@ from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
 
 # Everything but the content, which List methods omit (and need not read).
 _META: Final = """
@@ -24,6 +24,11 @@ _META: Final = """
     v.sha256, v.create_time
 """
 _WITH_CONTENT: Final = _META + ", v.text, v.data"
+_META_BYTES: Final = (
+    f"octet_length(v.metadata::text) + octet_length(v.media_type) + {ROW_OVERHEAD_BYTES}"
+    f" AS {PAGE_ITEM_BYTES}"
+)
+"""An artifact's size estimate in a page (content is never listed)."""
 _LATEST: Final = """
     memory.artifacts h JOIN memory.artifact_versions v
       ON v.tenant = h.tenant AND v.artifact_id = h.id AND v.version = h.latest_version
@@ -172,9 +177,10 @@ async def list_artifacts(
     *,
     after_id: str | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """The latest version of each of the tenant's artifacts matching ``where``, without
-    content, by id, starting after ``after_id``."""
+    content, by id, starting after ``after_id``; cut at ``budget`` bytes."""
     sql = Where(tenant, column="h.tenant")
     for session_id in where.session_ids:
         sql.add("h.session_id = {}", session_id)
@@ -182,9 +188,12 @@ async def list_artifacts(
         sql.add("h.media_type = {}", media_type)
     if after_id is not None:
         sql.add("h.id > {}", after_id)
+    inner = (
+        f"SELECT {_META}, {_META_BYTES} FROM {_LATEST} WHERE {sql.sql}"
+        f" ORDER BY h.id LIMIT {int(limit)}"
+    )
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT {_META} FROM {_LATEST} WHERE {sql.sql} ORDER BY h.id LIMIT {int(limit)}",
-        *sql.args,
+        byte_budgeted(inner, order="artifact_id", budget=budget), *sql.args
     )
     return rows
 
@@ -196,16 +205,19 @@ async def list_versions(
     *,
     before_version: int | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """The versions of one artifact, without content, newest first, starting below
-    ``before_version``."""
+    ``before_version``; cut at ``budget`` bytes."""
     sql = Where(tenant, column="v.tenant")
     sql.add("v.artifact_id = {}", artifact_id)
     if before_version is not None:
         sql.add("v.version < {}", before_version)
+    inner = (
+        f"SELECT {_META}, {_META_BYTES} FROM memory.artifact_versions v WHERE {sql.sql}"
+        f" ORDER BY v.version DESC LIMIT {int(limit)}"
+    )
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT {_META} FROM memory.artifact_versions v WHERE {sql.sql}"
-        f" ORDER BY v.version DESC LIMIT {int(limit)}",
-        *sql.args,
+        byte_budgeted(inner, order="version DESC", budget=budget), *sql.args
     )
     return rows

@@ -20,18 +20,27 @@ from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
 from agentmesh.memory.stores.sessions import thread_session_deleted
 
 DELTA_DEPTH_CAP: Final = 100_000
 """Upper bound on the ancestors a retention pass keeps for LangGraph delta channels."""
 
-_SELECT_CHECKPOINT: Final = """
-    SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,
-           metadata::text AS metadata, create_time
-    FROM memory.checkpoints
+_CHECKPOINT_COLUMNS: Final = """
+    thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,
+    metadata::text AS metadata, create_time
 """
+_SELECT_CHECKPOINT: Final = f"SELECT {_CHECKPOINT_COLUMNS} FROM memory.checkpoints"
 """The columns of a checkpoint row as every read returns them (metadata as JSON text)."""
+_TUPLE_BYTES: Final = f"""
+    octet_length(c.checkpoint) + octet_length(c.metadata::text) + {ROW_OVERHEAD_BYTES}
+    + coalesce((SELECT sum(octet_length(w.value) + octet_length(w.channel) + 64)
+                FROM memory.checkpoint_writes AS w
+                WHERE w.tenant = c.tenant AND w.thread_id = c.thread_id
+                  AND w.checkpoint_ns = c.checkpoint_ns
+                  AND w.checkpoint_id = c.checkpoint_id), 0)
+"""
+"""A checkpoint tuple's size estimate in a page: its state, metadata and pending writes."""
 
 # Keeps the newest `keep` checkpoints per (thread, namespace) of the given threads and
 # deletes the rest with their writes. A kept checkpoint whose metadata says LangGraph
@@ -266,11 +275,13 @@ async def list_checkpoints(
     metadata_filter: str | None,
     after: tuple[str, str, str] | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """Checkpoint rows, newest first (thread and namespace break ties, so pages never
     overlap), at most ``limit``. Empty strings and None filter nothing; ``checkpoint_ns``
     "" is the root namespace. ``metadata_filter`` is JSON object text the metadata must
-    contain; ``after`` the (checkpoint id, thread, namespace) of the row a page follows."""
+    contain; ``after`` the (checkpoint id, thread, namespace) of the row a page follows.
+    The page stops at ``budget`` bytes (:func:`agentmesh.core.sql.byte_budgeted`)."""
     where = Where(tenant)
     where.add(f"NOT {thread_session_deleted('thread_id')}")
     if thread_id:
@@ -285,10 +296,13 @@ async def list_checkpoints(
         where.add("metadata @> {}::jsonb", metadata_filter)
     if after is not None:
         where.add("(checkpoint_id, thread_id, checkpoint_ns) < ({}, {}, {})", *after)
+    order = "checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC"
+    inner = (
+        f"SELECT {_CHECKPOINT_COLUMNS}, {_TUPLE_BYTES} AS {PAGE_ITEM_BYTES}"
+        f" FROM memory.checkpoints AS c WHERE {where.sql} ORDER BY {order} LIMIT {int(limit)}"
+    )
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"{_SELECT_CHECKPOINT} WHERE {where.sql}"
-        f" ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC LIMIT {int(limit)}",
-        *where.args,
+        byte_budgeted(inner, order=order, budget=budget), *where.args
     )
     return rows
 

@@ -13,8 +13,14 @@ from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
 
+_ITEM_BYTES: Final = (
+    "octet_length(input_summary) + octet_length(reasoning) + octet_length(candidates::text)"
+    " + octet_length(chosen_action) + octet_length(tools::text) + octet_length(outcome)"
+    f" + octet_length(metadata::text) + {ROW_OVERHEAD_BYTES}"
+)
+"""A decision's size estimate in a page."""
 COLUMNS: Final = """
     id, agent, session_id, job_id, input_summary, reasoning, candidates, chosen_action,
     tools, outcome, latency_ns, input_tokens, output_tokens, total_tokens, trace_id,
@@ -110,9 +116,11 @@ async def list_decisions(
     *,
     before: tuple[datetime, str] | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """The tenant's decisions matching ``where``, newest first (create time, then id),
-    starting after ``before`` (the (create_time, id) of the previous page's last row)."""
+    starting after ``before`` (the (create_time, id) of the previous page's last row);
+    cut at ``budget`` bytes."""
     sql = Where(tenant)
     for agent in where.agents:
         sql.add("agent = {}", agent)
@@ -126,9 +134,11 @@ async def list_decisions(
         sql.add(f"create_time {op} {{}}", bound)
     if before is not None:
         sql.add("(create_time, id) < ({}, {})", *before)
+    inner = (
+        f"SELECT {COLUMNS}, {_ITEM_BYTES} AS {PAGE_ITEM_BYTES} FROM memory.decisions"
+        f" WHERE {sql.sql} ORDER BY create_time DESC, id DESC LIMIT {int(limit)}"
+    )
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT {COLUMNS} FROM memory.decisions WHERE {sql.sql}"
-        f" ORDER BY create_time DESC, id DESC LIMIT {int(limit)}",
-        *sql.args,
+        byte_budgeted(inner, order="create_time DESC, id DESC", budget=budget), *sql.args
     )
     return rows

@@ -19,7 +19,13 @@ import asyncpg  # type: ignore[import-untyped]
 from pgvector import Vector
 
 from agentmesh.core.names import new_id
-from agentmesh.core.sql import Where, delete_batch
+from agentmesh.core.sql import (
+    PAGE_ITEM_BYTES,
+    ROW_OVERHEAD_BYTES,
+    Where,
+    byte_budgeted,
+    delete_batch,
+)
 from agentmesh.memory.domain.merging import MergeTarget, NewMemory, merged_fields, plan_merges
 from agentmesh.memory.stores.memory_search import COLUMNS, LIVE, namespace_under, nearest
 
@@ -27,6 +33,9 @@ MERGE_EF_SEARCH: Final = 20
 """``hnsw.ef_search`` of the near-duplicate lookup (see write_memories)."""
 _MERGED_COLUMNS: Final = ", ".join("m." + column.strip() for column in COLUMNS.split(","))
 """``COLUMNS`` of the row aliased ``m`` (the UPDATE of a merge joins another relation)."""
+
+_ITEM_BYTES: Final = f"octet_length(content) + octet_length(metadata::text) + {ROW_OVERHEAD_BYTES}"
+"""A memory's size estimate in a page."""
 
 # -------------------------------------------------------------- writes
 
@@ -263,9 +272,10 @@ async def list_memories(
     conditions: MemoryFilter,
     after: tuple[datetime, str] | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` live memories matching ``conditions``, newest first, after the
-    (create_time, id) position ``after`` of the previous page."""
+    (create_time, id) position ``after`` of the previous page; cut at ``budget`` bytes."""
     where = Where(tenant)
     where.add(LIVE)
     for namespace in conditions.namespaces:
@@ -280,10 +290,12 @@ async def list_memories(
         where.add("metadata ->> {} = {}", key, value)
     if after is not None:
         where.add("(create_time, id) < ({}, {})", *after)
+    inner = (
+        f"SELECT {COLUMNS}, {_ITEM_BYTES} AS {PAGE_ITEM_BYTES} FROM memory.memories"
+        f" WHERE {where.sql} ORDER BY create_time DESC, id DESC LIMIT {where.param(limit)}"
+    )
     rows: list[asyncpg.Record] = await db.fetch(
-        f"SELECT {COLUMNS} FROM memory.memories WHERE {where.sql}"
-        f" ORDER BY create_time DESC, id DESC LIMIT {where.param(limit)}",
-        *where.args,
+        byte_budgeted(inner, order="create_time DESC, id DESC", budget=budget), *where.args
     )
     return rows
 

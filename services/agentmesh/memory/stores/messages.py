@@ -25,7 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from agentmesh.core.errors import NotFound
 from agentmesh.core.names import SESSIONS, new_id
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
 from agentmesh.memory.domain.messages import allocate
 from agentmesh.memory.stores.sessions import LIVE
 
@@ -34,6 +34,10 @@ COLUMNS: Final = (
     " metadata, create_time"
 )
 """The columns of a message row as the RPCs return it."""
+_ITEM_BYTES: Final = (
+    f"octet_length(parts::text) + octet_length(metadata::text) + {ROW_OVERHEAD_BYTES}"
+)
+"""A message's size estimate in a page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +167,12 @@ async def list_messages(
     descending: bool,
     after: int | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """A page of a session's messages (``COLUMNS``) in sequence order (``descending``
     or not): those after ``after_sequence`` created in [``start``, ``end``), following
-    the last sequence ``after`` of the previous page; at most ``limit``."""
+    the last sequence ``after`` of the previous page; at most ``limit``, cut at
+    ``budget`` bytes (:func:`agentmesh.core.sql.byte_budgeted`)."""
     where = Where(tenant)
     where.add("session_id = {}", session_id)
     if after_sequence:
@@ -178,9 +184,11 @@ async def list_messages(
     if after is not None:
         where.add("sequence < {}" if descending else "sequence > {}", after)
     order = "DESC" if descending else "ASC"
-    sql = (
-        f"SELECT {COLUMNS} FROM memory.messages WHERE {where.sql}"
+    inner = (
+        f"SELECT {COLUMNS}, {_ITEM_BYTES} AS {PAGE_ITEM_BYTES}"
+        f" FROM memory.messages WHERE {where.sql}"
         f" ORDER BY sequence {order} LIMIT {where.param(limit)}"
     )
+    sql = byte_budgeted(inner, order=f"sequence {order}", budget=budget)
     rows: list[asyncpg.Record] = await conn.fetch(sql, *where.args)
     return rows

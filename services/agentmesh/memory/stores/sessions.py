@@ -26,7 +26,7 @@ import redis.asyncio
 from agentmesh.core.errors import NotFound
 from agentmesh.core.filtering import Term, timestamp_value
 from agentmesh.core.names import SESSIONS
-from agentmesh.core.sql import Where
+from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
 from agentmesh.memory.domain.sessions import Holder
 
 LIVE: Final = "delete_time IS NULL"
@@ -39,6 +39,11 @@ COLUMNS: Final = (
     " incarnation, create_time, update_time, delete_time, purge_time"
 )
 """The columns of a session row as the RPCs return it."""
+_ITEM_BYTES: Final = (
+    "octet_length(display_name) + octet_length(labels::text) + octet_length(metadata::text)"
+    f" + {ROW_OVERHEAD_BYTES}"
+)
+"""A session's size estimate in a page."""
 _ETAG_MATCHES: Final = "($3::bigint IS NULL OR (version = $3 AND incarnation = $4::uuid))"
 """A conditional write's etag check: none given ($3 NULL), or the version ($3) of the
 incarnation ($4) it names. An etag matches only its own incarnation of the id."""
@@ -228,20 +233,23 @@ async def list_sessions(
     show_deleted: bool,
     after: tuple[datetime, str] | None,
     limit: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """The tenant's sessions matching ``terms``, newest first (then by id), after the
-    position ``after`` (create time, id) of the previous page; at most ``limit``. Live
-    ones, or with ``show_deleted`` also the deleted ones not purged yet."""
+    position ``after`` (create time, id) of the previous page; at most ``limit``, cut
+    at ``budget`` bytes. Live ones, or with ``show_deleted`` also the deleted ones not
+    purged yet."""
     where = Where(tenant)
     where.add(NOT_PURGED if show_deleted else LIVE)
     _filter_sql(where, terms)
     if after is not None:
         created, last_id = after
         where.add("(create_time < {} OR (create_time = {} AND id > {}))", created, created, last_id)
-    sql = (
-        f"SELECT {COLUMNS} FROM memory.sessions WHERE {where.sql}"
-        f" ORDER BY create_time DESC, id LIMIT {where.param(limit)}"
+    inner = (
+        f"SELECT {COLUMNS}, {_ITEM_BYTES} AS {PAGE_ITEM_BYTES} FROM memory.sessions"
+        f" WHERE {where.sql} ORDER BY create_time DESC, id LIMIT {where.param(limit)}"
     )
+    sql = byte_budgeted(inner, order="create_time DESC, id", budget=budget)
     rows: list[asyncpg.Record] = await conn.fetch(sql, *where.args)
     return rows
 

@@ -15,7 +15,13 @@ from typing import Final
 
 import asyncpg  # type: ignore[import-untyped]
 
-from agentmesh.core.sql import Where, delete_batch
+from agentmesh.core.sql import (
+    PAGE_ITEM_BYTES,
+    ROW_OVERHEAD_BYTES,
+    Where,
+    byte_budgeted,
+    delete_batch,
+)
 from agentmesh.memory.domain.store_items import WILDCARD, Compare, FilterTerm
 
 EMBEDDING_DIM: Final = 384
@@ -23,6 +29,11 @@ EMBEDDING_DIM: Final = 384
 
 _LIVE: Final = "(expire_time IS NULL OR expire_time > now())"
 _ITEM_COLUMNS: Final = "namespace, key, value::text AS value, create_time, update_time"
+_ITEM_BYTES: Final = (
+    f"octet_length(value::text) + octet_length(namespace::text) + octet_length(key)"
+    f" + {ROW_OVERHEAD_BYTES}"
+)
+"""An item's size estimate in a search response."""
 """The columns of an item row as every read returns them (value as JSON text)."""
 _ORDERING: Final = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
@@ -144,10 +155,13 @@ async def search_items(
     query_vector: list[float] | None,
     limit: int,
     offset: int,
+    budget: int,
 ) -> list[asyncpg.Record]:
     """Live items under ``namespace_prefix`` that match the filter ``terms``; each row
     has a ``score``. With ``query_vector``: only embedded items, most similar first
-    (score: cosine similarity); without: most recently updated first (score NULL)."""
+    (score: cosine similarity); without: most recently updated first (score NULL). At
+    most ``limit``, cut at ``budget`` bytes (:func:`agentmesh.core.sql.byte_budgeted`:
+    a row past the page says the budget stopped it)."""
     where = Where(tenant)
     where.add(_LIVE)
     if namespace_prefix:
@@ -161,10 +175,12 @@ async def search_items(
     else:
         select = f"SELECT {_ITEM_COLUMNS}, NULL::float8 AS score"
         order = "update_time DESC, namespace, key"
+    inner = (
+        f"{select}, {_ITEM_BYTES} AS {PAGE_ITEM_BYTES} FROM memory.store_items"
+        f" WHERE {where.sql} ORDER BY {order} LIMIT {int(limit)} OFFSET {int(offset)}"
+    )
     rows: list[asyncpg.Record] = await db.fetch(
-        f"{select} FROM memory.store_items WHERE {where.sql}"
-        f" ORDER BY {order} LIMIT {int(limit)} OFFSET {int(offset)}",
-        *where.args,
+        byte_budgeted(inner, order=order, budget=budget), *where.args
     )
     return rows
 

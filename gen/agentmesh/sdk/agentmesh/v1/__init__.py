@@ -3439,7 +3439,16 @@ class SearchStoreItemsResponse(betterproto2.Message):
 
     items: "list[StoreItem]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    Matching items, best first when a query was given, else newest first.
+    Matching items, best first when a query was given, else newest first. Fewer than
+    `limit` when the response reached the service's byte budget first (see
+    `next_offset`).
+    """
+
+    next_offset: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    When the response stopped at the byte budget (large values) before `limit`
+    items: the `offset` that continues the search where this response stopped. 0 when
+    the response holds every item asked for or there are no more.
     """
 
 
