@@ -85,7 +85,8 @@ def byte_budgeted(inner: str, *, order: str, budget: int) -> str:
     row's estimated response size as ``page_item_bytes``; ``order`` is the same order
     in terms of the inner query's output columns. The result is the leading rows whose
     sizes add up to at most ``budget`` (always the first one, however large), plus the
-    first row that did not fit, if any: it tells :func:`agentmesh.core.paging.fit_page`
+    first row that did not fit, if any (the second row when the first alone was over
+    the budget): it tells :func:`agentmesh.core.paging.fit_page`
     the page was cut there. Rows the budget excludes never leave the server, and their
     large values are never read (TOAST values are fetched only for rows sent). The
     inner query keeps its own plan (index order, LIMIT); the window runs over its at
@@ -97,5 +98,5 @@ def byte_budgeted(inner: str, *, order: str, budget: int) -> str:
         " row_number() OVER w AS page_row"
         f" FROM ({inner}) AS page"
         f" WINDOW w AS (ORDER BY {order} ROWS UNBOUNDED PRECEDING)) AS fitted"
-        f" WHERE page_bytes_before <= {int(budget)} ORDER BY page_row"
+        f" WHERE page_bytes_before <= {int(budget)} OR page_row = 2 ORDER BY page_row"
     )

@@ -28,6 +28,7 @@ async def build_memory(
     settings (tests may pass their own), and the janitor, a background task from now
     until ``on_stop`` (``janitor.py``; none when ``janitor_interval_s`` is 0)."""
     settings.require("database_url", "redis_url")
+    memory.check_fits_pages(settings.page_max_bytes)
     chosen = embedder or build_embedder(memory, timeout_s=settings.client_deadline_ms / 1000)
     # Searches use these as connection defaults, so a search is one round trip
     # (no transaction just to SET LOCAL them); see memory_search.run_search.

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from agentmesh.core.settings import ENV_PREFIX, Check, load_settings
+from agentmesh.core.settings import ENV_PREFIX, Check, ConfigError, load_settings
 
 PREFIX: Final = ENV_PREFIX + "MEMORY_"
 """Every Memory setting's variable starts with this: ``embedder`` ⇄
@@ -75,6 +75,19 @@ class MemorySettings:
     artifact_max_bytes: int = 2 * 1024 * 1024
     """Largest artifact version content, in bytes."""
 
+    message_max_bytes: int = 256 * 1024
+    """Largest message, in bytes: its parts and metadata as JSON."""
+
+    checkpoint_max_bytes: int = 2 * 1024 * 1024
+    """Largest serialized checkpoint state, in bytes (a long conversation's state is
+    large; at most ``AGENTMESH_PAGE_MAX_BYTES``, so one always fits a response)."""
+
+    checkpoint_write_max_bytes: int = 1024 * 1024
+    """Largest serialized value of one pending checkpoint write, in bytes."""
+
+    store_value_max_bytes: int = 1024 * 1024
+    """Largest store item value, in bytes of JSON."""
+
     working_ttl_s: int = 86_400
     """Default time to live of a session's working memory."""
 
@@ -99,6 +112,26 @@ class MemorySettings:
     janitor_batch_size: int = 1000
     """Rows one janitor statement deletes at most, each batch its own transaction
     (deleted sessions go at most 100 at a time: each takes its history with it)."""
+
+    def check_fits_pages(self, page_max_bytes: int) -> None:
+        """Every per-item limit must fit one page (``AGENTMESH_PAGE_MAX_BYTES``): a page
+        always carries at least one item, and must fit the gRPC message limit; raises
+        ConfigError naming the settings that do not."""
+        too_large = [
+            f"{PREFIX}{name.upper()}={value}"
+            for name, value in (
+                ("message_max_bytes", self.message_max_bytes),
+                ("checkpoint_max_bytes", self.checkpoint_max_bytes),
+                ("checkpoint_write_max_bytes", self.checkpoint_write_max_bytes),
+                ("store_value_max_bytes", self.store_value_max_bytes),
+            )
+            if value > page_max_bytes
+        ]
+        if too_large:
+            raise ConfigError(
+                f"{', '.join(too_large)}: larger than AGENTMESH_PAGE_MAX_BYTES="
+                f"{page_max_bytes}; one item must fit one response page"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MemorySettings:
@@ -131,6 +164,10 @@ class MemorySettings:
             ),
             ("checkpoint_keep_latest", self.checkpoint_keep_latest >= 0, ">= 0"),
             ("artifact_max_bytes", self.artifact_max_bytes > 0, "expected > 0"),
+            ("message_max_bytes", self.message_max_bytes > 0, "expected > 0"),
+            ("checkpoint_max_bytes", self.checkpoint_max_bytes > 0, "expected > 0"),
+            ("checkpoint_write_max_bytes", self.checkpoint_write_max_bytes > 0, "expected > 0"),
+            ("store_value_max_bytes", self.store_value_max_bytes > 0, "expected > 0"),
             ("working_ttl_s", self.working_ttl_s > 0, "expected > 0"),
             ("working_max_keys", self.working_max_keys > 0, "expected > 0"),
             ("working_max_bytes", self.working_max_bytes > 0, "expected > 0"),

@@ -66,4 +66,4 @@ def test_the_sql_keeps_the_inner_query_and_filters_on_the_running_sum() -> None:
     sql = byte_budgeted(inner, order="id", budget=2048)
     assert f"FROM ({inner}) AS page" in sql
     assert "WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)" in sql
-    assert sql.endswith("WHERE page_bytes_before <= 2048 ORDER BY page_row")
+    assert sql.endswith("WHERE page_bytes_before <= 2048 OR page_row = 2 ORDER BY page_row")

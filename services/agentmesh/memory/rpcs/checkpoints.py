@@ -61,11 +61,18 @@ def _json_object(text: str, field: str, violations: Violations) -> str:
 
 
 def _typed_value(
-    value: memory_pb2.TypedValue, present: bool, field: str, violations: Violations
+    value: memory_pb2.TypedValue,
+    present: bool,
+    field: str,
+    violations: Violations,
+    *,
+    max_bytes: int,
 ) -> None:
     if not present:
         violations.add(field, "required")
         return
+    if len(value.data) > max_bytes:
+        violations.add(f"{field}.data", f"{len(value.data)} bytes; at most {max_bytes}")
     violations.text(value.type, f"{field}.type", required=True, max_chars=MAX_TYPE_CHARS)
     well_formed = value.type and len(value.type) <= MAX_TYPE_CHARS and "\x00" not in value.type
     if well_formed and value.type not in VALUE_TYPES:
@@ -85,7 +92,7 @@ def _id_list(values: Sequence[str], field: str, violations: Violations) -> None:
         violations.text(value, f"{field}[{i}]", required=True, max_chars=MAX_ID_CHARS)
 
 
-def _checked_checkpoint(checkpoint: memory_pb2.Checkpoint) -> db.Checkpoint:
+def _checked_checkpoint(checkpoint: memory_pb2.Checkpoint, *, max_bytes: int) -> db.Checkpoint:
     """Validates a checkpoint to store (every bad field at once)."""
     check = Violations()
     field = "checkpoint."
@@ -97,7 +104,7 @@ def _checked_checkpoint(checkpoint: memory_pb2.Checkpoint) -> db.Checkpoint:
         value = getattr(checkpoint, name)
         check.text(value, f"{field}{name}", required=required, max_chars=MAX_ID_CHARS)
     present = checkpoint.HasField("checkpoint")
-    _typed_value(checkpoint.checkpoint, present, f"{field}checkpoint", check)
+    _typed_value(checkpoint.checkpoint, present, f"{field}checkpoint", check, max_bytes=max_bytes)
     metadata = _json_object(checkpoint.metadata_json, f"{field}metadata_json", check)
     check.raise_if_any()
     return db.Checkpoint(
@@ -111,7 +118,7 @@ def _checked_checkpoint(checkpoint: memory_pb2.Checkpoint) -> db.Checkpoint:
     )
 
 
-def _check_writes(request: memory_pb2.PutCheckpointWritesRequest) -> None:
+def _check_writes(request: memory_pb2.PutCheckpointWritesRequest, *, max_bytes: int) -> None:
     check = Violations()
     check.text(request.thread_id, "thread_id", required=True, max_chars=MAX_ID_CHARS)
     check.text(request.checkpoint_ns, "checkpoint_ns", required=False, max_chars=MAX_NS_CHARS)
@@ -125,7 +132,9 @@ def _check_writes(request: memory_pb2.PutCheckpointWritesRequest) -> None:
         check.text(write.task_id, f"{field}.task_id", required=True, max_chars=MAX_ID_CHARS)
         check.text(write.channel, f"{field}.channel", required=True, max_chars=MAX_ID_CHARS)
         check.text(write.task_path, f"{field}.task_path", required=False, max_chars=MAX_NS_CHARS)
-        _typed_value(write.value, write.HasField("value"), f"{field}.value", check)
+        _typed_value(
+            write.value, write.HasField("value"), f"{field}.value", check, max_bytes=max_bytes
+        )
         if check:
             break  # one bad write is enough to report; the rest are likely alike
     check.raise_if_any()
@@ -184,7 +193,9 @@ class CheckpointRpcs(RpcGroup):
     ) -> memory_pb2.PutCheckpointResponse:
         if not request.HasField("checkpoint"):
             raise InvalidArgument("checkpoint", "required")
-        checkpoint = _checked_checkpoint(request.checkpoint)
+        checkpoint = _checked_checkpoint(
+            request.checkpoint, max_bytes=self.deps.settings.checkpoint_max_bytes
+        )
 
         tenant = self.tenant()
         keep_latest = self.deps.settings.checkpoint_keep_latest
@@ -211,7 +222,7 @@ class CheckpointRpcs(RpcGroup):
     async def PutCheckpointWrites(
         self, request: memory_pb2.PutCheckpointWritesRequest, context: ServicerContext
     ) -> memory_pb2.PutCheckpointWritesResponse:
-        _check_writes(request)
+        _check_writes(request, max_bytes=self.deps.settings.checkpoint_write_max_bytes)
         writes = [
             db.PendingWrite(
                 task_id=w.task_id,

@@ -110,7 +110,7 @@ def _parts_json(parts: Any, violations: Violations, *, field: str) -> str:
 
 
 def _validate_message(
-    message: memory_pb2.Message, violations: Violations, *, field: str
+    message: memory_pb2.Message, violations: Violations, *, field: str, max_bytes: int
 ) -> NewMessage | None:
     before = len(violations.items)
     if message.message_id:
@@ -132,6 +132,10 @@ def _validate_message(
     )
     if len(violations.items) > before or role is None or metadata_json is None:
         return None
+    size = len(parts_json.encode()) + len(metadata_json.encode())
+    if size > max_bytes:
+        violations.add(field, f"{size} bytes as JSON (parts and metadata); at most {max_bytes}")
+        return None
     return NewMessage(
         message_id=message.message_id,
         role=role,
@@ -143,7 +147,9 @@ def _validate_message(
     )
 
 
-def _validate_append(request: memory_pb2.AppendMessagesRequest) -> tuple[str, list[NewMessage]]:
+def _validate_append(
+    request: memory_pb2.AppendMessagesRequest, *, max_bytes: int
+) -> tuple[str, list[NewMessage]]:
     """Checks the whole batch before touching storage; every bad field is reported."""
     violations = Violations()
     session_id = violations.check(lambda: SESSIONS.parse(request.parent, field="parent"))
@@ -152,7 +158,7 @@ def _validate_append(request: memory_pb2.AppendMessagesRequest) -> tuple[str, li
     if not 1 <= count <= MAX_MESSAGES_PER_APPEND:
         violations.add("messages", f"1-{MAX_MESSAGES_PER_APPEND} messages per call, got {count}")
     incoming = [
-        _validate_message(message, violations, field=f"messages[{i}]")
+        _validate_message(message, violations, field=f"messages[{i}]", max_bytes=max_bytes)
         for i, message in enumerate(request.messages)
     ]
     violations.raise_if_any()
@@ -224,7 +230,9 @@ class MessageRpcs(RpcGroup):
     async def AppendMessages(
         self, request: memory_pb2.AppendMessagesRequest, context: ServicerContext
     ) -> memory_pb2.AppendMessagesResponse:
-        session_id, incoming = _validate_append(request)
+        session_id, incoming = _validate_append(
+            request, max_bytes=self.deps.settings.message_max_bytes
+        )
         tenant = self.tenant()
         async with self.deps.pool.acquire() as conn, conn.transaction():
 

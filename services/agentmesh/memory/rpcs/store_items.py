@@ -41,7 +41,7 @@ from agentmesh.memory.stores.store_items import (
 )
 from agentmesh.v1 import memory_pb2
 
-MAX_VALUE_BYTES: Final = 1024 * 1024
+MAX_FILTER_BYTES: Final = 64 * 1024
 """Largest item value (and search filter), as JSON text."""
 MAX_QUERY_CHARS: Final = 8192
 MAX_LIMIT: Final = 1000
@@ -62,13 +62,13 @@ def _item(row: asyncpg.Record, score: float | None = None) -> memory_pb2.StoreIt
     return item
 
 
-def _json_object(text: str, field: str, *, required: bool) -> dict[str, Any] | None:
+def _json_object(text: str, field: str, *, required: bool, max_bytes: int) -> dict[str, Any] | None:
     """Parses a JSON object the way ``jsonb`` will accept it, or raises INVALID_ARGUMENT."""
     if not text:
         if required:
             raise InvalidArgument(field, "required")
         return None
-    return json_object(text, field=field, max_bytes=MAX_VALUE_BYTES)
+    return json_object(text, field=field, max_bytes=max_bytes)
 
 
 def _limit(value: int, field: str, default: int) -> int:
@@ -109,7 +109,15 @@ class StoreRpcs(RpcGroup):
     ) -> memory_pb2.StoreItem:
         item = request.item
         _check_item_name(item.namespace, item.key, field="item.")
-        value = _json_object(item.value_json, "item.value_json", required=True)
+        value = await convert_sized(
+            lambda: _json_object(
+                item.value_json,
+                "item.value_json",
+                required=True,
+                max_bytes=self.deps.settings.store_value_max_bytes,
+            ),
+            len(item.value_json),
+        )
         assert value is not None  # required
         check_index_fields(request.index_fields)
         ttl = _ttl(request)
@@ -153,7 +161,12 @@ class StoreRpcs(RpcGroup):
         if len(request.query) > MAX_QUERY_CHARS:
             check.add("query", f"at most {MAX_QUERY_CHARS} characters")
         check.raise_if_any()
-        filter_ = _json_object(request.filter_json, "filter_json", required=False) or {}
+        filter_ = (
+            _json_object(
+                request.filter_json, "filter_json", required=False, max_bytes=MAX_FILTER_BYTES
+            )
+            or {}
+        )
         limit = _limit(request.limit, "limit", DEFAULT_SEARCH_LIMIT)
         offset = _offset(request.offset)
         terms = filter_terms(filter_)
