@@ -116,3 +116,12 @@ async def field_violations(call: Awaitable[Any]) -> dict[str, str]:
     bad_request = error_details_pb2.BadRequest()
     assert any(detail.Unpack(bad_request) for detail in status.details)
     return {v.field: v.description for v in bad_request.field_violations}
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call (its reason and domain)."""
+    status = rpc_status.from_call(cast("grpc.Call", error))
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in status.details)
+    return info

@@ -25,7 +25,7 @@ from agentmesh.v1 import common_pb2, memory_pb2
 
 # `component.conftest`, not `conftest`: the name mypy resolves too (mypy_path has tests/).
 from component.conftest import Metadata, credentials
-from component.memory_helpers import Stub, expect_error, expect_invalid, uid, unique
+from component.memory_helpers import Stub, error_info, expect_error, expect_invalid, uid, unique
 
 pytestmark = pytest.mark.component
 
@@ -126,14 +126,6 @@ async def list_sessions(
         token = page.next_page_token
         if not token:
             return sessions
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None
-    info = error_details_pb2.ErrorInfo()
-    assert any(detail.Unpack(info) for detail in status.details)
-    return info
 
 
 def resource_name(error: grpc.aio.AioRpcError) -> str:

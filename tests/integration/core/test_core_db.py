@@ -13,7 +13,7 @@ import grpc
 import pytest
 from pgvector import Vector
 
-from agentmesh.core.db import DatabaseProbe, create_pool
+from agentmesh.core.db import DatabaseProbe, QueryTimeoutError, create_pool, query_timeout
 from agentmesh.core.errors import InvalidArgument
 from agentmesh.core.outages import as_domain_error, as_unavailable
 from agentmesh.core.settings import ConfigError, Settings
@@ -212,3 +212,26 @@ async def test_the_database_probe_reconnects_after_a_failure(vector_db: str) -> 
     finally:
         await admin.close()
         await probe.close()
+
+
+async def test_a_query_inside_query_timeout_is_cancelled_as_a_query_timeout(
+    vector_db: str,
+) -> None:
+    pool = await create_pool(settings_for(vector_db))
+    try:
+        with query_timeout(200), pytest.raises(QueryTimeoutError) as raised:
+            await pool.fetch("SELECT pg_sleep(5)")
+        mapped = as_domain_error(raised.value)
+        assert mapped is not None
+        assert mapped.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert mapped.reason == "QUERY_TIMEOUT"
+        assert as_unavailable(raised.value) is None
+        # Outside the block the connection's own timeout applies again, and the
+        # connection the cancelled query used still works.
+        assert await pool.fetchval("SELECT 1") == 1
+        assert await pool.fetch("SELECT pg_sleep(0.3)") is not None
+        # 0 means no shorter limit.
+        with query_timeout(0):
+            assert len(await pool.fetch("SELECT pg_sleep(0.3)")) == 1
+    finally:
+        await pool.close()
