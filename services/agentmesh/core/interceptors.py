@@ -41,6 +41,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from agentmesh.core import context
 from agentmesh.core.auth import Authenticator
 from agentmesh.core.errors import DomainError, Unauthenticated, internal_status, to_rpc_status
+from agentmesh.core.malformed import refuse_malformed, tolerant
 from agentmesh.core.metrics import MethodMetrics
 from agentmesh.core.outages import as_domain_error
 
@@ -215,12 +216,12 @@ class ServerInterceptor(_ServerInterceptorBase):
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 self._streaming(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
             self._unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -233,6 +234,7 @@ class ServerInterceptor(_ServerInterceptorBase):
             call = _CallContext(servicer_context)
             try:
                 self._begin(method, call)
+                refuse_malformed(request)
                 response = await behavior(request, call)
             except BaseException as exc:
                 await self._fail(method, call, exc, started)
@@ -257,6 +259,7 @@ class ServerInterceptor(_ServerInterceptorBase):
             call = _CallContext(servicer_context)
             try:
                 self._begin(method, call)
+                refuse_malformed(request)
                 if writes_itself:
                     await behavior(request, call)
                 else:

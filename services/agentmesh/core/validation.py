@@ -108,3 +108,26 @@ def validate_request_id(request_id: str, *, field: str = "request_id") -> str:
     if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
         raise InvalidArgument(field, f"at most {MAX_REQUEST_ID} printable characters")
     return request_id
+
+
+_MAX_DURATION_S: Final = 315_576_000_000
+"""``google.protobuf.Duration``'s own bound: about 10,000 years."""
+
+
+def check_duration(seconds: int, nanos: int, *, field: str, min_s: float, max_s: float) -> float:
+    """A ``google.protobuf.Duration`` (its ``seconds`` and ``nanos``) as seconds, checked:
+    a well-formed duration (nanos in range and of the seconds' sign) between ``min_s``
+    and ``max_s``; INVALID_ARGUMENT on ``field`` otherwise. Conversions such as
+    ``ToTimedelta`` overflow on what a client may send; nothing converts before this."""
+    well_formed = (
+        abs(seconds) <= _MAX_DURATION_S
+        and -1_000_000_000 < nanos < 1_000_000_000
+        and not (seconds > 0 and nanos < 0)
+        and not (seconds < 0 and nanos > 0)
+    )
+    if not well_formed:
+        raise InvalidArgument(field, "not a valid duration")
+    total = seconds + nanos / 1e9
+    if not min_s <= total <= max_s:
+        raise InvalidArgument(field, f"must be between {min_s:g} s and {max_s:g} s")
+    return total

@@ -85,10 +85,48 @@ def optional_ref(name: str, pattern: ResourcePattern, *, field: str) -> str | No
     return pattern.parse(name, field=field) if name else None
 
 
+MAX_JSON_DEPTH: Final = 64
+"""Deepest nesting of objects and arrays a JSON value may have."""
+_NOT_STORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+"""Characters ``jsonb`` cannot store: NUL, and UTF-16 surrogates a ``\\ud800``-style
+escape yields when it is not half of a pair (not Unicode text at all)."""
+
+
+def _check_json_strings(value: Any, field: str) -> None:
+    """Every key and string of a parsed JSON value storable, nesting at most
+    ``MAX_JSON_DEPTH``; iterative, so a hostile depth costs no recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidArgument(field, f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_json_text(key, field)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _check_json_text(item, field)
+
+
+def _check_json_text(text: str, field: str) -> None:
+    found = _NOT_STORABLE.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise InvalidArgument(field, "must not contain NUL characters (\\u0000)")
+    raise InvalidArgument(
+        field, "must not contain lone surrogates (\\ud800-\\udfff escapes not in a pair)"
+    )
+
+
 def json_object(text: str, *, field: str, max_bytes: int) -> dict[str, Any]:
     """JSON object text as a ``jsonb`` column takes it: at most ``max_bytes`` (UTF-8),
-    strict JSON (no ``NaN``/``Infinity``), an object, no NUL in strings (``\\u0000``,
-    which ``jsonb`` cannot store). INVALID_ARGUMENT on ``field`` otherwise."""
+    strict JSON (no ``NaN``/``Infinity``), an object nested at most ``MAX_JSON_DEPTH``,
+    no NUL (``\\u0000``) and no lone surrogate in its keys and strings, which ``jsonb``
+    cannot store. INVALID_ARGUMENT on ``field`` otherwise."""
     if len(text.encode()) > max_bytes:
         raise InvalidArgument(field, f"larger than {max_bytes} bytes")
 
@@ -99,10 +137,11 @@ def json_object(text: str, *, field: str, max_bytes: int) -> dict[str, Any]:
         value = json.loads(text, parse_constant=reject_constant)
     except ValueError as exc:
         raise InvalidArgument(field, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(field, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise InvalidArgument(field, "must be a JSON object")
-    if "\\u0000" in text:
-        raise InvalidArgument(field, "must not contain NUL characters (\\u0000)")
+    _check_json_strings(value, field)
     return value
 
 

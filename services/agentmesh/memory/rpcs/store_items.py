@@ -21,7 +21,7 @@ from agentmesh.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import fit_page
 from agentmesh.core.sql import item_bytes
-from agentmesh.core.validation import Violations
+from agentmesh.core.validation import Violations, check_duration
 from agentmesh.memory.convert import json_object, timestamp
 from agentmesh.memory.domain.store_items import (
     check_index_fields,
@@ -42,6 +42,8 @@ from agentmesh.memory.stores.store_items import (
 from agentmesh.v1 import memory_pb2
 
 MAX_FILTER_BYTES: Final = 64 * 1024
+MAX_TTL_S: Final = 10 * 365 * 86_400
+"""Longest store item TTL: ten years (unset means no expiry)."""
 """Largest item value (and search filter), as JSON text."""
 MAX_QUERY_CHARS: Final = 8192
 MAX_LIMIT: Final = 1000
@@ -86,10 +88,10 @@ def _offset(value: int) -> int:
 def _ttl(request: memory_pb2.PutStoreItemRequest) -> timedelta | None:
     if not request.HasField("ttl"):
         return None
-    ttl = request.ttl.ToTimedelta()
-    if ttl <= timedelta(0):
-        raise InvalidArgument("ttl", "must be positive (leave unset for no expiry)")
-    return ttl
+    seconds = check_duration(
+        request.ttl.seconds, request.ttl.nanos, field="ttl", min_s=0.001, max_s=MAX_TTL_S
+    )
+    return timedelta(seconds=seconds)
 
 
 def _check_item_name(namespace: Sequence[str], key: str, *, field: str = "") -> None:
