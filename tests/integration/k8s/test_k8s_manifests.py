@@ -221,3 +221,63 @@ def test_envoy_accepts_the_k8s_config(tmp_path: Path) -> None:
     local = tmp_path / "envoy.yaml"
     local.write_text(text.replace(POD_DESCRIPTOR_PATH, str(paths.descriptor_set())))
     validate_envoy_config(local)
+
+
+#: Where prod's services read the JWKS: a file in a directory mounted from a ConfigMap.
+PROD_JWKS_FILE = "/etc/agentmesh/jwks/jwks.json"
+PROD_JWKS_CONFIGMAP = "agentmesh-jwks"
+
+
+def test_prod_verifies_rs256_with_a_mounted_jwks_and_holds_no_hs256_secret() -> None:
+    docs = render("prod")
+    # No pod gets the HS256 secret, by name or wholesale through envFrom, nor a setting
+    # that carries one.
+    for name, pod in pod_specs(docs):
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{name}/{container['name']}"
+            names = {var["name"] for var in container.get("env", [])}
+            assert "AGENTMESH_AUTH_HS256_SECRET" not in names, where
+            assert all("secretRef" not in ref for ref in container.get("envFrom", [])), where
+    for configmap in of_kind(docs, "ConfigMap").values():
+        assert "AGENTMESH_AUTH_HS256_SECRET" not in configmap.get("data", {})
+    # Every service verifies RS256 with the JWKS file from the operator's ConfigMap.
+    jwks_dir, _, jwks_name = PROD_JWKS_FILE.rpartition("/")
+    deployments = of_kind(docs, "Deployment")
+    for key in SERVICE_NAMES:
+        pod = deployments[key]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {var["name"]: var for var in container.get("env", [])}
+        assert env["AGENTMESH_AUTH_JWKS_FILE"] == {
+            "name": "AGENTMESH_AUTH_JWKS_FILE",
+            "value": PROD_JWKS_FILE,
+        }, key
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == jwks_dir]
+        # A subPath mount never sees ConfigMap updates: keys would not rotate.
+        assert "subPath" not in mount, key
+        assert mount.get("readOnly") is True, key
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        source = volume["configMap"]
+        assert source["name"] == PROD_JWKS_CONFIGMAP, key
+        assert source.get("optional", False) is False, f"{key}: start without keys"
+        paths_in_volume = {item["path"] for item in source.get("items", [])} or {jwks_name}
+        assert jwks_name in paths_in_volume, key
+    # The operator owns the keys: the overlay neither commits nor generates them (an
+    # apply would otherwise put back the keys of the last commit over a rotation).
+    assert PROD_JWKS_CONFIGMAP not in of_kind(docs, "ConfigMap")
+
+
+def test_no_envoy_config_verifies_tokens_with_a_shared_secret() -> None:
+    # Tokens are verified by the services (docs/adr/0006). If Envoy ever verifies them
+    # too, it must be with public keys only: no symmetric ("oct") key in its config.
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                http_filters = network_filter["typed_config"].get("http_filters", [])
+                for http_filter in http_filters:
+                    if http_filter["name"] != "envoy.filters.http.jwt_authn":
+                        continue
+                    providers = http_filter["typed_config"].get("providers", {})
+                    for name, provider in providers.items():
+                        inline = provider.get("local_jwks", {}).get("inline_string", "")
+                        assert '"oct"' not in inline.replace(" ", ""), name

@@ -305,3 +305,43 @@ def test_a_changed_jwks_file_is_read_again_without_a_restart(
     jwks_file.write_text("{not json")
     clock[0] += 10
     assert authenticator.authenticate(rs256_token(second, "k2")).tenant == "acme"
+
+
+def test_a_jwks_configmap_update_is_read_again_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout the kubelet gives a ConfigMap volume (prod mounts the JWKS this way):
+    `jwks.json -> ..data/jwks.json`, `..data -> ..<version>/`; an update writes a new
+    version directory and swaps `..data` with one rename. The path never changes."""
+    first = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    second = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    mount = tmp_path / "jwks"
+    mount.mkdir()
+
+    def publish(version: str, *keys: tuple[rsa.RSAPrivateKey, str]) -> None:
+        (mount / version).mkdir()
+        document = {"keys": [_jwks_with(k, private=False, kid=kid)["keys"][0] for k, kid in keys]}
+        (mount / version / "jwks.json").write_text(json.dumps(document))
+        (mount / "..data_tmp").symlink_to(version)
+        (mount / "..data_tmp").rename(mount / "..data")  # atomic, as the kubelet does
+
+    publish("..v1", (first, "k1"))
+    (mount / "jwks.json").symlink_to("..data/jwks.json")
+    authenticator = Authenticator(jwks=mount / "jwks.json")
+    clock = [time.monotonic()]
+    monkeypatch.setattr("agentmesh.core.auth.time.monotonic", lambda: clock[0])
+
+    def rs256_token(key: rsa.RSAPrivateKey, kid: str) -> str:
+        return bearer(jwt.encode(claims(), key, algorithm="RS256", headers={"kid": kid}))
+
+    assert refusal(authenticator, rs256_token(second, "k2")).reason == "UNKNOWN_KEY"
+    # Rotation, step 1: the new key beside the old one.
+    publish("..v2", (first, "k1"), (second, "k2"))
+    clock[0] += 10
+    assert authenticator.authenticate(rs256_token(second, "k2")).tenant == "acme"
+    assert authenticator.authenticate(rs256_token(first, "k1")).tenant == "acme"
+    # Step 3: the old key removed.
+    publish("..v3", (second, "k2"))
+    clock[0] += 10
+    assert refusal(authenticator, rs256_token(first, "k1")).reason == "UNKNOWN_KEY"
+    assert authenticator.authenticate(rs256_token(second, "k2")).tenant == "acme"
