@@ -116,6 +116,8 @@ async def ensure_hnsw_index(
     keeps the graph in memory during the build (at 100k × 384, 31 s with 1 GB against
     95 s with the 64 MB default); statement_timeout is lifted for the build only.
     """
+    if await conn.fetchval("SELECT to_regclass('memory.memories')") is None:
+        return False  # a migrations dir without the Memory tables: nothing to index
     wanted = _wanted_options(settings)
     if _reloptions(await conn.fetchval(_INDEX_OPTIONS_SQL, HNSW_INDEX)) == wanted:
         return False
