@@ -82,12 +82,13 @@ lint: env ## ruff, mypy (strict), buf lint
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
-# The database `make dev` runs (unix socket in .data/postgres); override for another one.
-AGENTMESH_DATABASE_URL ?= postgresql://postgres@/agentmesh?host=$(CURDIR)/.data/postgres
+# The database `make dev` runs (unix socket in .data/postgres), as the owner of the
+# schemas (migrations create tables, indexes and roles); override for another one.
+AGENTMESH_MIGRATE_DATABASE_URL ?= postgresql://postgres@/agentmesh?host=$(CURDIR)/.data/postgres
 
 .PHONY: migrate
-migrate: env ## apply migrations/ to AGENTMESH_DATABASE_URL (default: the make-dev database, running)
-	AGENTMESH_DATABASE_URL='$(AGENTMESH_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
+migrate: env ## apply migrations/ and build the HNSW index, as AGENTMESH_MIGRATE_DATABASE_URL (default: the make-dev database, running)
+	AGENTMESH_MIGRATE_DATABASE_URL='$(AGENTMESH_MIGRATE_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
 
 .PHONY: test
 test: env bench-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers

@@ -2,7 +2,9 @@
 
 The Memory service runs in-process (its builder, ``start_server``, a real socket)
 against a private embedded PostgreSQL with all migrations applied and a private
-Redis, started once per test session.
+Redis, started once per test session. It connects as its own login role (read and
+write of schema ``memory``, no DDL), as in production; the tests' direct SQL access
+uses the owner.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.devstack.migrate import migrate_up
 from agentmesh.devstack.postgres import EmbeddedPostgres
 from agentmesh.devstack.redis import RedisServer
+from agentmesh.devstack.roles import create_login_roles, service_url
 from agentmesh.memory.app import build_memory
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.v1 import memory_pb2_grpc
@@ -55,6 +58,9 @@ class Backends:
     """The private PostgreSQL and Redis of the component tests."""
 
     database_url: str
+    """As the owner of the schemas (the superuser): the tests' direct SQL access."""
+    memory_url: str
+    """As the Memory service's login role: what the service under test connects as."""
     redis_url: str
 
 
@@ -68,8 +74,13 @@ def backends() -> Iterator[Backends]:
     try:
         postgres.start()
         migrate_up(postgres.database_url)
+        create_login_roles(postgres)
         cache.start()
-        yield Backends(database_url=postgres.database_url, redis_url=cache.url)
+        yield Backends(
+            database_url=postgres.database_url,
+            memory_url=service_url(postgres, "memory"),
+            redis_url=cache.url,
+        )
     finally:
         cache.stop()
         postgres.stop()
@@ -91,7 +102,7 @@ def memory_settings(backends: Backends, **overrides: str) -> MemoryConfig:
         "AGENTMESH_GRPC_PORT": "0",
         "AGENTMESH_METRICS_PORT": "0",
         "AGENTMESH_AUTH_HS256_SECRET": SECRET,
-        "AGENTMESH_DATABASE_URL": backends.database_url,
+        "AGENTMESH_DATABASE_URL": backends.memory_url,
         "AGENTMESH_REDIS_URL": backends.redis_url,
         **overrides,
     }

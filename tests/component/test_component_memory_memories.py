@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -33,7 +34,12 @@ from agentmesh.memory.app import build_memory
 from agentmesh.memory.domain.merging import plan_merges
 from agentmesh.memory.embedders import EmbedderUnavailable, build_embedder
 from agentmesh.memory.settings import MemorySettings
-from agentmesh.memory.stores.memory_index import check_memory_store, ensure_hnsw_index
+from agentmesh.memory.stores.memory_index import (
+    MIGRATE_COMMAND,
+    check_hnsw_index,
+    check_memory_store,
+    ensure_hnsw_index,
+)
 from agentmesh.memory.stores.memory_search import SearchQuery, search_sql
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
@@ -755,7 +761,7 @@ async def server_with(
         "AGENTMESH_GRPC_PORT": "0",
         "AGENTMESH_METRICS_PORT": "0",
         "AGENTMESH_AUTH_HS256_SECRET": secret,
-        "AGENTMESH_DATABASE_URL": backends.database_url,
+        "AGENTMESH_DATABASE_URL": backends.memory_url,
         "AGENTMESH_REDIS_URL": backends.redis_url,
         **env,
     }
@@ -818,7 +824,9 @@ async def test_startup_checks_refuse_a_dimension_the_column_cannot_hold(db: asyn
         build_embedder(minilm_512, timeout_s=1.0)
 
 
-async def test_hnsw_index_follows_the_settings(db: asyncpg.Pool) -> None:
+async def test_hnsw_index_is_built_by_the_migration_step_and_checked_by_the_service(
+    db: asyncpg.Pool, backends: Any
+) -> None:
     async def options() -> list[str]:
         found: list[str] = await db.fetchval(
             "SELECT reloptions FROM pg_class WHERE relname = 'memories_embedding_hnsw'"
@@ -826,16 +834,30 @@ async def test_hnsw_index_follows_the_settings(db: asyncpg.Pool) -> None:
         return sorted(found)
 
     defaults = MemorySettings.from_env({})
-    other = MemorySettings.from_env(
-        {"AGENTMESH_MEMORY_HNSW_M": "12", "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": "48"}
-    )
-    assert await ensure_hnsw_index(db, defaults) is False
-    try:
-        assert await ensure_hnsw_index(db, other) is True
-        assert await options() == ["ef_construction=48", "m=12"]
-        assert await ensure_hnsw_index(db, other) is False
-    finally:
-        await ensure_hnsw_index(db, defaults)
+    other_env = {"AGENTMESH_MEMORY_HNSW_M": "12", "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": "48"}
+    other = MemorySettings.from_env(other_env)
+    await check_hnsw_index(db, defaults)
+    # A service configured otherwise than the index refuses to start, naming the
+    # command that rebuilds it; it never builds the index itself.
+    with pytest.raises(ConfigError, match=re.escape(MIGRATE_COMMAND)) as refused:
+        await check_hnsw_index(db, other)
+    assert "m=16" in str(refused.value)
+    assert "AGENTMESH_MEMORY_HNSW_M=12" in str(refused.value)
+    with pytest.raises(ConfigError, match="HNSW"):
+        async with server_with(backends, None, **other_env):
+            pass
+    # The migration step (as the owner) rebuilds it; then that service may start.
+    async with db.acquire() as conn:
+        assert await ensure_hnsw_index(conn, defaults) is False
+        try:
+            assert await ensure_hnsw_index(conn, other) is True
+            assert await options() == ["ef_construction=48", "m=12"]
+            assert await ensure_hnsw_index(conn, other) is False
+            await check_hnsw_index(db, other)
+            with pytest.raises(ConfigError, match="ef_construction=48"):
+                await check_hnsw_index(db, defaults)
+        finally:
+            await ensure_hnsw_index(conn, defaults)
     assert await options() == ["ef_construction=64", "m=16"]
 
 

@@ -37,7 +37,7 @@ def _banner(stack: DevStack) -> str:
     ]
     rows += [
         ("metrics ports", ", ".join(metrics)),
-        ("PostgreSQL", stack.database_url),
+        ("PostgreSQL (owner)", stack.database_url),
         ("Redis", stack.redis_url),
         ("data dir", str(stack.root)),
         ("logs", str(stack.logs_dir)),

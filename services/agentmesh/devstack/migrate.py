@@ -5,7 +5,16 @@ records applied versions in `public.schema_migrations`. Schema dumps are off
 (`--no-dump-schema`): a dump runs `pg_dump` from PATH, and Debian's pg_dump 15 refuses
 the embedded 18 server; the migrations themselves are the schema's source of truth.
 
-CLI (used by `make migrate`), reading `AGENTMESH_DATABASE_URL`:
+Migrations run as the owner of the schemas, never as a service's role (docs/adr/0018):
+the CLI reads `AGENTMESH_MIGRATE_DATABASE_URL`, falling back to `AGENTMESH_DATABASE_URL`
+when it is unset (one URL for both on a database without separate roles).
+
+`up` also builds the Memory service's HNSW index with the configured parameters
+(`AGENTMESH_MEMORY_HNSW_M`, `AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION`) when the index
+differs: index builds are DDL, which the services may not run; a Memory service whose
+settings do not match the index refuses to start and names this command.
+
+CLI (used by `make migrate` and the Kubernetes Job `migrate`):
 
     python -m agentmesh.devstack.migrate up|down-all|status
 """
@@ -13,6 +22,7 @@ CLI (used by `make migrate`), reading `AGENTMESH_DATABASE_URL`:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import subprocess
@@ -22,11 +32,16 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from agentmesh.core.settings import ENV_PREFIX, Check, load_settings
+import asyncpg  # type: ignore[import-untyped]
+
+from agentmesh.core.settings import ENV_PREFIX, Check, ConfigError, load_settings
 from agentmesh.devstack._proc import find_executable
 from agentmesh.devstack.paths import migrations_dir
+from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.memory_index import ensure_hnsw_index
 
 DATABASE_URL_ENV: Final = "AGENTMESH_DATABASE_URL"
+MIGRATE_DATABASE_URL_ENV: Final = "AGENTMESH_MIGRATE_DATABASE_URL"
 _STATUS_LINE_RE: Final = re.compile(r"^\[(?P<mark>[X ])\] (?P<file>\S+)$")
 _TIMEOUT_S: Final = 120.0
 
@@ -100,6 +115,31 @@ def migrate_up(database_url: str, *, migrations: Path | None = None) -> str:
     return _dbmate(database_url, "up", migrations=migrations).stdout
 
 
+async def build_indexes(database_url: str, memory: MemorySettings) -> bool:
+    """The migration step after the SQL files: (re)build the Memory HNSW index when it
+    is missing or differs from ``memory``'s parameters; returns whether it built."""
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            built: bool = await ensure_hnsw_index(conn, memory)
+            return built
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise MigrationError(f"building the memories HNSW index failed: {exc}") from exc
+
+
+def migrate(database_url: str, memory: MemorySettings, *, migrations: Path | None = None) -> str:
+    """Everything `up` does: the SQL migrations, then the index builds; returns a log."""
+    log = migrate_up(database_url, migrations=migrations)
+    if asyncio.run(build_indexes(database_url, memory)):
+        log += (
+            f"Built memory.memories_embedding_hnsw (m = {memory.hnsw_m},"
+            f" ef_construction = {memory.hnsw_ef_construction})\n"
+        )
+    return log
+
+
 def status(database_url: str, *, migrations: Path | None = None) -> MigrationStatus:
     result = _dbmate(database_url, "status", migrations=migrations)
     applied: list[str] = []
@@ -130,8 +170,16 @@ def rollback_all(database_url: str, *, migrations: Path | None = None) -> int:
 class _MigrateSettings:
     """What the migration command reads from the environment."""
 
+    migrate_database_url: str | None = None
+    """``AGENTMESH_MIGRATE_DATABASE_URL``: the database to migrate, as the role that owns
+    the schemas (creates tables, indexes and roles)."""
+
     database_url: str | None = None
-    """``AGENTMESH_DATABASE_URL``: the database to migrate."""
+    """``AGENTMESH_DATABASE_URL``: used when the migration URL is unset."""
+
+    @property
+    def url(self) -> str | None:
+        return self.migrate_database_url or self.database_url
 
     def checks(self) -> list[Check]:
         """Nothing to range-check: the URL is checked by connecting."""
@@ -141,21 +189,26 @@ class _MigrateSettings:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agentmesh.devstack.migrate",
-        description=f"Apply or roll back migrations/ against ${DATABASE_URL_ENV}.",
+        description=(
+            f"Apply or roll back migrations/ against ${MIGRATE_DATABASE_URL_ENV} "
+            f"(else ${DATABASE_URL_ENV}), as the owner of the schemas."
+        ),
     )
     parser.add_argument("command", choices=["up", "down-all", "status"])
     parser.add_argument(
         "--migrations-dir", type=Path, default=None, help="default: <repo>/migrations"
     )
     args = parser.parse_args(argv)
-    url = load_settings(_MigrateSettings, prefix=ENV_PREFIX).database_url
+    url = load_settings(_MigrateSettings, prefix=ENV_PREFIX).url
     if not url:
         parser.error(
-            f"{DATABASE_URL_ENV} is not set (e.g. postgresql://postgres@/agentmesh?host=<dir>)"
+            f"neither {MIGRATE_DATABASE_URL_ENV} nor {DATABASE_URL_ENV} is set "
+            "(e.g. postgresql://postgres@/agentmesh?host=<dir>)"
         )
     try:
         if args.command == "up":
-            sys.stdout.write(migrate_up(url, migrations=args.migrations_dir))
+            memory = MemorySettings.from_env()
+            sys.stdout.write(migrate(url, memory, migrations=args.migrations_dir))
         elif args.command == "down-all":
             count = rollback_all(url, migrations=args.migrations_dir)
             print(f"rolled back {count} migration(s)")
@@ -166,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in st.pending:
                 print(f"[ ] {name}")
             print(f"applied: {len(st.applied)}, pending: {len(st.pending)}")
-    except MigrationError as exc:
+    except (MigrationError, ConfigError) as exc:
         print(exc, file=sys.stderr)
         return 1
     return 0

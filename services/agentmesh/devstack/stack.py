@@ -1,6 +1,7 @@
 """The whole mesh on one machine: the launcher shared by `make dev` and the test fixtures.
 
-Start order: PostgreSQL → migrations → Redis → dev HS256 secret → services → worker →
+Start order: PostgreSQL → migrations (as the superuser, the schemas' owner) → the
+services' login roles → Redis → dev HS256 secret → services → worker →
 Envoy → wait until every service answers SERVING directly and through Envoy's internal
 listener. Stop order: services and worker (SIGTERM to all, then wait), Envoy, Redis,
 PostgreSQL. Every child is stopped by PID (its process group), every wait is bounded.
@@ -32,9 +33,11 @@ from agentmesh.devstack.envoy_config import (
     render_envoy_config,
 )
 from agentmesh.devstack.envoy_process import EnvoyProxy
-from agentmesh.devstack.migrate import migrate_up
+from agentmesh.devstack.migrate import migrate
 from agentmesh.devstack.postgres import EmbeddedPostgres
 from agentmesh.devstack.redis import RedisServer
+from agentmesh.devstack.roles import LOGIN_ROLES, create_login_roles, service_url
+from agentmesh.memory.settings import MemorySettings
 
 #: Start order: callees before callers (Conductor calls the other three).
 SERVICES: Final = ("memory", "agent", "job", "conductor")
@@ -167,7 +170,16 @@ class DevStack:
 
     @property
     def database_url(self) -> str:
+        """The application database as its owner (the superuser): migrations, tests'
+        direct checks. The services never get this one (``service_database_url``)."""
         return self.postgres.database_url
+
+    def service_database_url(self, service: str) -> str | None:
+        """The application database as ``service``'s login role (read and write of its
+        own schema, no DDL; docs/adr/0018), or None for a service without a database."""
+        if service not in LOGIN_ROLES:
+            return None
+        return service_url(self.postgres, service)
 
     @property
     def redis_url(self) -> str:
@@ -207,7 +219,6 @@ class DevStack:
             "AGENTMESH_ENV": "dev",
             "AGENTMESH_GRPC_HOST": "127.0.0.1",
             "AGENTMESH_METRICS_PORT": str(self.ports.metrics_port(name)),
-            "AGENTMESH_DATABASE_URL": self.database_url,
             "AGENTMESH_REDIS_URL": self.redis_url,
             "AGENTMESH_AUTH_HS256_SECRET": self.secret,
             "AGENTMESH_LOG_LEVEL": self.log_level,
@@ -218,6 +229,11 @@ class DevStack:
             values[f"AGENTMESH_{svc.upper()}_ADDR"] = self.internal_address
         if name in SERVICES:
             values["AGENTMESH_GRPC_PORT"] = str(self.ports.grpc_port(name))
+        # Least privilege: a service with tables connects as its own role; the others
+        # (and the worker, which keeps no records yet) get no database at all.
+        database_url = self.service_database_url(name)
+        if database_url is not None:
+            values["AGENTMESH_DATABASE_URL"] = database_url
         values.update(self.extra_env)
         # A developer's collector, if one is configured, sees the dev services' spans.
         return child_env(os.environ, values, drop_otlp=False)
@@ -235,7 +251,10 @@ class DevStack:
         self._check_ports_free()
         try:
             self.postgres.start()
-            migrate_up(self.database_url)
+            # The migration step builds the Memory HNSW index with the parameters the
+            # Memory child will be started with (its environment: ours plus extra_env).
+            migrate(self.database_url, MemorySettings.from_env({**os.environ, **self.extra_env}))
+            create_login_roles(self.postgres)
             self.redis.start()
             self._secret = _load_or_create_secret(self.secret_path)
             for name in [*self.services, *([WORKER] if self.worker else [])]:

@@ -35,8 +35,14 @@ async def build_memory(
     database_probe = DatabaseProbe(settings)
     pool = await create_pool(settings, server_settings=search_session_settings(memory))
     # Refuse to serve with a vector column, pgvector or HNSW parameters that do not
-    # match the settings; rebuilds the index when its m / ef_construction changed.
-    await prepare_memory_store(pool, memory)
+    # match the settings. The index itself is built by the migration step: the
+    # service's role may not run DDL (docs/adr/0018).
+    try:
+        await prepare_memory_store(pool, memory)
+    except BaseException:
+        await pool.close()
+        await database_probe.close()
+        raise
     redis_client = create_redis(settings)
     deps = MemoryDeps(
         settings=memory,

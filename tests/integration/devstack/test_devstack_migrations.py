@@ -72,6 +72,39 @@ def test_cli_reads_the_database_url(
         main(["status"])
 
 
+def test_cli_prefers_the_migration_url(
+    postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The services' URL (a role that may not run DDL) is not what migrations use.
+    monkeypatch.setenv("AGENTMESH_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/agentmesh")
+    monkeypatch.setenv("AGENTMESH_MIGRATE_DATABASE_URL", postgres.database_url)
+    assert main(["up"]) == 0
+    assert main(["status"]) == 0
+    assert "pending: 0" in capsys.readouterr().out
+
+
+def test_up_builds_the_hnsw_index_with_the_memory_settings(
+    postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def index_options() -> str:
+        return postgres.psql(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class"
+            " WHERE relname = 'memories_embedding_hnsw'"
+        )
+
+    monkeypatch.setenv("AGENTMESH_MIGRATE_DATABASE_URL", postgres.database_url)
+    assert main(["up"]) == 0
+    assert index_options() == "m=16,ef_construction=64"
+    assert "Built" not in capsys.readouterr().out
+    monkeypatch.setenv("AGENTMESH_MEMORY_HNSW_M", "8")
+    assert main(["up"]) == 0  # nothing left to migrate: only the index changes
+    assert "Built memory.memories_embedding_hnsw (m = 8" in capsys.readouterr().out
+    assert index_options() == "m=8,ef_construction=64"
+    monkeypatch.setenv("AGENTMESH_MEMORY_HNSW_M", "1")
+    assert main(["up"]) == 1  # a setting out of range is refused, named
+    assert "AGENTMESH_MEMORY_HNSW_M" in capsys.readouterr().err
+
+
 def test_dbmate_url_translation(tmp_path: Path) -> None:
     assert (
         to_dbmate_url(f"postgresql://postgres@/agentmesh?host={tmp_path}")

@@ -8,6 +8,7 @@ services themselves.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -90,7 +91,15 @@ def test_children_get_the_wiring(stack: DevStack) -> None:
     env = stack.child_env("memory")
     assert env["AGENTMESH_GRPC_PORT"] == str(stack.ports.memory)
     assert env["AGENTMESH_METRICS_PORT"] == str(stack.ports.metrics_memory)
-    assert env["AGENTMESH_DATABASE_URL"] == stack.database_url
+    # Least privilege: Memory connects as its own role, never as the owner the
+    # migrations use; a service without tables gets no database at all.
+    assert env["AGENTMESH_DATABASE_URL"] == stack.service_database_url("memory")
+    assert env["AGENTMESH_DATABASE_URL"].startswith("postgresql://agentmesh_memory@/")
+    assert stack.child_env("job")["AGENTMESH_DATABASE_URL"].startswith(
+        "postgresql://agentmesh_job@/"
+    )
+    agent_env = stack.child_env("agent")
+    assert agent_env.get("AGENTMESH_DATABASE_URL") == os.environ.get("AGENTMESH_DATABASE_URL")
     assert env["AGENTMESH_REDIS_URL"] == stack.redis_url
     assert env["AGENTMESH_AUTH_HS256_SECRET"] == stack.secret
     for svc in SERVICES:

@@ -37,6 +37,9 @@ POD_DESCRIPTOR_PATH = "/etc/envoy/descriptors/agentmesh.binpb"
 
 Manifest = dict[str, Any]
 
+#: Database URL variables, each from a Secret of its own role (docs/adr/0018).
+DATABASE_SECRETS = ("AGENTMESH_DATABASE_URL", "AGENTMESH_MIGRATE_DATABASE_URL")
+
 
 def render(overlay: str) -> list[Manifest]:
     result = subprocess.run(
@@ -167,14 +170,22 @@ def test_settings_come_from_the_configmap_and_secrets_by_reference(
     ]
     data: dict[str, str] = settings["data"]
     assert all(key.startswith("AGENTMESH_") for key in data)
-    secret_keys = {"AGENTMESH_AUTH_HS256_SECRET", "AGENTMESH_DATABASE_URL", "AGENTMESH_REDIS_URL"}
+    secret_keys = {
+        "AGENTMESH_AUTH_HS256_SECRET",
+        "AGENTMESH_DATABASE_URL",
+        "AGENTMESH_MIGRATE_DATABASE_URL",
+        "AGENTMESH_REDIS_URL",
+    }
     assert not secret_keys & set(data), "secrets must not be in the ConfigMap"
     assert not of_kind(manifests, "Secret"), "secret values are never committed"
     for name, pod in pod_specs(manifests):
         for container in pod["containers"]:
             for var in container.get("env", []):
                 if var["name"] in secret_keys:
-                    assert var["valueFrom"]["secretKeyRef"]["name"] == "agentmesh-secrets", name
+                    ref = var["valueFrom"]["secretKeyRef"]
+                    assert ref["key"] == var["name"], name
+                    if var["name"] not in DATABASE_SECRETS:
+                        assert ref["name"] == "agentmesh-secrets", name
             refs = [e["configMapRef"]["name"] for e in container.get("envFrom", [])]
             assert all(ref == settings["metadata"]["name"] for ref in refs), name
 
@@ -186,6 +197,34 @@ def test_settings_come_from_the_configmap_and_secrets_by_reference(
         assert service_name in services, host
         ports = {p["port"]: p["name"] for p in services[service_name]["spec"]["ports"]}
         assert ports.get(int(port)) == "internal", data[f"AGENTMESH_{key.upper()}_ADDR"]
+
+
+def database_credentials(pod: Manifest) -> dict[str, str]:
+    """Database URL variable → the Secret it comes from, over the pod's containers."""
+    found: dict[str, str] = {}
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        for var in container.get("env", []):
+            if var["name"] in DATABASE_SECRETS:
+                found[var["name"]] = var["valueFrom"]["secretKeyRef"]["name"]
+    return found
+
+
+def test_only_the_migration_holds_the_owner_credentials(manifests: list[Manifest]) -> None:
+    # Least privilege (ADR 0018): the migrate Job alone gets the owner's URL; each
+    # service with tables gets its own role's URL; the others get no database.
+    wanted = {
+        "Job/migrate": {"AGENTMESH_MIGRATE_DATABASE_URL": "agentmesh-db-migrate"},
+        "Deployment/memory": {"AGENTMESH_DATABASE_URL": "agentmesh-db-memory"},
+        "Deployment/job": {"AGENTMESH_DATABASE_URL": "agentmesh-db-job"},
+    }
+    for name, pod in pod_specs(manifests):
+        assert database_credentials(pod) == wanted.get(name, {}), name
+    # The migration builds the HNSW index with the Memory settings the pods run with.
+    (job,) = [d for d in manifests if d["kind"] == "Job" and d["metadata"]["name"] == "migrate"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert [e["configMapRef"]["name"] for e in container["envFrom"]] == [
+        next(n for n in of_kind(manifests, "ConfigMap") if n.startswith("agentmesh-settings"))
+    ]
 
 
 def test_headless_services_match_envoy_upstreams(manifests: list[Manifest]) -> None:

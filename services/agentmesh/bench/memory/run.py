@@ -26,6 +26,7 @@ from agentmesh.bench.procs import start_echo_server
 from agentmesh.bench.suite import BenchOptions, JsonDict
 from agentmesh.core.auth import mint_token
 from agentmesh.devstack.migrate import migrate_up
+from agentmesh.devstack.roles import create_login_roles
 
 
 def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
@@ -41,6 +42,7 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
         opts.log(f"memory: starting PostgreSQL, Redis, memory, raw echo, Envoy (in {stack.work})")
         stack.postgres.start()
         migrate_up(stack.postgres.database_url)
+        create_login_roles(stack.postgres)
         stack.redis.start()
         stack.echo = start_echo_server("raw", stack.ports.agent, stack.secret, stack.work)
         stack.start_memory(DEFAULT_EF_SEARCH)

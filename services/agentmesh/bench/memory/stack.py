@@ -23,6 +23,7 @@ from agentmesh.devstack.envoy_config import SERVICE_NAMES, dev_values, render_en
 from agentmesh.devstack.envoy_process import EnvoyProxy
 from agentmesh.devstack.postgres import EmbeddedPostgres
 from agentmesh.devstack.redis import RedisServer
+from agentmesh.devstack.roles import service_url
 from agentmesh.devstack.stack import StackPorts, check_health
 from agentmesh.memory.app import SERVICE_NAME as MEMORY_SERVICE
 
@@ -53,7 +54,8 @@ class Stack:
                 "AGENTMESH_GRPC_HOST": "127.0.0.1",
                 "AGENTMESH_GRPC_PORT": str(self.ports.memory),
                 "AGENTMESH_METRICS_PORT": str(self.ports.metrics_memory),
-                "AGENTMESH_DATABASE_URL": self.postgres.database_url,
+                # As in production: its own role, no DDL (docs/adr/0018).
+                "AGENTMESH_DATABASE_URL": service_url(self.postgres, "memory"),
                 "AGENTMESH_REDIS_URL": self.redis.url,
                 "AGENTMESH_AUTH_HS256_SECRET": self.secret,
                 "AGENTMESH_LOG_LEVEL": "info",

@@ -1,7 +1,9 @@
-"""Start-up preparation of the long-term memory store: the configured dimension, the
-migrated vector column and pgvector's version must agree (ConfigError otherwise), and
-the HNSW index is rebuilt when its parameters differ from the settings. Also the
-connection defaults every search relies on.
+"""Start-up checks of the long-term memory store: the configured dimension, the
+migrated vector column, pgvector's version and the HNSW index's parameters must agree
+with the settings (ConfigError otherwise). Also the connection defaults every search
+relies on, and the migration step that builds the HNSW index with the configured
+parameters (:func:`ensure_hnsw_index`, run by ``agentmesh.devstack.migrate up`` as the
+schema owner: the service's own role may not run DDL, docs/adr/0018).
 
 Housekeeping of the whole table, not of one tenant: nothing here takes a tenant.
 """
@@ -62,43 +64,74 @@ async def check_memory_store(pool: asyncpg.Pool, settings: MemorySettings) -> No
         raise ConfigError(f"pgvector {version} is too old: memories need 0.8.0 or later")
 
 
+MIGRATE_COMMAND: Final = "python -m agentmesh.devstack.migrate up"
+"""What builds the index with the configured parameters (``make migrate``, the
+Kubernetes Job ``migrate``), named in the start-up refusal."""
+
+_INDEX_OPTIONS_SQL: Final = (
+    "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = 'memory' AND c.relname = $1 AND c.relkind = 'i'"
+)
+
+
 def _reloptions(options: Sequence[str] | None) -> dict[str, str]:
     return dict(option.split("=", 1) for option in options or ())
 
 
-async def ensure_hnsw_index(
-    pool: asyncpg.Pool, settings: MemorySettings, *, maintenance_work_mem: str = "1GB"
-) -> bool:
-    """Re-creates the HNSW index when its ``m`` / ``ef_construction`` differ from the
-    settings; returns whether it rebuilt. Safe to call from every replica at start.
+def _wanted_options(settings: MemorySettings) -> dict[str, str]:
+    return {"m": str(settings.hnsw_m), "ef_construction": str(settings.hnsw_ef_construction)}
 
-    The new index is built ``CONCURRENTLY`` under another name and swapped in, so
-    writes and searches go on meanwhile. ``maintenance_work_mem`` keeps the graph
-    in memory during the build (at 100k × 384, 31 s with 1 GB against 95 s with the
-    64 MB default); statement_timeout is lifted for the build only.
+
+async def check_hnsw_index(pool: asyncpg.Pool, settings: MemorySettings) -> None:
+    """Start-up check: the HNSW index exists with the configured ``m`` /
+    ``ef_construction``; :class:`ConfigError` naming the command that builds it
+    otherwise. The service never builds it: its role may not run DDL (docs/adr/0018)."""
+    found = await pool.fetchval(_INDEX_OPTIONS_SQL, HNSW_INDEX)
+    wanted = _wanted_options(settings)
+    if found is None:
+        raise ConfigError(
+            f"the HNSW index memory.{HNSW_INDEX} is missing; run the migrations "
+            f"({MIGRATE_COMMAND}) with the Memory settings of this service"
+        )
+    current = _reloptions(found)
+    if current != wanted:
+        shown = ", ".join(f"{k}={current.get(k, 'default')}" for k in wanted)
+        raise ConfigError(
+            f"the HNSW index memory.{HNSW_INDEX} was built with {shown}, but "
+            f"AGENTMESH_MEMORY_HNSW_M={settings.hnsw_m} and "
+            f"AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION={settings.hnsw_ef_construction}; "
+            f"run {MIGRATE_COMMAND} with these settings to rebuild it, then start the service"
+        )
+
+
+async def ensure_hnsw_index(
+    conn: asyncpg.Connection, settings: MemorySettings, *, maintenance_work_mem: str = "1GB"
+) -> bool:
+    """Migration step (run as the schema owner, never by the service): re-creates the
+    HNSW index when it is missing or its ``m`` / ``ef_construction`` differ from the
+    settings; returns whether it built. Safe to run from several places at once.
+
+    The new index is built ``CONCURRENTLY`` under another name and swapped in, so the
+    running replicas' writes and searches go on meanwhile. ``maintenance_work_mem``
+    keeps the graph in memory during the build (at 100k × 384, 31 s with 1 GB against
+    95 s with the 64 MB default); statement_timeout is lifted for the build only.
     """
-    wanted = {
-        "m": str(settings.hnsw_m),
-        "ef_construction": str(settings.hnsw_ef_construction),
-    }
-    current_sql = (
-        "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'memory' AND c.relname = $1"
-    )
-    async with pool.acquire() as conn:
-        if _reloptions(await conn.fetchval(current_sql, HNSW_INDEX)) == wanted:
+    if await conn.fetchval("SELECT to_regclass('memory.memories')") is None:
+        return False  # a migrations dir without the Memory tables: nothing to index
+    wanted = _wanted_options(settings)
+    if _reloptions(await conn.fetchval(_INDEX_OPTIONS_SQL, HNSW_INDEX)) == wanted:
+        return False
+    lock = "SELECT hashtextextended('memory.memories_embedding_hnsw rebuild', 0)"
+    await conn.execute(f"SELECT pg_advisory_lock(({lock}))")
+    try:
+        # Another run may have rebuilt it while we waited for the lock.
+        if _reloptions(await conn.fetchval(_INDEX_OPTIONS_SQL, HNSW_INDEX)) == wanted:
             return False
-        lock = "SELECT hashtextextended('memory.memories_embedding_hnsw rebuild', 0)"
-        await conn.execute(f"SELECT pg_advisory_lock(({lock}))")
-        try:
-            # Another replica may have rebuilt it while we waited for the lock.
-            if _reloptions(await conn.fetchval(current_sql, HNSW_INDEX)) == wanted:
-                return False
-            await _rebuild_hnsw(conn, settings, maintenance_work_mem)
-            return True
-        finally:
-            await conn.execute(f"SELECT pg_advisory_unlock(({lock}))")
-            await conn.execute("RESET maintenance_work_mem; RESET statement_timeout")
+        await _rebuild_hnsw(conn, settings, maintenance_work_mem)
+        return True
+    finally:
+        await conn.execute(f"SELECT pg_advisory_unlock(({lock}))")
+        await conn.execute("RESET maintenance_work_mem; RESET statement_timeout")
 
 
 async def _rebuild_hnsw(conn: asyncpg.Connection, settings: MemorySettings, work_mem: str) -> None:
@@ -118,6 +151,6 @@ async def _rebuild_hnsw(conn: asyncpg.Connection, settings: MemorySettings, work
 
 
 async def prepare_memory_store(pool: asyncpg.Pool, settings: MemorySettings) -> None:
-    """The start-up hook: checks (ConfigError on a mismatch), then the index."""
+    """The start-up hook: checks only (ConfigError on a mismatch); no DDL."""
     await check_memory_store(pool, settings)
-    await ensure_hnsw_index(pool, settings)
+    await check_hnsw_index(pool, settings)
