@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentmesh.core.auth import mint_token
+from agentmesh.core.auth import TENANT_PATTERN, mint_token
 from agentmesh.core.settings import ConfigError, Settings, env_var
 from agentmesh.devstack.paths import repo_root
 
@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentmesh`` script."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "tenant", None) is not None and not args.tenant.strip():
-        print("agentmesh: --tenant must not be empty", file=sys.stderr)
+    if getattr(args, "tenant", None) is not None and not TENANT_PATTERN.fullmatch(args.tenant):
+        print(
+            f"agentmesh: --tenant {args.tenant!r} is not a tenant id the services accept:"
+            " 1-128 letters, digits and ._@- starting with a letter or digit",
+            file=sys.stderr,
+        )
         return 2
     try:
         result: int = args.run(args)

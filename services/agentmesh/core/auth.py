@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from agentmesh.core.settings import ConfigError, Settings, env_var
 _BEARER_PREFIX_LEN: Final = len("bearer ")
 _JWKS_RECHECK_S: Final = 5.0
 """How often (at most) a token verification looks whether the JWKS file changed."""
+TENANT_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+"""A tenant as a token may name it: 1-128 letters, digits and ``._@-``, starting with a
+letter or digit (slugs, UUIDs, e-mail-like ids). Tenants key rows, cache entries
+(``...:{tenant}:...``) and logs, so nothing else (separators, control characters,
+unbounded length) reaches them."""
 _PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
 """JWK members that carry private or symmetric key material (RFC 7518 section 6)."""
 
@@ -231,6 +237,12 @@ class Authenticator:
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(
                 f"bearer token has no {self._tenant_claim!r} claim", reason="MISSING_TENANT"
+            )
+        if not TENANT_PATTERN.fullmatch(tenant):
+            raise Unauthenticated(
+                f"bearer token's {self._tenant_claim!r} claim is not a tenant id: 1-128"
+                " letters, digits and ._@- starting with a letter or digit",
+                reason="INVALID_TENANT",
             )
         subject = claims.get("sub")
         principal = Principal(tenant=tenant, subject=subject if isinstance(subject, str) else "")

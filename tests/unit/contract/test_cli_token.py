@@ -27,11 +27,12 @@ def test_token_verifies_with_the_same_secret(
     assert (principal.tenant, principal.subject) == ("acme", "alice")
 
 
-def test_empty_tenant_is_refused(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("tenant", [" ", "", "a:b", "x" * 129])
+def test_a_tenant_the_services_would_refuse_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tenant: str
 ) -> None:
     monkeypatch.setenv("AGENTMESH_AUTH_HS256_SECRET", SECRET)
-    assert main(["token", "--tenant", " "]) == 2
+    assert main(["token", "--tenant", tenant]) == 2
     assert "--tenant" in capsys.readouterr().err
 
 

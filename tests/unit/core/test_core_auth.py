@@ -133,6 +133,36 @@ def test_token_without_a_string_tenant_is_refused(hs256: Authenticator, tenant: 
     assert error.message == "bearer token has no 'tenant' claim"
 
 
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        "a:b",  # a cache-key separator
+        "a/b",
+        "x" * 129,  # too long
+        "a\x00b",  # NUL: a database error, not an identity
+        "\ud800",  # a lone surrogate, from a JSON escape in the token
+        " acme",
+        "-acme",
+        "acme\n",  # the whole claim must match
+        "ünïcode",
+    ],
+)
+def test_token_with_a_malformed_tenant_is_refused(hs256: Authenticator, tenant: str) -> None:
+    token = jwt.encode(claims(tenant=tenant), SECRET, algorithm="HS256")
+
+    assert refusal(hs256, bearer(token)).reason == "INVALID_TENANT"
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    ["acme", "tenant-a", "a" * 128, "ops@example.com", "3f2c9a1e-0b7d-4c55-9d2e-1a2b3c4d5e6f"],
+)
+def test_tenant_ids_of_usual_shapes_are_accepted(hs256: Authenticator, tenant: str) -> None:
+    token = jwt.encode(claims(tenant=tenant), SECRET, algorithm="HS256")
+
+    assert hs256.authenticate(bearer(token)).tenant == tenant
+
+
 def test_token_without_exp_is_refused(hs256: Authenticator) -> None:
     token = jwt.encode(claims(exp=None), SECRET, algorithm="HS256")
 
