@@ -12,6 +12,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps, memory_request_ids
 from agentmesh.memory.embedders import Embedder, build_embedder
 from agentmesh.memory.janitor import start_janitor, stop_janitor
+from agentmesh.memory.quota_guard import TenantQuotas
 from agentmesh.memory.servicer import memory_servicer
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.memory.stores.memory_index import prepare_memory_store, search_session_settings
@@ -52,6 +53,7 @@ async def build_memory(
         embedder=chosen,
         request_ids=memory_request_ids(memory),
         expensive=TenantLimiter(memory.tenant_concurrency, what="embedding or search"),
+        quotas=TenantQuotas(pool, memory.quotas(), refresh_s=memory.quota_refresh_s),
     )
     servicer = memory_servicer(deps)
 

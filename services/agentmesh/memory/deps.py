@@ -12,6 +12,7 @@ from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
+from agentmesh.memory.quota_guard import TenantQuotas
 from agentmesh.memory.settings import MemorySettings
 
 REQUEST_IDS_TABLE: Final = "memory.request_ids"
@@ -41,3 +42,5 @@ class MemoryDeps:
     """Idempotency keys of creates (``memory.request_ids``)."""
     expensive: TenantLimiter
     """Per-tenant limit on embedding and search calls (``tenant_concurrency``)."""
+    quotas: TenantQuotas
+    """Per-tenant storage quotas, checked by every write that stores more."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from agentmesh.core.settings import ENV_PREFIX, Check, ConfigError, load_settings
+from agentmesh.memory.domain.quotas import KINDS, Quota
 
 PREFIX: Final = ENV_PREFIX + "MEMORY_"
 """Every Memory setting's variable starts with this: ``embedder`` ⇄
@@ -88,6 +89,49 @@ class MemorySettings:
     store_value_max_bytes: int = 1024 * 1024
     """Largest store item value, in bytes of JSON."""
 
+    quota_refresh_s: float = 30.0
+    """How often a replica measures a tenant's stored usage again for the storage
+    quotas below (between two measurements it adds what it admitted): the quotas are
+    exact at each measurement and may be overshot by what the replicas admit in one
+    interval. 0 measures before every write."""
+
+    quota_sessions_rows: int = 100_000
+    """Sessions one tenant may store (deleted ones count until purged); 0: no limit.
+    Each ``quota_*`` past its limit is RESOURCE_EXHAUSTED with ``QuotaFailure``."""
+
+    quota_sessions_bytes: int = 0
+    """Bytes of session labels and metadata one tenant may store; 0: no limit."""
+
+    quota_messages_rows: int = 10_000_000
+    """Messages one tenant may store; 0: no limit."""
+
+    quota_messages_bytes: int = 10 * 1024 * 1024 * 1024
+    """Bytes of messages (stored, after compression) one tenant may store; 0: no limit."""
+
+    quota_memories_rows: int = 1_000_000
+    """Long-term memories one tenant may store; 0: no limit."""
+
+    quota_memories_bytes: int = 4 * 1024 * 1024 * 1024
+    """Bytes of memories (text, metadata, vectors) one tenant may store; 0: no limit."""
+
+    quota_store_items_rows: int = 1_000_000
+    """LangGraph store items one tenant may store; 0: no limit."""
+
+    quota_store_items_bytes: int = 4 * 1024 * 1024 * 1024
+    """Bytes of store items (values, vectors) one tenant may store; 0: no limit."""
+
+    quota_checkpoints_rows: int = 0
+    """Checkpoints one tenant may store (retention bounds them per thread); 0: no limit."""
+
+    quota_checkpoints_bytes: int = 10 * 1024 * 1024 * 1024
+    """Bytes of checkpoints and pending writes one tenant may store; 0: no limit."""
+
+    quota_artifacts_rows: int = 100_000
+    """Artifact versions one tenant may store; 0: no limit."""
+
+    quota_artifacts_bytes: int = 10 * 1024 * 1024 * 1024
+    """Bytes of artifact content one tenant may store; 0: no limit."""
+
     working_ttl_s: int = 86_400
     """Default time to live of a session's working memory."""
 
@@ -112,6 +156,15 @@ class MemorySettings:
     janitor_batch_size: int = 1000
     """Rows one janitor statement deletes at most, each batch its own transaction
     (deleted sessions go at most 100 at a time: each takes its history with it)."""
+
+    def quotas(self) -> dict[str, Quota]:
+        """The storage quota of each kind (``domain.quotas.KINDS``)."""
+        return {
+            kind: Quota(
+                rows=getattr(self, f"quota_{kind}_rows"), bytes=getattr(self, f"quota_{kind}_bytes")
+            )
+            for kind in KINDS
+        }
 
     def check_fits_pages(self, page_max_bytes: int) -> None:
         """Every per-item limit must fit one page (``AGENTMESH_PAGE_MAX_BYTES``): a page
@@ -169,6 +222,12 @@ class MemorySettings:
             ("checkpoint_write_max_bytes", self.checkpoint_write_max_bytes > 0, "expected > 0"),
             ("store_value_max_bytes", self.store_value_max_bytes > 0, "expected > 0"),
             ("working_ttl_s", self.working_ttl_s > 0, "expected > 0"),
+            ("quota_refresh_s", 0 <= self.quota_refresh_s <= 3600, "expected 0-3600"),
+            *(
+                (f"quota_{kind}_{unit}", getattr(self, f"quota_{kind}_{unit}") >= 0, ">= 0")
+                for kind in KINDS
+                for unit in ("rows", "bytes")
+            ),
             ("working_max_keys", self.working_max_keys > 0, "expected > 0"),
             ("working_max_bytes", self.working_max_bytes > 0, "expected > 0"),
             ("request_id_ttl_s", self.request_id_ttl_s > 0, "expected > 0"),

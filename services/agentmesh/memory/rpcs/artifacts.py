@@ -192,6 +192,7 @@ class ArtifactRpcs(RpcGroup):
     ) -> memory_pb2.Artifact:
         tenant = self.tenant()
         new = _new_version(request, max_bytes=self.deps.settings.artifact_max_bytes)
+        await self.deps.quotas.admit(tenant, "artifacts", rows=1, size=new.size_bytes)
         expected = request.artifact.etag
         async with self.deps.pool.acquire() as conn, conn.transaction():
 

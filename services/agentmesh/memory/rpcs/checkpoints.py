@@ -198,6 +198,9 @@ class CheckpointRpcs(RpcGroup):
         )
 
         tenant = self.tenant()
+        await self.deps.quotas.admit(
+            tenant, "checkpoints", rows=1, size=len(checkpoint.data) + len(checkpoint.metadata_json)
+        )
         keep_latest = self.deps.settings.checkpoint_keep_latest
         async with self.deps.pool.acquire() as conn, conn.transaction():
             if not await db.put_checkpoint(conn, tenant, checkpoint):
@@ -234,6 +237,9 @@ class CheckpointRpcs(RpcGroup):
             )
             for w in dedupe_writes(request.writes)
         ]
+        await self.deps.quotas.admit(
+            self.tenant(), "checkpoints", rows=0, size=sum(len(w.value) for w in writes)
+        )
         # The checkpoint need not exist: LangGraph submits a checkpoint and the writes
         # against it concurrently (durability "async"/"exit"), and its own savers accept
         # writes for a checkpoint they do not hold. The writes wait under the

@@ -90,8 +90,9 @@ class MemoryRpcs(RpcGroup):
         self, request: memory_pb2.CreateMemoryRequest, context: ServicerContext
     ) -> memory_pb2.Memory:
         item = validate_create(request, self._dimension)
-        await self._embed([item])
         tenant = self.tenant()
+        await self._admit(tenant, [item])
+        await self._embed([item])
         async with self.deps.pool.acquire() as conn, conn.transaction():
 
             async def write() -> memory_pb2.Memory:
@@ -109,8 +110,9 @@ class MemoryRpcs(RpcGroup):
         self, request: memory_pb2.BatchCreateMemoriesRequest, context: ServicerContext
     ) -> memory_pb2.BatchCreateMemoriesResponse:
         items = validate_batch(request.requests, self._dimension)
-        await self._embed(items)
         tenant = self.tenant()
+        await self._admit(tenant, items)
+        await self._embed(items)
         async with self.deps.pool.acquire() as conn, conn.transaction():
             replayed = await self._claim_all(conn, tenant, items, request.requests)
             fresh = [j for j in range(len(items)) if j not in replayed]
@@ -125,6 +127,16 @@ class MemoryRpcs(RpcGroup):
                 )
         return memory_pb2.BatchCreateMemoriesResponse(
             memories=[results[j] for j in range(len(items))]
+        )
+
+    async def _admit(self, tenant: str, items: Sequence[NewMemory]) -> None:
+        """The storage quota of memories, before any embedding is spent on them (a
+        merge into a near-duplicate is counted as a new row until the next measure)."""
+        await self.deps.quotas.admit(
+            tenant,
+            "memories",
+            rows=len(items),
+            size=sum(len(i.content.encode()) + 4 * self._dimension for i in items),
         )
 
     async def _embed(self, items: Sequence[NewMemory]) -> None:

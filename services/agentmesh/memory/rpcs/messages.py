@@ -234,6 +234,12 @@ class MessageRpcs(RpcGroup):
             request, max_bytes=self.deps.settings.message_max_bytes
         )
         tenant = self.tenant()
+        await self.deps.quotas.admit(
+            tenant,
+            "messages",
+            rows=len(incoming),
+            size=sum(len(m.parts_json) + len(m.metadata_json) for m in incoming),
+        )
         async with self.deps.pool.acquire() as conn, conn.transaction():
 
             async def write() -> memory_pb2.AppendMessagesResponse:

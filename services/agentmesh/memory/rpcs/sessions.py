@@ -122,6 +122,9 @@ class SessionRpcs(RpcGroup):
         session_id = request.session_id or new_id()
         tenant = self.tenant()
         values = (session.display_name, json.dumps(dict(session.labels)), metadata)
+        await self.deps.quotas.admit(
+            tenant, "sessions", rows=1, size=len(values[1]) + len(metadata or "")
+        )
 
         async with self.deps.pool.acquire() as conn, conn.transaction():
 

@@ -121,6 +121,9 @@ class StoreRpcs(RpcGroup):
             len(item.value_json),
         )
         assert value is not None  # required
+        await self.deps.quotas.admit(
+            self.tenant(), "store_items", rows=1, size=len(item.value_json.encode())
+        )
         check_index_fields(request.index_fields)
         ttl = _ttl(request)
         embedding = await self._embed(index_text(value, request.index_fields))
