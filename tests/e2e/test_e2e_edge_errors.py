@@ -121,3 +121,18 @@ def test_grpc_error_carries_rich_details(
     bad_request = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad_request) for d in status.details)
     assert bad_request.field_violations[0].field == "name"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"displayName": "\\ud800"}',  # a lone surrogate escape: not Unicode text
+        b'{"displayName": "ok", "metadata": {"k": "\\udc00"}}',
+        b'{"displayName": "\xed\xa0\x80"}',  # the same, UTF-8-encoded: not UTF-8
+    ],
+)
+def test_text_that_is_not_unicode_is_400_json(http: httpx.Client, body: bytes) -> None:
+    """Whether Envoy's transcoder or the service refuses it, the client gets a JSON 400,
+    never a 500."""
+    response = http.post("/v1/sessions", content=body, headers={"content-type": "application/json"})
+    assert _json_error(response, 400)["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
