@@ -361,3 +361,38 @@ async def test_an_unanswerable_budget_is_a_config_error(backends: Backends) -> N
             AGENTMESH_MEMORY_CHECKPOINT_WRITE_MAX_BYTES="1024",
         ):
             pass
+
+
+async def test_a_search_stops_at_the_budget_best_hits_first_and_says_so(
+    small_pages: Stub, tenant_a: Metadata
+) -> None:
+    namespace = f"budget/{uid()}"
+    for i in range(6):
+        await small_pages.CreateMemory(
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(
+                    namespace=namespace,
+                    # ~16 KiB of distinct text each: four fit 64 KiB, six do not.
+                    content=f"note {i} " + " ".join(f"w{i}x{j}" for j in range(2000)),
+                )
+            ),
+            metadata=tenant_a,
+        )
+    full = await small_pages.SearchMemories(
+        memory_pb2.SearchMemoriesRequest(
+            text="note w1x1", namespace_prefix=namespace, top_k=10, min_score=-1
+        ),
+        metadata=tenant_a,
+    )
+    assert full.truncated
+    assert 1 <= len(full.results) < 6
+    scores = [hit.score for hit in full.results]
+    assert scores == sorted(scores, reverse=True)  # the best ones were kept
+    few = await small_pages.SearchMemories(
+        memory_pb2.SearchMemoriesRequest(
+            text="note w1x1", namespace_prefix=namespace, top_k=1, min_score=-1
+        ),
+        metadata=tenant_a,
+    )
+    assert not few.truncated
+    assert few.results[0].memory.name == full.results[0].memory.name

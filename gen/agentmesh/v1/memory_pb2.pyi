@@ -916,6 +916,12 @@ class SearchMemoriesResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: builtins.int
+    TRUNCATED_FIELD_NUMBER: builtins.int
+    truncated: builtins.bool
+    """True when hits past the service's response byte budget were left out (very large
+    memories): the results are the best ones that fit; ask again with a smaller
+    `top_k` or a narrower filter to see the rest.
+    """
     @property
     def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ScoredMemory]:
         """Hits, best first."""
@@ -924,8 +930,9 @@ class SearchMemoriesResponse(google.protobuf.message.Message):
         self,
         *,
         results: collections.abc.Iterable[global___ScoredMemory] | None = ...,
+        truncated: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["results", b"results"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["results", b"results", "truncated", b"truncated"]) -> None: ...
 
 global___SearchMemoriesResponse = SearchMemoriesResponse
 

@@ -24,8 +24,8 @@ from agentmesh.core.contract import ServicerContext
 from agentmesh.core.errors import Aborted, InvalidArgument, NotFound
 from agentmesh.core.names import MEMORIES, SESSIONS
 from agentmesh.core.offload import convert_sized
-from agentmesh.core.paging import Keyset, page_size
-from agentmesh.core.sql import item_bytes
+from agentmesh.core.paging import Keyset, fit_page, page_size
+from agentmesh.core.sql import ROW_OVERHEAD_BYTES, item_bytes
 from agentmesh.memory.convert import etag, json_to_struct, parse_etag, struct_to_json, timestamp
 from agentmesh.memory.domain.merging import NewMemory
 from agentmesh.memory.embedders import embed_checked
@@ -76,6 +76,13 @@ def to_proto(row: asyncpg.Record) -> memory_pb2.Memory:
         create_time=timestamp(row["create_time"]),
         update_time=timestamp(row["update_time"]),
     )
+
+
+def _hit_bytes(hit: tuple[asyncpg.Record, float]) -> int:
+    """A search hit's size estimate: its text and metadata, and its names and times."""
+    row = hit[0]
+    metadata = row["metadata"]
+    return len(row["content"].encode()) + len(str(metadata).encode()) + ROW_OVERHEAD_BYTES
 
 
 class MemoryRpcs(RpcGroup):
@@ -248,10 +255,19 @@ class MemoryRpcs(RpcGroup):
         query = await self._search_query(request)
         async with self.deps.pool.acquire() as conn:
             hits = await run_search(conn, self.tenant(), query, self.deps.settings.hnsw_ef_search)
+        # top_k bounds the rows (at most 100 memories of bounded size); the response
+        # also stops at the byte budget, best hits first.
+        fitting = fit_page(
+            hits, limit=len(hits), budget=self.deps.process.page_max_bytes, size=_hit_bytes
+        )
+        results = await convert_sized(
+            lambda: [
+                memory_pb2.ScoredMemory(memory=to_proto(row), score=score) for row, score in fitting
+            ],
+            sum(map(_hit_bytes, fitting)),
+        )
         return memory_pb2.SearchMemoriesResponse(
-            results=[
-                memory_pb2.ScoredMemory(memory=to_proto(row), score=score) for row, score in hits
-            ]
+            results=results, truncated=len(fitting) < len(hits)
         )
 
     async def _search_query(self, request: memory_pb2.SearchMemoriesRequest) -> SearchQuery:

@@ -3388,6 +3388,13 @@ class SearchMemoriesResponse(betterproto2.Message):
     Hits, best first.
     """
 
+    truncated: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when hits past the service's response byte budget were left out (very large
+    memories): the results are the best ones that fit; ask again with a smaller
+    `top_k` or a narrower filter to see the rest.
+    """
+
 
 default_message_pool.register_message(
     "agentmesh.v1", "SearchMemoriesResponse", SearchMemoriesResponse
