@@ -895,7 +895,8 @@ def test_search_memories(http: httpx.Client) -> None:
             json={"text": "aisle seats on flights", "namespacePrefix": root, "topK": 3},
         )
     )
-    assert body.keys() == {"results"}
+    assert body.keys() == {"results", "truncated"}
+    assert body["truncated"] is False
     results = body["results"]
     assert results[0]["memory"]["name"] == seats
     assert {r["memory"]["name"] for r in results} <= {seats, food, trip}
