@@ -13,7 +13,7 @@ from agentmesh.agent.registry import ECHO, AgentCard, Registry
 from agentmesh.core.auth import mint_token
 from agentmesh.core.server import RunningServer, start_server
 from agentmesh.core.settings import Settings
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 SECRET = "component-test-secret-of-32-bytes-at-least"
 
@@ -47,7 +47,7 @@ async def server() -> AsyncIterator[RunningServer]:
         },
         service="agent",
     )
-    running = await start_server(settings, await build_agent(settings, REGISTRY))
+    running = await start_server(settings, await build_agent(settings, registry=REGISTRY))
     try:
         yield running
     finally:
@@ -147,13 +147,16 @@ async def test_page_token_of_another_filter_is_refused(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_runs_are_unimplemented_naming_the_runtime(
+async def test_a_listed_card_without_a_graph_is_not_runnable(
     stub: agent_pb2_grpc.AgentServiceAsyncStub,
 ) -> None:
+    """Cards list what is registered; runs need the agent's graph (here only echo's)."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.InvokeAgent(agent_pb2.InvokeAgentRequest(name="agents/echo"), metadata=META)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "LangGraph" in (caught.value.details() or "")
+        await stub.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(name="agents/alpha", parts=[common_pb2.Part(text="x")]),
+            metadata=META,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_registry_refuses_duplicates_and_bad_ids() -> None:

@@ -292,7 +292,11 @@ class InvokeAgentRequest(google.protobuf.message.Message):
     name: builtins.str
     """Agent to run, `agents/{agent}`."""
     thread_id: builtins.str
-    """Thread to run in; empty starts a new thread (its id is in the response)."""
+    """Thread to run in, chosen by the client (e.g. a UUID; 1-128 letters, digits
+    and `._-`): a new id starts a thread, a known one continues it. Threads are
+    the caller's tenant's. Empty runs statelessly: nothing is written and the
+    result has no thread id.
+    """
     @property
     def input(self) -> google.protobuf.struct_pb2.Struct:
         """Structured input, validated against the agent's `input_schema`."""
@@ -411,7 +415,7 @@ class StreamAgentRequest(google.protobuf.message.Message):
     name: builtins.str
     """Agent to run, `agents/{agent}`."""
     thread_id: builtins.str
-    """Thread to run in; empty starts a new thread."""
+    """Thread to run in; as InvokeAgentRequest.thread_id (empty: stateless)."""
     @property
     def input(self) -> google.protobuf.struct_pb2.Struct:
         """Structured input, validated against the agent's `input_schema`."""

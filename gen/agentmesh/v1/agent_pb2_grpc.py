@@ -96,11 +96,16 @@ class AgentServiceServicer:
 
     def InvokeAgent(self, request, context):
         """Runs an agent to completion (or to its first interrupt) and returns the
-        outcome in one response. For long work, create a Job instead.
+        outcome in one response. For long work, create a Job instead. A run that
+        fails after it started answers OK with `result.status` FAILED and
+        `result.error`.
         Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-        field violation per schema error), NOT_FOUND (unknown agent or thread),
-        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        field violation per schema error; a bad thread id; input over the size
+        limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+        an interrupt: resume it instead; the thread belongs to another agent; a run
+        on a thread where this deployment has no Memory service; more steps than
+        `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+        DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,10 +123,10 @@ class AgentServiceServicer:
 
     def ResumeAgent(self, request, context):
         """Resumes a thread that waits on an interrupt with the human's answer and
-        streams the continued run's events.
-        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-        pending one).
+        streams the continued run's events. Any replica resumes any thread.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+        the caller's tenant does not have), FAILED_PRECONDITION (no pending
+        interrupt, or `interrupt_id` is not the pending one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

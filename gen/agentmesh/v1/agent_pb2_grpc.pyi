@@ -49,11 +49,16 @@ class AgentServiceStub:
         agentmesh.v1.agent_pb2.InvokeAgentResponse,
     ]
     """Runs an agent to completion (or to its first interrupt) and returns the
-    outcome in one response. For long work, create a Job instead.
+    outcome in one response. For long work, create a Job instead. A run that
+    fails after it started answers OK with `result.status` FAILED and
+    `result.error`.
     Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-    field violation per schema error), NOT_FOUND (unknown agent or thread),
-    FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-    RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+    field violation per schema error; a bad thread id; input over the size
+    limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+    an interrupt: resume it instead; the thread belongs to another agent; a run
+    on a thread where this deployment has no Memory service; more steps than
+    `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+    DEADLINE_EXCEEDED.
     """
 
     StreamAgent: grpc.UnaryStreamMultiCallable[
@@ -71,10 +76,10 @@ class AgentServiceStub:
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
     """Resumes a thread that waits on an interrupt with the human's answer and
-    streams the continued run's events.
-    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-    FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-    pending one).
+    streams the continued run's events. Any replica resumes any thread.
+    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+    the caller's tenant does not have), FAILED_PRECONDITION (no pending
+    interrupt, or `interrupt_id` is not the pending one).
     """
 
 class AgentServiceAsyncStub:
@@ -108,11 +113,16 @@ class AgentServiceAsyncStub:
         agentmesh.v1.agent_pb2.InvokeAgentResponse,
     ]
     """Runs an agent to completion (or to its first interrupt) and returns the
-    outcome in one response. For long work, create a Job instead.
+    outcome in one response. For long work, create a Job instead. A run that
+    fails after it started answers OK with `result.status` FAILED and
+    `result.error`.
     Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-    field violation per schema error), NOT_FOUND (unknown agent or thread),
-    FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-    RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+    field violation per schema error; a bad thread id; input over the size
+    limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+    an interrupt: resume it instead; the thread belongs to another agent; a run
+    on a thread where this deployment has no Memory service; more steps than
+    `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+    DEADLINE_EXCEEDED.
     """
 
     StreamAgent: grpc.aio.UnaryStreamMultiCallable[
@@ -130,10 +140,10 @@ class AgentServiceAsyncStub:
         agentmesh.v1.agent_pb2.AgentEvent,
     ]
     """Resumes a thread that waits on an interrupt with the human's answer and
-    streams the continued run's events.
-    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-    FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-    pending one).
+    streams the continued run's events. Any replica resumes any thread.
+    Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+    the caller's tenant does not have), FAILED_PRECONDITION (no pending
+    interrupt, or `interrupt_id` is not the pending one).
     """
 
 class AgentServiceServicer(metaclass=abc.ABCMeta):
@@ -173,11 +183,16 @@ class AgentServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[agentmesh.v1.agent_pb2.InvokeAgentResponse, collections.abc.Awaitable[agentmesh.v1.agent_pb2.InvokeAgentResponse]]:
         """Runs an agent to completion (or to its first interrupt) and returns the
-        outcome in one response. For long work, create a Job instead.
+        outcome in one response. For long work, create a Job instead. A run that
+        fails after it started answers OK with `result.status` FAILED and
+        `result.error`.
         Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-        field violation per schema error), NOT_FOUND (unknown agent or thread),
-        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        field violation per schema error; a bad thread id; input over the size
+        limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+        an interrupt: resume it instead; the thread belongs to another agent; a run
+        on a thread where this deployment has no Memory service; more steps than
+        `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+        DEADLINE_EXCEEDED.
         """
 
     @abc.abstractmethod
@@ -199,10 +214,10 @@ class AgentServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[agentmesh.v1.agent_pb2.AgentEvent], collections.abc.AsyncIterator[agentmesh.v1.agent_pb2.AgentEvent]]:
         """Resumes a thread that waits on an interrupt with the human's answer and
-        streams the continued run's events.
-        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-        pending one).
+        streams the continued run's events. Any replica resumes any thread.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+        the caller's tenant does not have), FAILED_PRECONDITION (no pending
+        interrupt, or `interrupt_id` is not the pending one).
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

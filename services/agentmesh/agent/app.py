@@ -2,27 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+
 import grpc
 
-from agentmesh.agent.registry import Registry, builtin_registry
+from agentmesh.agent.agents import builtin_agents
+from agentmesh.agent.definition import AgentDefinition, discover
+from agentmesh.agent.registry import Registry
+from agentmesh.agent.runtime.runner import Runner
 from agentmesh.agent.servicer import AgentServicer
+from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
+from agentmesh.langgraph import AgentmeshSaver, AgentmeshStore
+from agentmesh.langgraph._client import open_memory_channel
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-async def build_agent(settings: Settings, registry: Registry | None = None) -> ServiceSpec:
-    """Wires the Agent service.
+async def build_agent(
+    settings: Settings,
+    agent: AgentSettings | None = None,
+    *,
+    definitions: Sequence[AgentDefinition] | None = None,
+    registry: Registry | None = None,
+) -> ServiceSpec:
+    """Wires the Agent service: the agents (built in, installed packages' entry points,
+    ``AGENTMESH_AGENT_GRAPHS``; tests may pass ``definitions``), compiled with the
+    Memory-backed checkpointer and store when ``AGENTMESH_MEMORY_ADDR`` is set (runs on
+    a thread need it; stateless runs do not). ``registry`` replaces the listed cards
+    (tests of listing).
 
-    No probes: the service holds no connections of its own yet. Calls to Memory go
-    through Envoy, which balances over healthy replicas; making our readiness follow
-    Memory's would cascade one outage into every service (see docs/adr).
+    No probes: calls to Memory go through Envoy, which balances over healthy replicas;
+    making our readiness follow Memory's would cascade one outage into every service
+    (docs/adr/0007).
     """
-    servicer = AgentServicer(registry or builtin_registry())  # type: ignore[abstract]  # see fill_unimplemented
+    agent = agent or AgentSettings()
+    found = (
+        list(definitions) if definitions is not None else discover(agent.graphs, builtin_agents())
+    )
+    cards = registry or Registry([d.card for d in found])
+    on_stop: list[Callable[[], Awaitable[None]]] = []
+    saver = store = None
+    if settings.memory_addr:
+        channel = open_memory_channel(settings.memory_addr, settings)
+        timeout_s = settings.client_deadline_ms / 1000
+        saver = AgentmeshSaver(channel, timeout_s=timeout_s)
+        store = AgentmeshStore(channel, timeout_s=timeout_s)
+
+        async def close_channel() -> None:
+            await channel.close(None)
+
+        on_stop.append(close_channel)
+    runner = Runner(found, checkpointer=saver, store=store)
+    servicer = AgentServicer(cards, runner, agent)
 
     def register(server: grpc.aio.Server) -> None:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
 
-    return ServiceSpec(name="agent", service_names=[SERVICE_NAME], register=register)
+    return ServiceSpec(
+        name="agent", service_names=[SERVICE_NAME], register=register, on_stop=on_stop
+    )

@@ -144,10 +144,18 @@ ECHO = AgentCard(
     ),
     input_schema={
         "type": "object",
-        "properties": {"text": {"type": "string", "description": "Text to echo."}},
+        "properties": {
+            "text": {"type": "string", "maxLength": 65536, "description": "Text to echo."}
+        },
         "additionalProperties": False,
     },
-    output_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    output_schema={
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "turns": {"type": "integer", "description": "User turns in the thread so far."},
+        },
+    },
     labels={"team": "platform", "offline": "true"},
 )
 

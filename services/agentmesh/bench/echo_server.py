@@ -104,7 +104,7 @@ async def serve(variant: str, port: int, secret: str) -> None:
     if variant == "raw":
         add_raw_handler(server)
     else:
-        servicer = AgentServicer(builtin_registry())  # type: ignore[abstract]  # fill_unimplemented
+        servicer = AgentServicer(builtin_registry())
         target: Any = server
         if ours is not None and variant.endswith("@registration"):
             target = InterceptingRegistrar(server, ours)

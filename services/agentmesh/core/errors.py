@@ -239,6 +239,22 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+def _status_proto(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    request_id: str,
+    extra: Sequence[Message],
+) -> status_pb2.Status:
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)),
+        _pack(error_details_pb2.RequestInfo(request_id=request_id)),
+        *(_pack(detail) for detail in extra),
+    ]
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
+
+
 def _status(
     code: grpc.StatusCode,
     message: str,
@@ -247,18 +263,30 @@ def _status(
     request_id: str,
     extra: Sequence[Message],
 ) -> grpc.Status:
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)),
-        _pack(error_details_pb2.RequestInfo(request_id=request_id)),
-        *(_pack(detail) for detail in extra),
-    ]
-    status = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return rpc_status.to_status(status)
+    return rpc_status.to_status(_status_proto(code, message, reason, metadata, request_id, extra))
 
 
 def to_rpc_status(err: DomainError, request_id: str) -> grpc.Status:
     """The status a client receives for ``err``, details in ``grpc-status-details-bin``."""
     return _status(err.code, err.message, err.reason, err.metadata, request_id, err.details())
+
+
+def to_status_proto(err: DomainError, request_id: str) -> status_pb2.Status:
+    """``err`` as a ``google.rpc.Status`` message, for errors carried in a response
+    (a stream's error event, a failed run's result) rather than as the call's status."""
+    return _status_proto(err.code, err.message, err.reason, err.metadata, request_id, err.details())
+
+
+def internal_status_proto(request_id: str) -> status_pb2.Status:
+    """:func:`internal_status` as a ``google.rpc.Status`` message."""
+    return _status_proto(
+        grpc.StatusCode.INTERNAL,
+        f"internal error (request_id={request_id})",
+        "INTERNAL",
+        {},
+        request_id,
+        (),
+    )
 
 
 def internal_status(request_id: str) -> grpc.Status:

@@ -34,7 +34,7 @@ async def _invalid(request: bytes, context: Any) -> bytes:
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     server = grpc.aio.server()  # no interceptors: the registrar does the wrapping
     registrar = InterceptingRegistrar(server, ServerInterceptor(Authenticator(hs256_secret=SECRET)))
-    servicer = AgentServicer(builtin_registry())  # type: ignore[abstract]  # fill_unimplemented
+    servicer = AgentServicer(builtin_registry())
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, registrar)  # type: ignore[arg-type]
     # Registered only as a generic handler (no per-method registration): wrapped too.
     generic = grpc.method_handlers_generic_handler(

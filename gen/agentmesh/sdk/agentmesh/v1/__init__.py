@@ -1777,7 +1777,10 @@ class InvokeAgentRequest(betterproto2.Message):
 
     thread_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    Thread to run in; empty starts a new thread (its id is in the response).
+    Thread to run in, chosen by the client (e.g. a UUID; 1-128 letters, digits
+    and `._-`): a new id starts a thread, a known one continues it. Threads are
+    the caller's tenant's. Empty runs statelessly: nothing is written and the
+    result has no thread id.
     """
 
     input: "__google__protobuf__.Struct | None" = betterproto2.field(
@@ -3654,7 +3657,7 @@ class StreamAgentRequest(betterproto2.Message):
 
     thread_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    Thread to run in; empty starts a new thread.
+    Thread to run in; as InvokeAgentRequest.thread_id (empty: stateless).
     """
 
     input: "__google__protobuf__.Struct | None" = betterproto2.field(
@@ -4024,11 +4027,16 @@ class AgentServiceStub:
     def invoke_agent(self, message: "InvokeAgentRequest") -> "InvokeAgentResponse":
         """
         Runs an agent to completion (or to its first interrupt) and returns the
-        outcome in one response. For long work, create a Job instead.
+        outcome in one response. For long work, create a Job instead. A run that
+        fails after it started answers OK with `result.status` FAILED and
+        `result.error`.
         Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-        field violation per schema error), NOT_FOUND (unknown agent or thread),
-        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        field violation per schema error; a bad thread id; input over the size
+        limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+        an interrupt: resume it instead; the thread belongs to another agent; a run
+        on a thread where this deployment has no Memory service; more steps than
+        `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+        DEADLINE_EXCEEDED.
         """
 
         return self._channel.unary_unary(
@@ -4054,10 +4062,10 @@ class AgentServiceStub:
     def resume_agent(self, message: "ResumeAgentRequest") -> "Iterator[AgentEvent]":
         """
         Resumes a thread that waits on an interrupt with the human's answer and
-        streams the continued run's events.
-        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-        pending one).
+        streams the continued run's events. Any replica resumes any thread.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+        the caller's tenant does not have), FAILED_PRECONDITION (no pending
+        interrupt, or `interrupt_id` is not the pending one).
         """
 
         yield from self._channel.unary_stream(
@@ -4132,11 +4140,16 @@ class AgentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "InvokeAgentResponse":
         """
         Runs an agent to completion (or to its first interrupt) and returns the
-        outcome in one response. For long work, create a Job instead.
+        outcome in one response. For long work, create a Job instead. A run that
+        fails after it started answers OK with `result.status` FAILED and
+        `result.error`.
         Errors: INVALID_ARGUMENT (input violates the agent's input schema, with a
-        field violation per schema error), NOT_FOUND (unknown agent or thread),
-        FAILED_PRECONDITION (the thread waits on an interrupt: resume it instead),
-        RESOURCE_EXHAUSTED (model quota, with RetryInfo), DEADLINE_EXCEEDED.
+        field violation per schema error; a bad thread id; input over the size
+        limit), NOT_FOUND (unknown agent), FAILED_PRECONDITION (the thread waits on
+        an interrupt: resume it instead; the thread belongs to another agent; a run
+        on a thread where this deployment has no Memory service; more steps than
+        `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
+        DEADLINE_EXCEEDED.
         """
 
         return await self._unary_unary(
@@ -4183,10 +4196,10 @@ class AgentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "AsyncIterator[AgentEvent]":
         """
         Resumes a thread that waits on an interrupt with the human's answer and
-        streams the continued run's events.
-        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent or thread),
-        FAILED_PRECONDITION (no pending interrupt, or `interrupt_id` is not the
-        pending one).
+        streams the continued run's events. Any replica resumes any thread.
+        Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
+        the caller's tenant does not have), FAILED_PRECONDITION (no pending
+        interrupt, or `interrupt_id` is not the pending one).
         """
 
         async for response in self._unary_stream(

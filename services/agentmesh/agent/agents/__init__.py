@@ -1,0 +1,11 @@
+"""The agents every deployment ships with: they call no model, so they work offline."""
+
+from __future__ import annotations
+
+from agentmesh.agent.agents.echo import echo_agent
+from agentmesh.agent.definition import AgentDefinition
+
+
+def builtin_agents() -> list[AgentDefinition]:
+    """The built-in agents, built anew (graphs are not shared between services)."""
+    return [echo_agent()]

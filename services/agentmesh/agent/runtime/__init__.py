@@ -1,0 +1,1 @@
+"""The agent runtime: run requests checked, graphs run, LangGraph streams as AgentEvents."""

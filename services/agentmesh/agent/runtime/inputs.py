@@ -1,0 +1,177 @@
+"""A run request, checked before anything runs: every field bounded, the structured
+input valid against the agent's input schema (each schema error a field violation),
+the parts turned into the user's message."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jsonschema  # type: ignore[import-untyped]  # ships no type hints
+from google.protobuf import json_format, struct_pb2
+
+from agentmesh.agent.settings import AgentSettings
+from agentmesh.core.names import JOBS, SESSIONS
+from agentmesh.core.validation import NUL, NUL_RULE, Violations
+from agentmesh.v1 import agent_pb2, common_pb2
+
+THREAD_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A thread id as clients choose it (e.g. a UUID): 1-128 letters, digits and ``._-``."""
+MAX_MODEL_CHARS: Final = 256
+MAX_SCHEMA_ERRORS: Final = 20
+"""Schema errors reported at most: the first ones say enough, the rest cost."""
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """A validated run: what goes into the graph and how it runs."""
+
+    agent_id: str
+    thread_id: str
+    """Empty: a stateless run (nothing is written)."""
+    graph_input: dict[str, Any]
+    max_steps: int
+    stream_tokens: bool
+    model: str
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """A validated resume: the thread, the interrupt answered and the answer."""
+
+    agent_id: str
+    thread_id: str
+    interrupt_id: str
+    answer: Any
+    max_steps: int
+    stream_tokens: bool
+    model: str
+
+
+def check_thread_id(thread_id: str, violations: Violations, *, required: bool) -> None:
+    if not thread_id:
+        if required:
+            violations.add("thread_id", "required")
+        return
+    if not THREAD_ID.fullmatch(thread_id):
+        violations.add("thread_id", "1-128 letters, digits and ._- (e.g. a UUID)")
+
+
+def check_options(
+    options: agent_pb2.RunOptions, settings: AgentSettings, violations: Violations
+) -> int:
+    """The run's step limit; every option checked."""
+    if not 0 <= options.max_steps <= settings.max_steps:
+        violations.add(
+            "options.max_steps",
+            f"must be 0 (default {settings.default_max_steps}) to {settings.max_steps}",
+        )
+    if options.session:
+        violations.check(lambda: SESSIONS.parse(options.session, field="options.session"))
+    if options.job:
+        violations.check(lambda: JOBS.parse(options.job, field="options.job"))
+    if len(options.model) > MAX_MODEL_CHARS or NUL in options.model:
+        violations.add("options.model", f"at most {MAX_MODEL_CHARS} characters, {NUL_RULE}")
+    return options.max_steps or settings.default_max_steps
+
+
+def parts_text(parts: Sequence[common_pb2.Part], violations: Violations) -> str:
+    """The user's message from the parts: text as is, data as JSON, URIs as text."""
+    pieces: list[str] = []
+    for i, part in enumerate(parts):
+        kind = part.WhichOneof("kind")
+        if kind in {"text", "uri"}:
+            text = getattr(part, kind)
+            if NUL in text:
+                violations.add(f"parts[{i}].{kind}", NUL_RULE)
+            pieces.append(text)
+        elif kind == "data":
+            pieces.append(json.dumps(json_format.MessageToDict(part.data), sort_keys=True))
+        elif kind == "blob":
+            violations.add(f"parts[{i}].blob", "binary parts are not taken by agents yet")
+        else:
+            violations.add(f"parts[{i}]", "empty part: set one of text, data or uri")
+    return "\n".join(pieces)
+
+
+def schema_violations(
+    value: Mapping[str, Any], schema: Mapping[str, Any], violations: Violations, *, field: str
+) -> None:
+    """One violation per JSON Schema error of ``value``, on its path under ``field``."""
+    if not schema:
+        return
+    validator = jsonschema.Draft202012Validator(dict(schema))
+    for count, error in enumerate(validator.iter_errors(dict(value))):
+        if count >= MAX_SCHEMA_ERRORS:
+            violations.add(field, f"more than {MAX_SCHEMA_ERRORS} schema errors")
+            break
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        violations.add(field + path, error.message)
+
+
+def _input_size(input_: struct_pb2.Struct, parts: Sequence[common_pb2.Part]) -> int:
+    return input_.ByteSize() + sum(part.ByteSize() for part in parts)
+
+
+def validate_run(
+    agent_id: str,
+    request: agent_pb2.InvokeAgentRequest | agent_pb2.StreamAgentRequest,
+    input_schema: Mapping[str, Any],
+    settings: AgentSettings,
+) -> RunInput:
+    """The run ``request`` asks for, or INVALID_ARGUMENT naming every bad field."""
+    violations = Violations()
+    check_thread_id(request.thread_id, violations, required=False)
+    steps = check_options(request.options, settings, violations)
+    size = _input_size(request.input, request.parts)
+    if size > settings.max_input_bytes:
+        violations.add("input", f"{size} bytes with the parts; at most {settings.max_input_bytes}")
+        violations.raise_if_any()
+    structured = json_format.MessageToDict(request.input)
+    schema_violations(structured, input_schema, violations, field="input")
+    text = parts_text(request.parts, violations)
+    if not structured and not text:
+        violations.add("parts", "give the run something: parts (a message) or input")
+    violations.raise_if_any()
+    graph_input: dict[str, Any] = dict(structured)
+    if text:
+        graph_input["messages"] = [{"role": "user", "content": text}]
+    return RunInput(
+        agent_id=agent_id,
+        thread_id=request.thread_id,
+        graph_input=graph_input,
+        max_steps=steps,
+        stream_tokens=request.options.stream_tokens,
+        model=request.options.model,
+    )
+
+
+def validate_resume(
+    agent_id: str, request: agent_pb2.ResumeAgentRequest, settings: AgentSettings
+) -> ResumeRequest:
+    """The resume ``request`` asks for, or INVALID_ARGUMENT naming every bad field."""
+    violations = Violations()
+    check_thread_id(request.thread_id, violations, required=True)
+    steps = check_options(request.options, settings, violations)
+    resume = request.resume
+    if not request.HasField("resume"):
+        violations.add("resume", "required: the interrupt id and the answer")
+    else:
+        violations.text(resume.interrupt_id, "resume.interrupt_id", required=True, max_chars=128)
+        if not resume.HasField("answer"):
+            violations.add("resume.answer", "required (any JSON value)")
+        elif resume.answer.ByteSize() > settings.max_input_bytes:
+            violations.add("resume.answer", f"at most {settings.max_input_bytes} bytes")
+    violations.raise_if_any()
+    return ResumeRequest(
+        agent_id=agent_id,
+        thread_id=request.thread_id,
+        interrupt_id=resume.interrupt_id,
+        answer=json_format.MessageToDict(resume.answer),
+        max_steps=steps,
+        stream_tokens=request.options.stream_tokens,
+        model=request.options.model,
+    )

@@ -1,0 +1,258 @@
+"""Runs agents: the compiled graphs of one process, and one run as a stream of events.
+
+Each agent's graph is compiled twice at start: with the Memory-backed checkpointer and
+store (runs on a thread: any replica continues them) and without a checkpointer
+(stateless runs: nothing is written). The process keeps no run state of its own.
+
+A run streams LangGraph's ``updates`` (and ``messages`` when tokens are asked for),
+converted by ``runtime.events``; it ends with a ``final`` event carrying the
+RunResult. Before a threaded run starts, the thread's state is read: a thread that
+waits on an interrupt takes a resume, not a new input (FAILED_PRECONDITION), and a
+thread another agent started is refused. Client cancellation cancels the task that
+iterates the graph, which stops it; a run also stops at its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import GraphRecursionError
+from langgraph.graph import StateGraph
+from langgraph.pregel import Pregel
+from langgraph.store.base import BaseStore
+from langgraph.types import Command, StreamMode
+
+from agentmesh.agent.definition import AgentDefinition
+from agentmesh.agent.registry import AgentCard
+from agentmesh.agent.runtime.events import (
+    INTERRUPT_KEY,
+    RunTrace,
+    interrupt_events,
+    to_struct,
+    token_event,
+    update_events,
+)
+from agentmesh.agent.runtime.inputs import ResumeRequest, RunInput
+from agentmesh.core.errors import DeadlineExceeded, FailedPrecondition, NotFound
+from agentmesh.core.names import AGENTS
+from agentmesh.v1 import agent_pb2, common_pb2
+
+AGENT_METADATA_KEY: Final = "agentmesh_agent"
+"""Checkpoint metadata naming the agent whose thread it is."""
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    card: AgentCard
+    threaded: Pregel[Any, Any, Any, Any] | None
+    stateless: Pregel[Any, Any, Any, Any]
+
+
+def _compile(
+    graph: Any, checkpointer: BaseCheckpointSaver[Any] | None, store: BaseStore | None
+) -> Pregel[Any, Any, Any, Any]:
+    if isinstance(graph, StateGraph):
+        compiled: Pregel[Any, Any, Any, Any] = graph.compile(checkpointer=checkpointer, store=store)
+        return compiled
+    copied: Pregel[Any, Any, Any, Any] = graph.copy(
+        update={"checkpointer": checkpointer, "store": store}
+    )
+    return copied
+
+
+class Runner:
+    """The agents of this process, compiled, and their runs."""
+
+    def __init__(
+        self,
+        definitions: Iterable[AgentDefinition],
+        *,
+        checkpointer: BaseCheckpointSaver[Any] | None,
+        store: BaseStore | None,
+    ) -> None:
+        self._agents: dict[str, _Compiled] = {}
+        for definition in definitions:
+            card = definition.card
+            self._agents[card.agent_id] = _Compiled(
+                card=card,
+                threaded=(
+                    _compile(definition.graph, checkpointer, store)
+                    if checkpointer is not None
+                    else None
+                ),
+                stateless=_compile(definition.graph, None, store),
+            )
+
+    def card(self, agent_id: str) -> AgentCard | None:
+        """The card of a runnable agent, or None."""
+        compiled = self._agents.get(agent_id)
+        return compiled.card if compiled is not None else None
+
+    def _graph(self, agent_id: str, thread_id: str) -> Pregel[Any, Any, Any, Any]:
+        compiled = self._agents[agent_id]
+        if not thread_id:
+            return compiled.stateless
+        if compiled.threaded is None:
+            raise FailedPrecondition(
+                "NO_MEMORY",
+                "runs on a thread need the Memory service: set AGENTMESH_MEMORY_ADDR"
+                " (runs without thread_id work without it)",
+            )
+        return compiled.threaded
+
+    async def _pending(
+        self, agent_id: str, thread_id: str
+    ) -> tuple[bool, list[common_pb2.Interrupt], str]:
+        """Whether the thread exists, its pending interrupts, and its agent."""
+        graph = self._graph(agent_id, thread_id)
+        state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+        exists = state.created_at is not None
+        owner = str((state.metadata or {}).get(AGENT_METADATA_KEY, "")) if exists else ""
+        interrupts = [
+            common_pb2.Interrupt(id=str(i.id), thread_id=thread_id) for i in state.interrupts
+        ]
+        return exists, interrupts, owner
+
+    async def prepare_run(self, run: RunInput) -> None:
+        """Refuses a threaded run whose thread waits on an interrupt or belongs to
+        another agent."""
+        if not run.thread_id:
+            self._graph(run.agent_id, "")
+            return
+        exists, interrupts, owner = await self._pending(run.agent_id, run.thread_id)
+        _check_owner(run.agent_id, run.thread_id, owner, exists)
+        if interrupts:
+            raise FailedPrecondition(
+                "THREAD_INTERRUPTED",
+                f"thread {run.thread_id!r} waits on interrupt {interrupts[0].id!r}:"
+                " answer it with ResumeAgent",
+                [("INTERRUPT", run.thread_id, "a pending interrupt")],
+            )
+
+    async def prepare_resume(self, resume: ResumeRequest) -> None:
+        """Refuses a resume of a thread that does not exist (NOT_FOUND), waits on
+        nothing, or waits on another interrupt (FAILED_PRECONDITION)."""
+        exists, interrupts, owner = await self._pending(resume.agent_id, resume.thread_id)
+        if not exists:
+            raise NotFound("thread", resume.thread_id)
+        _check_owner(resume.agent_id, resume.thread_id, owner, exists)
+        if not interrupts:
+            raise FailedPrecondition(
+                "NO_PENDING_INTERRUPT", f"thread {resume.thread_id!r} waits on no interrupt"
+            )
+        if resume.interrupt_id not in {i.id for i in interrupts}:
+            raise FailedPrecondition(
+                "INTERRUPT_MISMATCH",
+                f"thread {resume.thread_id!r} waits on interrupt {interrupts[0].id!r},"
+                f" not {resume.interrupt_id!r}",
+            )
+
+    async def stream(
+        self,
+        run: RunInput | ResumeRequest,
+        *,
+        timeout_s: float,
+    ) -> AsyncIterator[agent_pb2.AgentEvent]:
+        """The run's events, numbered from 1, ending with ``final``; raises the run's
+        error (DeadlineExceeded past ``timeout_s``) after the events it produced."""
+        run_id = str(uuid.uuid4())
+        agent_name = AGENTS.format(run.agent_id)
+        graph = self._graph(run.agent_id, run.thread_id)
+        metadata: dict[str, Any] = {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id}
+        config: RunnableConfig = {
+            "recursion_limit": run.max_steps,
+            "run_id": uuid.UUID(run_id),
+            "metadata": metadata,
+        }
+        if run.thread_id:
+            config["configurable"] = {"thread_id": run.thread_id}
+        inputs: Any = (
+            Command(resume={run.interrupt_id: run.answer})
+            if isinstance(run, ResumeRequest)
+            else run.graph_input
+        )
+        modes: list[StreamMode] = ["updates", "messages"] if run.stream_tokens else ["updates"]
+        trace = RunTrace()
+        sequence = 0
+
+        def stamped(event: agent_pb2.AgentEvent) -> agent_pb2.AgentEvent:
+            nonlocal sequence
+            sequence += 1
+            event.sequence = sequence
+            event.run_id = run_id
+            event.thread_id = run.thread_id
+            event.agent = agent_name
+            event.time.GetCurrentTime()
+            return event
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for mode, chunk in graph.astream(inputs, config, stream_mode=modes):
+                    if mode == "messages":
+                        token = token_event(chunk)
+                        if token is not None:
+                            yield stamped(token)
+                        continue
+                    for node, update in _items(chunk):
+                        events = (
+                            interrupt_events(
+                                update, trace, agent=agent_name, thread_id=run.thread_id
+                            )
+                            if node == INTERRUPT_KEY
+                            else update_events(
+                                node, update, trace, whole_messages=not run.stream_tokens
+                            )
+                        )
+                        for event in events:
+                            yield stamped(event)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the run took longer than {timeout_s:g} s", reason="RUN_DEADLINE"
+            ) from None
+        except GraphRecursionError:
+            raise FailedPrecondition(
+                "MAX_STEPS",
+                f"the run took more than {run.max_steps} steps; raise options.max_steps"
+                " or check the graph for a loop",
+            ) from None
+        usage = trace.usage()
+        if usage.total_tokens:
+            yield stamped(agent_pb2.AgentEvent(usage=usage))
+        yield stamped(agent_pb2.AgentEvent(final=_result(run_id, run.thread_id, trace)))
+
+
+def _items(chunk: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(chunk, Mapping):
+        return chunk.items()
+    return ()
+
+
+def _check_owner(agent_id: str, thread_id: str, owner: str, exists: bool) -> None:
+    if exists and owner and owner != agent_id:
+        raise FailedPrecondition(
+            "THREAD_OF_ANOTHER_AGENT",
+            f"thread {thread_id!r} belongs to {AGENTS.format(owner)}; use a new thread id",
+        )
+
+
+def _result(run_id: str, thread_id: str, trace: RunTrace) -> agent_pb2.RunResult:
+    result = agent_pb2.RunResult(
+        run_id=run_id,
+        thread_id=thread_id,
+        status=(
+            agent_pb2.RUN_STATUS_INTERRUPTED if trace.interrupts else agent_pb2.RUN_STATUS_COMPLETED
+        ),
+        parts=[common_pb2.Part(text=trace.reply)] if trace.reply else [],
+        usage=trace.usage(),
+    )
+    if trace.output is not None:
+        result.output.CopyFrom(to_struct(trace.output))
+    if trace.interrupts:
+        result.interrupt.CopyFrom(trace.interrupts[0])
+    return result
