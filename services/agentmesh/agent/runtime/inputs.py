@@ -32,7 +32,8 @@ class RunInput:
     agent_id: str
     thread_id: str
     """Empty: a stateless run (nothing is written)."""
-    graph_input: dict[str, Any]
+    graph_input: dict[str, Any] | None
+    """None: no new input, continue the thread's unfinished run."""
     max_steps: int
     stream_tokens: bool
     model: str
@@ -133,12 +134,14 @@ def validate_run(
     structured = json_format.MessageToDict(request.input)
     schema_violations(structured, input_schema, violations, field="input")
     text = parts_text(request.parts, violations)
-    if not structured and not text:
+    if not structured and not text and not request.thread_id:
         violations.add("parts", "give the run something: parts (a message) or input")
     violations.raise_if_any()
-    graph_input: dict[str, Any] = dict(structured)
+    graph_input: dict[str, Any] | None = dict(structured)
     if text:
-        graph_input["messages"] = [{"role": "user", "content": text}]
+        graph_input = {**structured, "messages": [{"role": "user", "content": text}]}
+    if not structured and not text:
+        graph_input = None  # on a thread: continue its unfinished run
     return RunInput(
         agent_id=agent_id,
         thread_id=request.thread_id,

@@ -7,8 +7,10 @@ store (runs on a thread: any replica continues them) and without a checkpointer
 A run streams LangGraph's ``updates`` (and ``messages`` when tokens are asked for),
 converted by ``runtime.events``; it ends with a ``final`` event carrying the
 RunResult. Before a threaded run starts, the thread's state is read: a thread that
-waits on an interrupt takes a resume, not a new input (FAILED_PRECONDITION), and a
-thread another agent started is refused. Client cancellation cancels the task that
+waits on an interrupt takes a resume, not a new input (FAILED_PRECONDITION); a thread
+another agent started is refused; a thread whose last run stopped before its end (its
+process died) continues from its last checkpoint when invoked with no input, and
+completed steps do not run again. Client cancellation cancels the task that
 iterates the graph, which stops it; a run also stops at its deadline.
 """
 
@@ -39,12 +41,20 @@ from agentmesh.agent.runtime.events import (
     update_events,
 )
 from agentmesh.agent.runtime.inputs import ResumeRequest, RunInput
-from agentmesh.core.errors import DeadlineExceeded, FailedPrecondition, NotFound
+from agentmesh.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from agentmesh.core.names import AGENTS
 from agentmesh.v1 import agent_pb2, common_pb2
 
 AGENT_METADATA_KEY: Final = "agentmesh_agent"
 """Checkpoint metadata naming the agent whose thread it is."""
+
+
+@dataclass(frozen=True)
+class _ThreadState:
+    exists: bool
+    owner: str
+    interrupts: list[common_pb2.Interrupt]
+    unfinished: bool
 
 
 @dataclass(frozen=True)
@@ -106,18 +116,20 @@ class Runner:
             )
         return compiled.threaded
 
-    async def _pending(
-        self, agent_id: str, thread_id: str
-    ) -> tuple[bool, list[common_pb2.Interrupt], str]:
-        """Whether the thread exists, its pending interrupts, and its agent."""
+    async def _pending(self, agent_id: str, thread_id: str) -> _ThreadState:
+        """What the thread's latest checkpoint says: whether it exists, its agent, its
+        pending interrupts, and whether a run stopped before its end (a crash)."""
         graph = self._graph(agent_id, thread_id)
         state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
         exists = state.created_at is not None
-        owner = str((state.metadata or {}).get(AGENT_METADATA_KEY, "")) if exists else ""
-        interrupts = [
-            common_pb2.Interrupt(id=str(i.id), thread_id=thread_id) for i in state.interrupts
-        ]
-        return exists, interrupts, owner
+        return _ThreadState(
+            exists=exists,
+            owner=str((state.metadata or {}).get(AGENT_METADATA_KEY, "")) if exists else "",
+            interrupts=[
+                common_pb2.Interrupt(id=str(i.id), thread_id=thread_id) for i in state.interrupts
+            ],
+            unfinished=bool(state.next) and not state.interrupts,
+        )
 
     async def prepare_run(self, run: RunInput) -> None:
         """Refuses a threaded run whose thread waits on an interrupt or belongs to
@@ -125,32 +137,45 @@ class Runner:
         if not run.thread_id:
             self._graph(run.agent_id, "")
             return
-        exists, interrupts, owner = await self._pending(run.agent_id, run.thread_id)
-        _check_owner(run.agent_id, run.thread_id, owner, exists)
-        if interrupts:
+        thread = await self._pending(run.agent_id, run.thread_id)
+        _check_owner(run.agent_id, run.thread_id, thread.owner, thread.exists)
+        if thread.interrupts:
             raise FailedPrecondition(
                 "THREAD_INTERRUPTED",
-                f"thread {run.thread_id!r} waits on interrupt {interrupts[0].id!r}:"
+                f"thread {run.thread_id!r} waits on interrupt {thread.interrupts[0].id!r}:"
                 " answer it with ResumeAgent",
                 [("INTERRUPT", run.thread_id, "a pending interrupt")],
+            )
+        if thread.unfinished and run.graph_input is not None:
+            raise FailedPrecondition(
+                "UNFINISHED_RUN",
+                f"thread {run.thread_id!r} has a run that stopped before its end (its"
+                " process died): invoke it with no input to continue it from its last"
+                " checkpoint",
+            )
+        if not thread.unfinished and run.graph_input is None:
+            raise InvalidArgument(
+                "parts",
+                "give the run something: parts (a message) or input"
+                " (a thread continues without input only after a run stopped early)",
             )
 
     async def prepare_resume(self, resume: ResumeRequest) -> None:
         """Refuses a resume of a thread that does not exist (NOT_FOUND), waits on
         nothing, or waits on another interrupt (FAILED_PRECONDITION)."""
-        exists, interrupts, owner = await self._pending(resume.agent_id, resume.thread_id)
-        if not exists:
+        thread = await self._pending(resume.agent_id, resume.thread_id)
+        if not thread.exists:
             raise NotFound("thread", resume.thread_id)
-        _check_owner(resume.agent_id, resume.thread_id, owner, exists)
-        if not interrupts:
+        _check_owner(resume.agent_id, resume.thread_id, thread.owner, thread.exists)
+        if not thread.interrupts:
             raise FailedPrecondition(
                 "NO_PENDING_INTERRUPT", f"thread {resume.thread_id!r} waits on no interrupt"
             )
-        if resume.interrupt_id not in {i.id for i in interrupts}:
+        if resume.interrupt_id not in {i.id for i in thread.interrupts}:
             raise FailedPrecondition(
                 "INTERRUPT_MISMATCH",
-                f"thread {resume.thread_id!r} waits on interrupt {interrupts[0].id!r},"
-                f" not {resume.interrupt_id!r}",
+                f"thread {resume.thread_id!r} waits on interrupt"
+                f" {thread.interrupts[0].id!r}, not {resume.interrupt_id!r}",
             )
 
     async def stream(

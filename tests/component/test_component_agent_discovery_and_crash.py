@@ -1,0 +1,217 @@
+"""Agents from elsewhere and runs that survive their process.
+
+- A separate package (``tests/agent_fixtures``, with its dist-info) declares an agent
+  through the ``agentmesh.agents`` entry point: the service discovers it, lists and
+  runs it. ``AGENTMESH_AGENT_GRAPHS`` names one by ``module:attribute``; a bad path is
+  a ConfigError at start.
+- Crash resume: a real ``python -m agentmesh.agent`` process is SIGKILLed while its
+  run waits in the second node; invoked again on the same thread through another
+  process, the run continues from its last checkpoint and the first node does not
+  run again (a side-effect counter file says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+import asyncpg  # type: ignore[import-untyped]
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+
+from agentmesh.agent.app import SERVICE_NAME, build_agent
+from agentmesh.agent.settings import AgentSettings
+from agentmesh.core.server import RunningServer, start_server
+from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.devstack._proc import ChildProcess
+from agentmesh.devstack.env import child_env
+from agentmesh.devstack.stack import check_health
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from component.conftest import SECRET, Metadata
+from component.memory_helpers import uid
+
+if TYPE_CHECKING:
+    AgentStub: TypeAlias = agent_pb2_grpc.AgentServiceAsyncStub
+else:
+    AgentStub = agent_pb2_grpc.AgentServiceStub
+
+FIXTURES = Path(__file__).resolve().parent.parent / "agent_fixtures"
+
+
+def _settings() -> Settings:
+    return Settings.from_env(
+        {
+            "AGENTMESH_GRPC_PORT": "0",
+            "AGENTMESH_METRICS_PORT": "0",
+            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+        },
+        service="agent",
+    )
+
+
+@asynccontextmanager
+async def _served(agent: AgentSettings) -> AsyncIterator[AgentStub]:
+    settings = _settings()
+    running: RunningServer = await start_server(settings, await build_agent(settings, agent))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
+    finally:
+        await running.stop(0)
+
+
+async def test_an_installed_package_declares_an_agent_through_the_entry_point(
+    monkeypatch: pytest.MonkeyPatch, tenant_a: Metadata
+) -> None:
+    monkeypatch.syspath_prepend(str(FIXTURES))  # as if pip-installed: its dist-info is found
+    async with _served(AgentSettings()) as stub:
+        listed = await stub.ListAgents(agent_pb2.ListAgentsRequest(), metadata=tenant_a)
+        assert {a.name for a in listed.agents} >= {"agents/echo", "agents/greeter"}
+        response = await stub.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(name="agents/greeter", input=_struct(name="Ada")),
+            metadata=tenant_a,
+        )
+        assert response.result.output["greeting"] == "Hello, Ada!"
+
+
+async def test_a_setting_names_an_agent_by_module_and_attribute(
+    monkeypatch: pytest.MonkeyPatch, tenant_a: Metadata
+) -> None:
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    async with _served(AgentSettings(graphs="agentmesh_test_agents:slow_agent")) as stub:
+        card = await stub.GetAgent(
+            agent_pb2.GetAgentRequest(name="agents/slow-test"), metadata=tenant_a
+        )
+        assert card.display_name == "Slow (test)"
+    for bad in ("no_such_module:agent", "agentmesh_test_agents:missing", "no-colon"):
+        settings = _settings()
+        with pytest.raises(ConfigError):
+            await build_agent(settings, AgentSettings(graphs=bad))
+
+
+def _struct(**values: str) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _agent_process(
+    memory_port: int, work: Path, name: str
+) -> AsyncIterator[tuple[ChildProcess, AgentStub]]:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = child_env(
+        os.environ,
+        {
+            "AGENTMESH_ENV": "dev",
+            "AGENTMESH_GRPC_HOST": "127.0.0.1",
+            "AGENTMESH_GRPC_PORT": str(port),
+            "AGENTMESH_METRICS_PORT": "0",
+            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+            "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
+            "AGENTMESH_AGENT_GRAPHS": "agentmesh_test_agents:slow_agent",
+            "AGENTMESH_TEST_COUNTER_FILE": str(work / "counter"),
+            "AGENTMESH_TEST_RELEASE_FILE": str(work / "release"),
+            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+        },
+        drop_otlp=True,
+    )
+    child = ChildProcess(
+        name, [sys.executable, "-m", "agentmesh.agent"], log_path=work / f"{name}.log", env=env
+    )
+    try:
+
+        async def serving() -> bool:
+            if child.returncode() is not None:
+                raise AssertionError(f"{name} exited {child.returncode()}:\n{child.log_tail()}")
+            status = await asyncio.to_thread(check_health, address, SERVICE_NAME, timeout_s=0.5)
+            return status == "SERVING"
+
+        await _eventually(serving, f"{name} SERVING", timeout_s=60.0)
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield child, cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
+    finally:
+        await asyncio.to_thread(child.stop, 10.0)
+
+
+async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoing_steps(
+    memory_server: RunningServer, db: asyncpg.Pool, tenant_a: Metadata
+) -> None:
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-crash-"))
+    counter = work / "counter"
+    thread = f"crash-{uid()}"
+
+    async def steps() -> list[str]:
+        return counter.read_text().split() if counter.exists() else []
+
+    async with _agent_process(memory_server.port, work, "agent-a") as (first, stub):
+        call = asyncio.ensure_future(
+            stub.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/slow-test", thread_id=thread, parts=[common_pb2.Part(text="go")]
+                ),
+                metadata=tenant_a,
+                timeout=60,
+            )
+        )
+
+        async def first_step_checkpointed() -> bool:
+            count: int = await db.fetchval(
+                "SELECT count(*) FROM memory.checkpoints WHERE tenant = $1 AND thread_id = $2",
+                "tenant-a",
+                thread,
+            )
+            return await steps() == ["first"] and count >= 2
+
+        await _eventually(first_step_checkpointed, "the first step and its checkpoint", 30.0)
+        os.kill(first.pid, signal.SIGKILL)  # mid-graph: the second step waits
+        with pytest.raises(grpc.aio.AioRpcError):
+            await call
+        # A new input on the thread is refused: the unfinished run comes first.
+        (work / "release").touch()
+
+    async with _agent_process(memory_server.port, work, "agent-b") as (_second, stub):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/slow-test", thread_id=thread, parts=[common_pb2.Part(text="x")]
+                ),
+                metadata=tenant_a,
+                timeout=30,
+            )
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        response = await stub.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(name="agents/slow-test", thread_id=thread),
+            metadata=tenant_a,
+            timeout=30,
+        )
+    result = response.result
+    assert result.status == agent_pb2.RUN_STATUS_COMPLETED, result
+    assert result.output["done"] is True
+    assert await steps() == ["first", "second"]  # the first step did not run again
