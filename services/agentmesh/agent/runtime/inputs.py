@@ -113,6 +113,18 @@ def schema_violations(
         violations.add(field + path, error.message)
 
 
+def _integral(value: Any) -> Any:
+    """JSON numbers as graphs expect them: a Struct holds every number as a double,
+    so ``2`` arrives as ``2.0``; whole numbers become ints (equal in JSON)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 def _input_size(input_: struct_pb2.Struct, parts: Sequence[common_pb2.Part]) -> int:
     return input_.ByteSize() + sum(part.ByteSize() for part in parts)
 
@@ -131,7 +143,7 @@ def validate_run(
     if size > settings.max_input_bytes:
         violations.add("input", f"{size} bytes with the parts; at most {settings.max_input_bytes}")
         violations.raise_if_any()
-    structured = json_format.MessageToDict(request.input)
+    structured = _integral(json_format.MessageToDict(request.input))
     schema_violations(structured, input_schema, violations, field="input")
     text = parts_text(request.parts, violations)
     if not structured and not text and not request.thread_id:
@@ -173,7 +185,7 @@ def validate_resume(
         agent_id=agent_id,
         thread_id=request.thread_id,
         interrupt_id=resume.interrupt_id,
-        answer=json_format.MessageToDict(resume.answer),
+        answer=_integral(json_format.MessageToDict(resume.answer)),
         max_steps=steps,
         stream_tokens=request.options.stream_tokens,
         model=request.options.model,
