@@ -16,6 +16,7 @@ timeout                                      UNAVAILABLE             LLM_TIMEOUT
 404 (no such model)                          FAILED_PRECONDITION     LLM_MODEL_NOT_FOUND
 input over the model's context window        FAILED_PRECONDITION     LLM_CONTEXT_OVERFLOW
 another 4xx (the provider refused the call)  FAILED_PRECONDITION     LLM_REQUEST_REFUSED
+a 200 whose body does not parse              UNAVAILABLE             LLM_MALFORMED_ANSWER
 ==========================================  ======================  ==================
 
 The provider's message goes into the error's, clipped; it never holds our key.
@@ -23,6 +24,7 @@ The provider's message goes into the error's, clipped; it never holds our key.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from typing import Any, Final
@@ -67,6 +69,7 @@ AUTH_FAILED: Final = "LLM_AUTH_FAILED"
 MODEL_NOT_FOUND: Final = "LLM_MODEL_NOT_FOUND"
 CONTEXT_OVERFLOW: Final = "LLM_CONTEXT_OVERFLOW"
 REQUEST_REFUSED: Final = "LLM_REQUEST_REFUSED"
+MALFORMED: Final = "LLM_MALFORMED_ANSWER"
 
 _SAYS: Final = {
     RATE_LIMITED: "is rate limiting",
@@ -76,6 +79,7 @@ _SAYS: Final = {
     MODEL_NOT_FOUND: "has no such model",
     CONTEXT_OVERFLOW: "says the input exceeds the model's context",
     REQUEST_REFUSED: "refused the call",
+    MALFORMED: "sent an answer that does not parse",
 }
 
 _LANGCHAIN: Final[tuple[tuple[type[ModelError], str], ...]] = (
@@ -99,6 +103,10 @@ def domain_error(exc: BaseException) -> DomainError | None:
         reason = next((r for cls, r in _LANGCHAIN if isinstance(exc, cls)), REQUEST_REFUSED)
         retry_after = _retry_after(getattr(exc, "response", None))
         return _error(reason, "the model provider", str(exc), retry_after)
+    if isinstance(exc, json.JSONDecodeError):
+        # The SDKs parse a 200's body with json.loads and let its error through; from a
+        # model call it can only be the provider's answer (no retry: it was a 200).
+        return _error(MALFORMED, "the model provider", str(exc))
     botocore = sys.modules.get("botocore.exceptions")  # loaded when Bedrock was used
     if botocore is not None:
         return _from_botocore(exc, botocore)
@@ -108,6 +116,9 @@ def domain_error(exc: BaseException) -> DomainError | None:
 def _from_botocore(exc: BaseException, botocore: Any) -> DomainError | None:
     if isinstance(exc, botocore.ReadTimeoutError | botocore.ConnectTimeoutError):
         return _error(TIMEOUT, "Bedrock", str(exc))
+    parsers = sys.modules.get("botocore.parsers")
+    if parsers is not None and isinstance(exc, parsers.ResponseParserError):
+        return _error(MALFORMED, "Bedrock", str(exc))
     if isinstance(exc, botocore.ConnectionError | botocore.HTTPClientError):
         return _error(UNAVAILABLE, "Bedrock", str(exc))
     if not isinstance(exc, botocore.ClientError):
@@ -137,7 +148,7 @@ def _error(
     message = f"{who} {_SAYS[reason]}: {_clip(what)}"
     if reason == RATE_LIMITED:
         return ResourceExhausted(message, _bounded(retry_after_s), reason=reason)
-    if reason in (TIMEOUT, UNAVAILABLE):
+    if reason in (TIMEOUT, UNAVAILABLE, MALFORMED):
         return Unavailable(message, reason=reason)
     return FailedPrecondition(reason, message)
 
