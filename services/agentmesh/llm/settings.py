@@ -105,7 +105,11 @@ class LlmSettings:
                 and all(c.isalnum() or c == "-" for c in self.bedrock_region),
                 "expected an AWS region such as us-east-1",
             ),
-            ("timeout_s", 0 < self.timeout_s <= MAX_TIMEOUT_S, f"expected 0-{MAX_TIMEOUT_S:g}"),
+            (
+                "timeout_s",
+                0 < self.timeout_s <= MAX_TIMEOUT_S,
+                f"expected > 0, at most {MAX_TIMEOUT_S:g}",
+            ),
             ("max_attempts", 1 <= self.max_attempts <= MAX_ATTEMPTS, f"expected 1-{MAX_ATTEMPTS}"),
             (
                 "structured_attempts",
