@@ -9,13 +9,16 @@ import grpc
 from agentmesh.agent.agents import builtin_agents
 from agentmesh.agent.definition import AgentDefinition, discover
 from agentmesh.agent.registry import Registry
+from agentmesh.agent.resources import AgentResources
 from agentmesh.agent.runtime.runner import Runner
 from agentmesh.agent.servicer import AgentServicer
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.langgraph import AgentmeshSaver, AgentmeshStore
-from agentmesh.langgraph._client import open_memory_channel
+from agentmesh.langgraph._client import MemoryClient, open_memory_channel
+from agentmesh.llm.models import ChatModels
+from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -24,6 +27,7 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 async def build_agent(
     settings: Settings,
     agent: AgentSettings | None = None,
+    llm: LlmSettings | None = None,
     *,
     definitions: Sequence[AgentDefinition] | None = None,
     registry: Registry | None = None,
@@ -39,23 +43,28 @@ async def build_agent(
     (docs/adr/0007).
     """
     agent = agent or AgentSettings()
-    found = (
-        list(definitions) if definitions is not None else discover(agent.graphs, builtin_agents())
-    )
-    cards = registry or Registry([d.card for d in found])
+    llm = llm or LlmSettings()
     on_stop: list[Callable[[], Awaitable[None]]] = []
-    saver = store = None
+    saver = store = memory = None
     if settings.memory_addr:
         channel = open_memory_channel(settings.memory_addr, settings)
         timeout_s = settings.client_deadline_ms / 1000
         saver = AgentmeshSaver(channel, timeout_s=timeout_s)
         store = AgentmeshStore(channel, timeout_s=timeout_s)
+        memory = MemoryClient(channel, token=None, timeout_s=timeout_s)
 
         async def close_channel() -> None:
             await channel.close(None)
 
         on_stop.append(close_channel)
-    runner = Runner(found, checkpointer=saver, store=store)
+    resources = AgentResources(llm=llm, models=ChatModels(llm), memory=memory)
+    found = (
+        list(definitions)
+        if definitions is not None
+        else discover(agent.graphs, builtin_agents(resources))
+    )
+    cards = registry or Registry([d.card for d in found])
+    runner = Runner(found, checkpointer=saver, store=store, default_model=llm.default_model)
     servicer = AgentServicer(cards, runner, agent)
 
     def register(server: grpc.aio.Server) -> None:

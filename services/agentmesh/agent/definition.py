@@ -44,12 +44,18 @@ Graph = StateGraph[Any] | Pregel[Any, Any, Any, Any]
 """A graph as an author gives it: the builder, or compiled."""
 
 
+NEEDS: Final = frozenset({"model", "memory"})
+"""What an agent may need from the deployment: a configured LLM, the Memory service."""
+
+
 @dataclass(frozen=True)
 class AgentDefinition:
-    """An agent the service can run: its card and its graph."""
+    """An agent the service can run: its card, its graph, and what it needs (a run is
+    FAILED_PRECONDITION, naming the setting, when the deployment lacks it)."""
 
     card: AgentCard
     graph: Graph
+    needs: frozenset[str] = frozenset()
 
 
 def define_agent(
@@ -66,6 +72,7 @@ def define_agent(
     labels: Mapping[str, str] | None = None,
     long_running: bool = False,
     interrupts: bool = False,
+    needs: Iterable[str] = (),
 ) -> AgentDefinition:
     """Declares an agent; raises ValueError for a bad id or schema (a programming error
     of the author, reported when the service loads it)."""
@@ -79,6 +86,9 @@ def define_agent(
                 ) from None
     if not isinstance(graph, StateGraph | Pregel):
         raise ValueError(f"agent {id!r}: graph must be a StateGraph or a compiled graph")
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise ValueError(f"agent {id!r}: needs {sorted(unknown)}; known: {sorted(NEEDS)}")
     card = AgentCard(
         agent_id=id,
         display_name=display_name,
@@ -92,7 +102,7 @@ def define_agent(
         long_running=long_running,
         interrupts=interrupts,
     )
-    return AgentDefinition(card=card, graph=graph)
+    return AgentDefinition(card=card, graph=graph, needs=frozenset(needs))
 
 
 def load_path(path: str) -> AgentDefinition:

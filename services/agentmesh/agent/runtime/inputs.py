@@ -20,6 +20,8 @@ from agentmesh.v1 import agent_pb2, common_pb2
 
 THREAD_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A thread id as clients choose it (e.g. a UUID): 1-128 letters, digits and ``._-``."""
+MODEL_KEY: Final = "agentmesh_model"
+"""``configurable`` key of the model a run uses: graphs that call a model read it."""
 MAX_MODEL_CHARS: Final = 256
 MAX_SCHEMA_ERRORS: Final = 20
 """Schema errors reported at most: the first ones say enough, the rest cost."""

@@ -40,9 +40,10 @@ from agentmesh.agent.runtime.events import (
     token_event,
     update_events,
 )
-from agentmesh.agent.runtime.inputs import ResumeRequest, RunInput
+from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput
 from agentmesh.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from agentmesh.core.names import AGENTS
+from agentmesh.llm.errors import domain_error as provider_error
 from agentmesh.v1 import agent_pb2, common_pb2
 
 AGENT_METADATA_KEY: Final = "agentmesh_agent"
@@ -60,6 +61,7 @@ class _ThreadState:
 @dataclass(frozen=True)
 class _Compiled:
     card: AgentCard
+    needs: frozenset[str]
     threaded: Pregel[Any, Any, Any, Any] | None
     stateless: Pregel[Any, Any, Any, Any]
 
@@ -85,12 +87,16 @@ class Runner:
         *,
         checkpointer: BaseCheckpointSaver[Any] | None,
         store: BaseStore | None,
+        default_model: str = "",
     ) -> None:
+        self._default_model = default_model
+        self._memory = checkpointer is not None
         self._agents: dict[str, _Compiled] = {}
         for definition in definitions:
             card = definition.card
             self._agents[card.agent_id] = _Compiled(
                 card=card,
+                needs=definition.needs,
                 threaded=(
                     _compile(definition.graph, checkpointer, store)
                     if checkpointer is not None
@@ -103,6 +109,29 @@ class Runner:
         """The card of a runnable agent, or None."""
         compiled = self._agents.get(agent_id)
         return compiled.card if compiled is not None else None
+
+    def model_for(self, agent_id: str, requested: str) -> str:
+        """The model a run uses: the request's, the agent's default, or the deployment's."""
+        return requested or self._agents[agent_id].card.default_model or self._default_model
+
+    def check_needs(self, agent_id: str, model: str) -> None:
+        """FAILED_PRECONDITION naming the setting when the agent needs what this
+        deployment lacks."""
+        needs = self._agents[agent_id].needs
+        if "model" in needs and not self.model_for(agent_id, model):
+            raise FailedPrecondition(
+                "LLM_NOT_CONFIGURED",
+                f"{AGENTS.format(agent_id)} needs a model and none is configured: set"
+                " AGENTMESH_LLM_DEFAULT_MODEL (e.g. openai:gpt-4.1-mini, or with"
+                " AGENTMESH_LLM_OPENAI_BASE_URL a local Ollama or vLLM model) or give"
+                " options.model",
+                [("SETTING", "AGENTMESH_LLM_DEFAULT_MODEL", "no model configured")],
+            )
+        if "memory" in needs and not self._memory:
+            raise FailedPrecondition(
+                "NO_MEMORY",
+                f"{AGENTS.format(agent_id)} needs the Memory service: set AGENTMESH_MEMORY_ADDR",
+            )
 
     def _graph(self, agent_id: str, thread_id: str) -> Pregel[Any, Any, Any, Any]:
         compiled = self._agents[agent_id]
@@ -134,6 +163,7 @@ class Runner:
     async def prepare_run(self, run: RunInput) -> None:
         """Refuses a threaded run whose thread waits on an interrupt or belongs to
         another agent."""
+        self.check_needs(run.agent_id, run.model)
         if not run.thread_id:
             self._graph(run.agent_id, "")
             return
@@ -163,6 +193,7 @@ class Runner:
     async def prepare_resume(self, resume: ResumeRequest) -> None:
         """Refuses a resume of a thread that does not exist (NOT_FOUND), waits on
         nothing, or waits on another interrupt (FAILED_PRECONDITION)."""
+        self.check_needs(resume.agent_id, resume.model)
         thread = await self._pending(resume.agent_id, resume.thread_id)
         if not thread.exists:
             raise NotFound("thread", resume.thread_id)
@@ -195,8 +226,10 @@ class Runner:
             "run_id": uuid.UUID(run_id),
             "metadata": metadata,
         }
+        configurable: dict[str, Any] = {MODEL_KEY: self.model_for(run.agent_id, run.model)}
         if run.thread_id:
-            config["configurable"] = {"thread_id": run.thread_id}
+            configurable["thread_id"] = run.thread_id
+        config["configurable"] = configurable
         inputs: Any = (
             Command(resume={run.interrupt_id: run.answer})
             if isinstance(run, ResumeRequest)
@@ -246,6 +279,11 @@ class Runner:
                 f"the run took more than {run.max_steps} steps; raise options.max_steps"
                 " or check the graph for a loop",
             ) from None
+        except Exception as exc:
+            mapped = provider_error(exc)  # a model provider's refusal or outage
+            if mapped is None:
+                raise
+            raise mapped from exc
         usage = trace.usage()
         if usage.total_tokens:
             yield stamped(agent_pb2.AgentEvent(usage=usage))

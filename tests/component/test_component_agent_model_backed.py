@@ -1,0 +1,149 @@
+"""Agents that use the deployment: recall answers from the caller's memories in the
+real Memory service; the assistant is listed always, refuses to run with no model
+(naming the setting), and with a model runs the real OpenAI client against a local
+server speaking the chat-completions protocol: a tool call, the tool's result, the
+answer, and the tokens counted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agentmesh.agent.app import build_agent
+from agentmesh.core.server import RunningServer, start_server
+from agentmesh.core.settings import Settings
+from agentmesh.llm.settings import LlmSettings
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2
+from component.conftest import SECRET, Metadata, credentials
+from component.memory_helpers import Stub, expect_error, uid
+from providers import openai_wire
+from providers.server import ScriptedServer, serving
+
+if TYPE_CHECKING:
+    AgentStub: TypeAlias = agent_pb2_grpc.AgentServiceAsyncStub
+else:
+    AgentStub = agent_pb2_grpc.AgentServiceStub
+
+
+@asynccontextmanager
+async def _agent(memory_port: int, llm: LlmSettings) -> AsyncIterator[AgentStub]:
+    settings = Settings.from_env(
+        {
+            "AGENTMESH_GRPC_PORT": "0",
+            "AGENTMESH_METRICS_PORT": "0",
+            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+            "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
+        },
+        service="agent",
+    )
+    running = await start_server(settings, await build_agent(settings, None, llm))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+def provider() -> Iterator[ScriptedServer]:
+    with serving() as scripted:
+        yield scripted
+
+
+def _text(text: str) -> list[common_pb2.Part]:
+    return [common_pb2.Part(text=text)]
+
+
+async def test_recall_answers_from_the_callers_memories(
+    memory_server: RunningServer, memory: Stub
+) -> None:
+    tenant: Metadata = credentials(f"recall-{uid()}")
+    for content in ("Loves green curry and Thai food", "Flies from Lisbon every March"):
+        await memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(namespace="users/me/facts", content=content)
+            ),
+            metadata=tenant,
+        )
+    async with _agent(memory_server.port, LlmSettings()) as agent:
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(name="agents/recall", parts=_text("Thai food")),
+            metadata=tenant,
+        )
+        hits = response.result.output["memories"]
+        assert hits[0]["content"] == "Loves green curry and Thai food"  # type: ignore[index]
+        # Another tenant remembers nothing of it.
+        other = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(name="agents/recall", parts=_text("Thai food")),
+            metadata=credentials(f"recall-{uid()}"),
+        )
+        assert list(other.result.output["memories"]) == []  # type: ignore[arg-type]
+
+
+async def test_the_assistant_without_a_model_names_the_setting(
+    memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    async with _agent(memory_server.port, LlmSettings()) as agent:
+        card = await agent.GetAgent(
+            agent_pb2.GetAgentRequest(name="agents/assistant"), metadata=tenant_a
+        )
+        assert card.labels["llm"] == "true"
+        error = await expect_error(
+            agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(name="agents/assistant", parts=_text("hi")),
+                metadata=tenant_a,
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert "AGENTMESH_LLM_DEFAULT_MODEL" in (error.details() or "")
+        status = rpc_status.from_call(cast("grpc.Call", error))
+        assert status is not None
+        failure = error_details_pb2.PreconditionFailure()
+        assert any(d.Unpack(failure) for d in status.details)
+        assert failure.violations[0].subject == "AGENTMESH_LLM_DEFAULT_MODEL"
+
+
+async def test_the_assistant_calls_a_tool_through_a_real_provider_client(
+    memory_server: RunningServer, tenant_a: Metadata, provider: ScriptedServer
+) -> None:
+    provider.script(
+        openai_wire.completion(
+            None, tool_calls=[("call-1", "calculator", {"expression": "15 * 240 / 100"})]
+        ),
+        openai_wire.completion("15% of 240 is 36."),
+    )
+    llm = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    async with _agent(memory_server.port, llm) as agent:
+        events = [
+            event
+            async for event in agent.StreamAgent(
+                agent_pb2.StreamAgentRequest(
+                    name="agents/assistant",
+                    thread_id=f"t-{uid()}",
+                    parts=_text("How much is 15% of 240?"),
+                ),
+                metadata=tenant_a,
+            )
+        ]
+    calls = [e.tool_call for e in events if e.HasField("tool_call")]
+    results = [e.tool_result for e in events if e.HasField("tool_result")]
+    assert calls[0].tool == "calculator"
+    assert results[0].parts[0].text == "36"
+    final = events[-1].final
+    assert final.parts[0].text == "15% of 240 is 36."
+    assert final.usage.total_tokens == 2 * (11 + 7)  # both model calls counted
+    usage_events = [e for e in events if e.HasField("usage")]
+    assert usage_events[-1].usage.input_tokens == 22
+    # The second request carried the tool's result back to the model.
+    second = provider.requests[1].json()
+    assert any(m.get("role") == "tool" and m.get("content") == "36" for m in second["messages"])
