@@ -5,6 +5,7 @@ answered through a second Agent server, and the refusals."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, cast
@@ -16,13 +17,14 @@ from google.protobuf import struct_pb2
 from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
+from prometheus_client import REGISTRY
 
 from agentmesh.agent.agents import builtin_agents
 from agentmesh.agent.app import build_agent
 from agentmesh.agent.definition import AgentDefinition, define_agent
 from agentmesh.core.server import RunningServer, start_server
 from agentmesh.core.settings import Settings
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2, memory_pb2_grpc
 from component.conftest import SECRET, Metadata
 from component.memory_helpers import expect_error, field_violations, uid
 
@@ -385,3 +387,46 @@ async def test_threads_need_memory_and_stateless_runs_do_not(tenant_a: Metadata)
 
 async def _drain(call: Any) -> list[agent_pb2.AgentEvent]:
     return [event async for event in call]
+
+
+async def test_every_run_records_its_decision_in_memory(
+    agent: AgentStub, memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    completed_before = _sample("calculator", "completed")
+    session = f"sessions/s{uid()}"
+    response = await agent.InvokeAgent(
+        agent_pb2.InvokeAgentRequest(
+            name="agents/calculator",
+            parts=_text("6 * 7"),
+            options=agent_pb2.RunOptions(session=session),
+        ),
+        metadata=tenant_a,
+    )
+    run_id = response.result.run_id
+    assert _sample("calculator", "completed") == completed_before + 1
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
+        memory = cast("Any", memory_pb2_grpc.MemoryServiceStub(channel))
+        found: list[Any] = []
+        for _ in range(100):  # written in the background: bounded wait, ~10 s at most
+            listed = await memory.ListDecisions(
+                memory_pb2.ListDecisionsRequest(filter=f'session = "{session}"'),
+                metadata=tenant_a,
+            )
+            found = list(listed.decisions)
+            if found:
+                break
+            await asyncio.sleep(0.1)
+    (decision,) = found
+    assert decision.agent == "agents/calculator"
+    assert decision.outcome == "completed"
+    assert list(decision.tools) == ["calculator"]
+    assert decision.input_summary == "6 * 7"
+    assert decision.metadata["run_id"] == run_id
+    assert decision.latency.ToNanoseconds() > 0
+
+
+def _sample(agent: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
+    )
+    return value or 0.0

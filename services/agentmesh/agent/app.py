@@ -10,6 +10,7 @@ from agentmesh.agent.agents import builtin_agents
 from agentmesh.agent.definition import AgentDefinition, discover
 from agentmesh.agent.registry import Registry
 from agentmesh.agent.resources import AgentResources
+from agentmesh.agent.runtime.record import RunRecorder
 from agentmesh.agent.runtime.runner import Runner
 from agentmesh.agent.servicer import AgentServicer
 from agentmesh.agent.settings import AgentSettings
@@ -64,7 +65,16 @@ async def build_agent(
         else discover(agent.graphs, builtin_agents(resources))
     )
     cards = registry or Registry([d.card for d in found])
-    runner = Runner(found, checkpointer=saver, store=store, default_model=llm.default_model)
+    recorder = RunRecorder(memory)
+    runner = Runner(
+        found,
+        checkpointer=saver,
+        store=store,
+        default_model=llm.default_model,
+        recorder=recorder,
+    )
+    # Decisions still being written are finished before the Memory channel closes.
+    on_stop.insert(0, recorder.drain)
     servicer = AgentServicer(cards, runner, agent)
 
     def register(server: grpc.aio.Server) -> None:

@@ -39,6 +39,10 @@ class RunInput:
     max_steps: int
     stream_tokens: bool
     model: str
+    session: str = ""
+    job: str = ""
+    summary: str = ""
+    """A short text of the input, for the run's decision record."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class ResumeRequest:
     max_steps: int
     stream_tokens: bool
     model: str
+    session: str = ""
+    job: str = ""
+    summary: str = ""
 
 
 def check_thread_id(thread_id: str, violations: Violations, *, required: bool) -> None:
@@ -163,6 +170,11 @@ def validate_run(
         max_steps=steps,
         stream_tokens=request.options.stream_tokens,
         model=request.options.model,
+        session=request.options.session,
+        job=request.options.job,
+        summary=(text or json.dumps(structured, sort_keys=True) if structured or text else "")[
+            :512
+        ],
     )
 
 
@@ -191,4 +203,7 @@ def validate_resume(
         max_steps=steps,
         stream_tokens=request.options.stream_tokens,
         model=request.options.model,
+        session=request.options.session,
+        job=request.options.job,
+        summary=f"resume {resume.interrupt_id}",
     )

@@ -17,6 +17,7 @@ iterates the graph, which stops it; a run also stops at its deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,15 @@ from agentmesh.agent.runtime.events import (
     update_events,
 )
 from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput
-from agentmesh.core.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from agentmesh.agent.runtime.record import RunRecord, RunRecorder
+from agentmesh.core.context import current_trace_id
+from agentmesh.core.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from agentmesh.core.names import AGENTS
 from agentmesh.llm.errors import domain_error as provider_error
 from agentmesh.v1 import agent_pb2, common_pb2
@@ -88,8 +97,10 @@ class Runner:
         checkpointer: BaseCheckpointSaver[Any] | None,
         store: BaseStore | None,
         default_model: str = "",
+        recorder: RunRecorder | None = None,
     ) -> None:
         self._default_model = default_model
+        self._recorder = recorder or RunRecorder(None)
         self._memory = checkpointer is not None
         self._agents: dict[str, _Compiled] = {}
         for definition in definitions:
@@ -216,59 +227,91 @@ class Runner:
         timeout_s: float,
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
         """The run's events, numbered from 1, ending with ``final``; raises the run's
-        error (DeadlineExceeded past ``timeout_s``) after the events it produced."""
+        error (DeadlineExceeded past ``timeout_s``) after the events it produced. The
+        run is recorded (decision, metrics) however it ends."""
         run_id = str(uuid.uuid4())
-        agent_name = AGENTS.format(run.agent_id)
-        graph = self._graph(run.agent_id, run.thread_id)
-        metadata: dict[str, Any] = {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id}
+        model = self.model_for(run.agent_id, run.model)
+        configurable: dict[str, Any] = {MODEL_KEY: model}
+        if run.thread_id:
+            configurable["thread_id"] = run.thread_id
         config: RunnableConfig = {
             "recursion_limit": run.max_steps,
             "run_id": uuid.UUID(run_id),
-            "metadata": metadata,
+            "metadata": {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id},
+            "configurable": configurable,
         }
-        configurable: dict[str, Any] = {MODEL_KEY: self.model_for(run.agent_id, run.model)}
-        if run.thread_id:
-            configurable["thread_id"] = run.thread_id
-        config["configurable"] = configurable
+        numbered = _Numbering(run_id, run.thread_id, AGENTS.format(run.agent_id))
+        trace = RunTrace()
+        started = time.monotonic()
+        outcome = "error: cancelled"
+        try:
+            async for event in self._graph_events(run, config, trace, timeout_s):
+                yield numbered(event)
+            usage = trace.usage()
+            if usage.total_tokens:
+                yield numbered(agent_pb2.AgentEvent(usage=usage))
+            outcome = "interrupted" if trace.interrupts else "completed"
+            yield numbered(agent_pb2.AgentEvent(final=_result(run_id, run.thread_id, trace)))
+        except DomainError as exc:
+            outcome = f"error: {exc.reason.lower()}"
+            raise
+        except Exception:
+            outcome = "error: internal"
+            raise
+        finally:
+            self._recorder.record(
+                RunRecord(
+                    agent_id=run.agent_id,
+                    run_id=run_id,
+                    thread_id=run.thread_id,
+                    model=model,
+                    session=run.session,
+                    job=run.job,
+                    input_summary=run.summary,
+                    tools=tuple(trace.tools),
+                    outcome=outcome,
+                    seconds=time.monotonic() - started,
+                    usage=trace.usage(),
+                    trace_id=current_trace_id() or "",
+                )
+            )
+
+    async def _graph_events(
+        self,
+        run: RunInput | ResumeRequest,
+        config: RunnableConfig,
+        trace: RunTrace,
+        timeout_s: float,
+    ) -> AsyncIterator[agent_pb2.AgentEvent]:
+        """The graph's stream as events (not numbered yet); LangGraph's and the model
+        providers' errors as the contract's."""
+        graph = self._graph(run.agent_id, run.thread_id)
+        agent_name = AGENTS.format(run.agent_id)
         inputs: Any = (
             Command(resume={run.interrupt_id: run.answer})
             if isinstance(run, ResumeRequest)
             else run.graph_input
         )
         modes: list[StreamMode] = ["updates", "messages"] if run.stream_tokens else ["updates"]
-        trace = RunTrace()
-        sequence = 0
-
-        def stamped(event: agent_pb2.AgentEvent) -> agent_pb2.AgentEvent:
-            nonlocal sequence
-            sequence += 1
-            event.sequence = sequence
-            event.run_id = run_id
-            event.thread_id = run.thread_id
-            event.agent = agent_name
-            event.time.GetCurrentTime()
-            return event
-
         try:
             async with asyncio.timeout(timeout_s):
                 async for mode, chunk in graph.astream(inputs, config, stream_mode=modes):
                     if mode == "messages":
                         token = token_event(chunk)
                         if token is not None:
-                            yield stamped(token)
+                            yield token
                         continue
                     for node, update in _items(chunk):
-                        events = (
-                            interrupt_events(
+                        if node == INTERRUPT_KEY:
+                            events = interrupt_events(
                                 update, trace, agent=agent_name, thread_id=run.thread_id
                             )
-                            if node == INTERRUPT_KEY
-                            else update_events(
+                        else:
+                            events = update_events(
                                 node, update, trace, whole_messages=not run.stream_tokens
                             )
-                        )
                         for event in events:
-                            yield stamped(event)
+                            yield event
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the run took longer than {timeout_s:g} s", reason="RUN_DEADLINE"
@@ -284,10 +327,25 @@ class Runner:
             if mapped is None:
                 raise
             raise mapped from exc
-        usage = trace.usage()
-        if usage.total_tokens:
-            yield stamped(agent_pb2.AgentEvent(usage=usage))
-        yield stamped(agent_pb2.AgentEvent(final=_result(run_id, run.thread_id, trace)))
+
+
+class _Numbering:
+    """Stamps a run's events: sequence from 1, run, thread, agent, time."""
+
+    def __init__(self, run_id: str, thread_id: str, agent: str) -> None:
+        self._run_id = run_id
+        self._thread_id = thread_id
+        self._agent = agent
+        self._sequence = 0
+
+    def __call__(self, event: agent_pb2.AgentEvent) -> agent_pb2.AgentEvent:
+        self._sequence += 1
+        event.sequence = self._sequence
+        event.run_id = self._run_id
+        event.thread_id = self._thread_id
+        event.agent = self._agent
+        event.time.GetCurrentTime()
+        return event
 
 
 def _items(chunk: Any) -> Iterable[tuple[str, Any]]:
