@@ -28,6 +28,7 @@ import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
 
 from agentmesh.agent.app import SERVICE_NAME, build_agent
 from agentmesh.agent.settings import AgentSettings
@@ -215,3 +216,53 @@ async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoi
     assert result.status == agent_pb2.RUN_STATUS_COMPLETED, result
     assert result.output["done"] is True
     assert await steps() == ["first", "second"]  # the first step did not run again
+
+
+async def test_a_cancelled_call_stops_its_graph(
+    monkeypatch: pytest.MonkeyPatch, memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    """The client goes away while the second node waits: the graph is cancelled, and
+    the node never completes even once the file it waits for appears."""
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-cancel-"))
+    monkeypatch.setenv("AGENTMESH_TEST_COUNTER_FILE", str(work / "counter"))
+    monkeypatch.setenv("AGENTMESH_TEST_RELEASE_FILE", str(work / "release"))
+    counter = work / "counter"
+
+    async def first_done() -> bool:
+        return counter.exists() and counter.read_text().split() == ["first"]
+
+    agent = AgentSettings(graphs="agentmesh_test_agents:slow_agent")
+    async with _served(agent) as stub:
+        call = stub.StreamAgent(
+            agent_pb2.StreamAgentRequest(
+                name="agents/slow-test", parts=[common_pb2.Part(text="go")]
+            ),
+            metadata=tenant_a,
+            timeout=60,
+        )
+        reading = asyncio.ensure_future(_drain_events(call))
+        await _eventually(first_done, "the first step", 30.0)
+        cancelled_before = _runs("slow-test", "error: cancelled")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+        async def run_cancelled() -> bool:
+            return _runs("slow-test", "error: cancelled") == cancelled_before + 1
+
+        await _eventually(run_cancelled, "the server to end the run as cancelled", 30.0)
+        (work / "release").touch()
+        await asyncio.sleep(0.5)  # what a still-running node would need to finish
+        assert counter.read_text().split() == ["first"]
+
+
+async def _drain_events(call: object) -> list[agent_pb2.AgentEvent]:
+    return [event async for event in call]  # type: ignore[attr-defined]
+
+
+def _runs(agent: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
+    )
+    return value or 0.0
