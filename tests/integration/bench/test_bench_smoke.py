@@ -80,3 +80,37 @@ def test_the_small_memory_bench_runs_every_part_cleanly(tmp_path: Path) -> None:
         # The same statement through the service and on a plain connection.
         assert abs(part["service"]["recall_at_10"] - part["database"]["recall_at_10"]) <= 0.02
         assert part["service"]["sequential_ms"]["count"] > 0
+
+
+def test_the_small_agent_bench_measures_every_case(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentmesh.bench",
+            "--only",
+            "agent",
+            "--small",
+            "--no-write-docs",
+            "--out-json",
+            str(out),
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())["agent"]
+    assert result["problems"] == []
+    cases = result["cases"]
+    assert set(cases) == {"raw_echo", "invoke_stateless", "invoke_threaded", "stream"}
+    for name, row in cases.items():
+        assert row["calls"] == 100, (name, row)
+        assert row["c16_calls"] > 0, (name, row)
+        assert 0 < row["p50_ms"] <= row["p99_ms"], (name, row)
+    assert cases["stream"]["first_event_p50_ms"] > 0
+    assert cases["invoke_threaded"]["agent_cpu_us_per_call"] > 0
