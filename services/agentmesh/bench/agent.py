@@ -183,12 +183,14 @@ async def _measure(  # noqa: PLR0915  # the cases are read best side by side
                 cpu0 = proc_cpu_s(agent_pid)
                 sequential = await _sequential(call, sequential_n)
                 cpu1 = proc_cpu_s(agent_pid)
+                # Time to first event of the sequential calls only (one in flight).
+                first_event_p50_ms = _percentile(first_event, 0.5) * 1000 if first_event else 0.0
                 concurrent = await _concurrent(call, concurrent_n, bound_s)
                 row: JsonDict = {**sequential, **{f"c16_{k}": v for k, v in concurrent.items()}}
                 if name != "raw_echo":
                     row["agent_cpu_us_per_call"] = (cpu1 - cpu0) / sequential_n * 1e6
                 if name == "stream":
-                    row["first_event_p50_ms"] = _percentile(first_event, 0.5) * 1000
+                    row["first_event_p50_ms"] = first_event_p50_ms
                 results[name].append(row)
     finally:
         await echo_channel.close(None)
