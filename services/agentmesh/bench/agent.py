@@ -256,10 +256,21 @@ def render(results: JsonDict) -> str:
     if not cases:
         return "No results: " + "; ".join(results.get("problems", ["not run"]))
     raw = cases["raw_echo"]
+    machine = results.get("machine", {})
+    load = machine.get("load_average_at_start", [])
     lines = [
-        "Agent runs on the real Agent service (echo agent) beside the raw grpc.aio echo,"
-        " one async client, same run; p50/p99 of sequential calls, runs/s with 16"
-        " concurrent clients.",
+        "## Agent: InvokeAgent and StreamAgent on the echo agent, vs the raw grpc.aio echo",
+        "",
+        f"Run {machine.get('date', '?')} with `{results.get('command', '?')}`"
+        + (" (**--small: a smoke test, not a measurement**)" if results.get("small") else "")
+        + f" on {machine.get('cpu_count', '?')} CPUs ({machine.get('cpu_model', '?')}),"
+        f" Python {machine.get('python', '?')}, grpcio {machine.get('grpcio', '?')}; load"
+        " average at start " + (f"{load[0]:.1f}" if load else "?") + ".",
+        "",
+        "Agent runs on the real Agent service (echo agent; threads checkpointed in the real"
+        " Memory service) beside the raw grpc.aio echo, one async client, same run; p50/p99"
+        " of 1,000 sequential calls, runs/s with 16 concurrent clients; medians of the"
+        " rounds.",
         "",
         "| case | p50 ms | p99 ms | runs/s (16 clients) | vs raw echo runs/s | agent CPU µs/run |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
