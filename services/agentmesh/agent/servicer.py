@@ -113,10 +113,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def _checked_run(
         self, request: agent_pb2.InvokeAgentRequest | agent_pb2.StreamAgentRequest
     ) -> RunInput:
-        agent_id, card = self._runnable(request.name)
+        agent_id, _card = self._runnable(request.name)
+        validator = self._require_runner().validator(agent_id)
         size = request.input.ByteSize() + sum(p.ByteSize() for p in request.parts)
         return await convert_sized(
-            lambda: validate_run(agent_id, request, card.input_schema, self._settings), size
+            lambda: validate_run(agent_id, request, validator, self._settings), size
         )
 
     async def InvokeAgent(

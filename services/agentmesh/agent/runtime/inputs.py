@@ -107,13 +107,18 @@ def parts_text(parts: Sequence[common_pb2.Part], violations: Violations) -> str:
     return "\n".join(pieces)
 
 
+def input_validator(schema: Mapping[str, Any]) -> Any:
+    """The validator of an agent's input schema, built once per agent (building one
+    costs more than most validations); None when the agent declares no schema."""
+    return jsonschema.Draft202012Validator(dict(schema)) if schema else None
+
+
 def schema_violations(
-    value: Mapping[str, Any], schema: Mapping[str, Any], violations: Violations, *, field: str
+    value: Mapping[str, Any], validator: Any, violations: Violations, *, field: str
 ) -> None:
     """One violation per JSON Schema error of ``value``, on its path under ``field``."""
-    if not schema:
+    if validator is None:
         return
-    validator = jsonschema.Draft202012Validator(dict(schema))
     for count, error in enumerate(validator.iter_errors(dict(value))):
         if count >= MAX_SCHEMA_ERRORS:
             violations.add(field, f"more than {MAX_SCHEMA_ERRORS} schema errors")
@@ -141,10 +146,11 @@ def _input_size(input_: struct_pb2.Struct, parts: Sequence[common_pb2.Part]) -> 
 def validate_run(
     agent_id: str,
     request: agent_pb2.InvokeAgentRequest | agent_pb2.StreamAgentRequest,
-    input_schema: Mapping[str, Any],
+    validator: Any,
     settings: AgentSettings,
 ) -> RunInput:
-    """The run ``request`` asks for, or INVALID_ARGUMENT naming every bad field."""
+    """The run ``request`` asks for, or INVALID_ARGUMENT naming every bad field;
+    ``validator`` is the agent's (:func:`input_validator`)."""
     violations = Violations()
     check_thread_id(request.thread_id, violations, required=False)
     steps = check_options(request.options, settings, violations)
@@ -153,7 +159,7 @@ def validate_run(
         violations.add("input", f"{size} bytes with the parts; at most {settings.max_input_bytes}")
         violations.raise_if_any()
     structured = _integral(json_format.MessageToDict(request.input))
-    schema_violations(structured, input_schema, violations, field="input")
+    schema_violations(structured, validator, violations, field="input")
     text = parts_text(request.parts, violations)
     if not structured and not text and not request.thread_id:
         violations.add("parts", "give the run something: parts (a message) or input")

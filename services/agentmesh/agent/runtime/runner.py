@@ -41,7 +41,7 @@ from agentmesh.agent.runtime.events import (
     token_event,
     update_events,
 )
-from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput
+from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput, input_validator
 from agentmesh.agent.runtime.record import RunRecord, RunRecorder
 from agentmesh.core.context import current_trace_id
 from agentmesh.core.errors import (
@@ -71,6 +71,7 @@ class _ThreadState:
 class _Compiled:
     card: AgentCard
     needs: frozenset[str]
+    validator: Any
     threaded: Pregel[Any, Any, Any, Any] | None
     stateless: Pregel[Any, Any, Any, Any]
 
@@ -108,6 +109,7 @@ class Runner:
             self._agents[card.agent_id] = _Compiled(
                 card=card,
                 needs=definition.needs,
+                validator=input_validator(card.input_schema),
                 threaded=(
                     _compile(definition.graph, checkpointer, store)
                     if checkpointer is not None
@@ -120,6 +122,10 @@ class Runner:
         """The card of a runnable agent, or None."""
         compiled = self._agents.get(agent_id)
         return compiled.card if compiled is not None else None
+
+    def validator(self, agent_id: str) -> Any:
+        """The agent's input validator (None: no schema)."""
+        return self._agents[agent_id].validator
 
     def model_for(self, agent_id: str, requested: str) -> str:
         """The model a run uses: the request's, the agent's default, or the deployment's."""
