@@ -266,3 +266,29 @@ def _runs(agent: str, outcome: str) -> float:
         "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
     )
     return value or 0.0
+
+
+async def test_a_run_past_its_time_is_deadline_exceeded_and_stops(
+    monkeypatch: pytest.MonkeyPatch, tenant_a: Metadata
+) -> None:
+    """AGENTMESH_AGENT_RUN_TIMEOUT_S bounds a run whose caller set a longer deadline: the
+    call is DEADLINE_EXCEEDED (RUN_DEADLINE) and the waiting node never completes."""
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-deadline-"))
+    monkeypatch.setenv("AGENTMESH_TEST_COUNTER_FILE", str(work / "counter"))
+    monkeypatch.setenv("AGENTMESH_TEST_RELEASE_FILE", str(work / "release"))
+    agent = AgentSettings(graphs="agentmesh_test_agents:slow_agent", run_timeout_s=1.0)
+    before = _runs("slow-test", "error: run_deadline")
+    async with _served(agent) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/slow-test", parts=[common_pb2.Part(text="go")]
+                ),
+                metadata=tenant_a,
+                timeout=30,
+            )
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _runs("slow-test", "error: run_deadline") == before + 1
+    (work / "release").touch()
+    assert (work / "counter").read_text().split() == ["first"]
