@@ -10,6 +10,7 @@ from agentmesh.agent.agents import builtin_agents
 from agentmesh.agent.definition import AgentDefinition, discover
 from agentmesh.agent.registry import Registry
 from agentmesh.agent.resources import AgentResources
+from agentmesh.agent.runtime.budgets import TenantBudgets, budget_storage
 from agentmesh.agent.runtime.record import RunRecorder
 from agentmesh.agent.runtime.runner import Runner
 from agentmesh.agent.servicer import AgentServicer
@@ -65,13 +66,19 @@ async def build_agent(
         else discover(agent.graphs, builtin_agents(resources))
     )
     cards = registry or Registry([d.card for d in found])
-    recorder = RunRecorder(memory)
+    budgets = TenantBudgets(
+        budget_storage(settings.redis_url),
+        runs_per_minute=agent.tenant_runs_per_minute,
+        tokens_per_day=agent.tenant_tokens_per_day,
+    )
+    recorder = RunRecorder(memory, budgets)
     runner = Runner(
         found,
         checkpointer=saver,
         store=store,
         default_model=llm.default_model,
         recorder=recorder,
+        budgets=budgets,
     )
     # Decisions still being written are finished before the Memory channel closes.
     on_stop.insert(0, recorder.drain)

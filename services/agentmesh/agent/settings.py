@@ -42,6 +42,14 @@ class AgentSettings:
     """Longest a run may take when the caller set no deadline (a deadline shorter than
     this wins)."""
 
+    tenant_runs_per_minute: int = 6000
+    """Agent runs one tenant may start per minute, across every replica (through Redis
+    when ``AGENTMESH_REDIS_URL`` is set, else per replica); 0: no limit. Past it a run
+    is RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo."""
+
+    tenant_tokens_per_day: int = 5_000_000
+    """LLM tokens one tenant's runs may use per day, as above; 0: no limit."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentSettings:
         """Loads ``AGENTMESH_AGENT_*`` from ``environ`` (default: ``os.environ``)."""
@@ -58,4 +66,6 @@ class AgentSettings:
                 "1 to AGENTMESH_AGENT_MAX_STEPS",
             ),
             ("run_timeout_s", 0 < self.run_timeout_s <= 86_400, "expected 0-86400"),
+            ("tenant_runs_per_minute", self.tenant_runs_per_minute >= 0, "expected >= 0"),
+            ("tenant_tokens_per_day", self.tenant_tokens_per_day >= 0, "expected >= 0"),
         ]

@@ -64,6 +64,8 @@ def _start_agent(port: int, memory_port: int, secret: str, opts: BenchOptions) -
             "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
             "AGENTMESH_LOG_LEVEL": "warning",
             "AGENTMESH_DRAIN_GRACE_S": "1",
+            # One tenant drives every case: its run budget would cap the measurement.
+            "AGENTMESH_AGENT_TENANT_RUNS_PER_MINUTE": "0",
         }
     )
     child = ChildProcess(

@@ -11,12 +11,14 @@ tokens by tenant, agent and model.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from prometheus_client import Counter, Histogram
 
+from agentmesh.agent.runtime.budgets import TenantBudgets
 from agentmesh.core.context import current_tenant
 from agentmesh.core.names import AGENTS
 from agentmesh.langgraph._client import MemoryClient
@@ -68,8 +70,9 @@ class RunRecord:
 class RunRecorder:
     """Writes decisions in the background and counts runs."""
 
-    def __init__(self, memory: MemoryClient | None) -> None:
+    def __init__(self, memory: MemoryClient | None, budgets: TenantBudgets | None = None) -> None:
         self._memory = memory
+        self._budgets = budgets
         self._pending: set[asyncio.Task[None]] = set()
 
     def record(self, run: RunRecord) -> None:
@@ -81,12 +84,17 @@ class RunRecorder:
             model = run.model or "none"
             TOKENS.labels(tenant, run.agent_id, model, "input").inc(run.usage.input_tokens)
             TOKENS.labels(tenant, run.agent_id, model, "output").inc(run.usage.output_tokens)
+            if self._budgets is not None:
+                self._start(self._budgets.spend_tokens(tenant, run.usage.total_tokens))
         if self._memory is None:
             return
         if len(self._pending) >= MAX_PENDING:
             DECISIONS_LOST.inc()
             return
-        task = asyncio.create_task(self._write(run))
+        self._start(self._write(run))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

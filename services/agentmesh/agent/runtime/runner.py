@@ -33,6 +33,7 @@ from langgraph.types import Command, StreamMode
 
 from agentmesh.agent.definition import AgentDefinition
 from agentmesh.agent.registry import AgentCard
+from agentmesh.agent.runtime.budgets import TenantBudgets
 from agentmesh.agent.runtime.events import (
     INTERRUPT_KEY,
     RunTrace,
@@ -43,7 +44,7 @@ from agentmesh.agent.runtime.events import (
 )
 from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput, input_validator
 from agentmesh.agent.runtime.record import RunRecord, RunRecorder
-from agentmesh.core.context import current_trace_id
+from agentmesh.core.context import current_tenant, current_trace_id
 from agentmesh.core.errors import (
     DeadlineExceeded,
     DomainError,
@@ -99,7 +100,9 @@ class Runner:
         store: BaseStore | None,
         default_model: str = "",
         recorder: RunRecorder | None = None,
+        budgets: TenantBudgets | None = None,
     ) -> None:
+        self._budgets = budgets
         self._default_model = default_model
         self._recorder = recorder or RunRecorder(None)
         self._memory = checkpointer is not None
@@ -150,6 +153,11 @@ class Runner:
                 f"{AGENTS.format(agent_id)} needs the Memory service: set AGENTMESH_MEMORY_ADDR",
             )
 
+    async def _admit(self) -> None:
+        """The tenant's run and token budgets (RESOURCE_EXHAUSTED past them)."""
+        if self._budgets is not None:
+            await self._budgets.admit_run(current_tenant())
+
     def _graph(self, agent_id: str, thread_id: str) -> Pregel[Any, Any, Any, Any]:
         compiled = self._agents[agent_id]
         if not thread_id:
@@ -181,6 +189,7 @@ class Runner:
         """Refuses a threaded run whose thread waits on an interrupt or belongs to
         another agent."""
         self.check_needs(run.agent_id, run.model)
+        await self._admit()
         if not run.thread_id:
             self._graph(run.agent_id, "")
             return
@@ -211,6 +220,7 @@ class Runner:
         """Refuses a resume of a thread that does not exist (NOT_FOUND), waits on
         nothing, or waits on another interrupt (FAILED_PRECONDITION)."""
         self.check_needs(resume.agent_id, resume.model)
+        await self._admit()
         thread = await self._pending(resume.agent_id, resume.thread_id)
         if not thread.exists:
             raise NotFound("thread", resume.thread_id)
