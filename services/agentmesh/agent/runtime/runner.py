@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import structlog
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
@@ -30,6 +31,7 @@ from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, StreamMode
+from opentelemetry import trace as otel_trace
 
 from agentmesh.agent.definition import AgentDefinition
 from agentmesh.agent.registry import AgentCard
@@ -260,6 +262,14 @@ class Runner:
         trace = RunTrace()
         started = time.monotonic()
         outcome = "error: cancelled"
+        # The call's span and every log line of the run name the run and its thread.
+        span = otel_trace.get_current_span()
+        span.set_attribute("agentmesh.agent", run.agent_id)
+        span.set_attribute("agentmesh.run_id", run_id)
+        span.set_attribute("agentmesh.thread_id", run.thread_id)
+        bound = structlog.contextvars.bind_contextvars(
+            agent=run.agent_id, run_id=run_id, thread_id=run.thread_id
+        )
         try:
             async for event in self._graph_events(run, config, trace, timeout_s):
                 yield numbered(event)
@@ -275,6 +285,7 @@ class Runner:
             outcome = "error: internal"
             raise
         finally:
+            structlog.contextvars.reset_contextvars(**bound)
             self._recorder.record(
                 RunRecord(
                     agent_id=run.agent_id,
