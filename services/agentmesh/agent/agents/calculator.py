@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, TypedDict
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -16,7 +16,7 @@ from langgraph.prebuilt import ToolNode
 from agentmesh.agent.agents.arithmetic import CalculationError, calculate
 from agentmesh.agent.definition import AgentDefinition, define_agent
 from agentmesh.agent.registry import Skill
-from agentmesh.agent.runtime.events import message_text
+from agentmesh.agent.runtime.events import last_user_text, message_text
 
 
 @tool
@@ -35,10 +35,7 @@ class CalculatorState(TypedDict, total=False):
 
 
 def _plan(state: CalculatorState) -> dict[str, Any]:
-    messages = state.get("messages", [])
-    expression = state.get("expression") or next(
-        (message_text(m) for m in reversed(messages) if isinstance(m, HumanMessage)), ""
-    )
+    expression = state.get("expression") or last_user_text(state.get("messages", []))
     call = {
         "id": f"call-{uuid.uuid4().hex[:12]}",
         "name": "calculator",

@@ -11,7 +11,7 @@ from langgraph.graph.message import add_messages
 
 from agentmesh.agent.definition import AgentDefinition
 from agentmesh.agent.registry import ECHO
-from agentmesh.agent.runtime.events import message_text
+from agentmesh.agent.runtime.events import last_user_text
 
 
 class EchoState(TypedDict, total=False):
@@ -24,9 +24,7 @@ class EchoState(TypedDict, total=False):
 
 def _echo(state: EchoState) -> dict[str, Any]:
     messages = state.get("messages", [])
-    text = state.get("text") or next(
-        (message_text(m) for m in reversed(messages) if isinstance(m, HumanMessage)), ""
-    )
+    text = state.get("text") or last_user_text(messages)
     turns = sum(1 for m in messages if isinstance(m, HumanMessage))
     return {
         "messages": [AIMessage(content=text)],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, TypedDict
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -14,7 +14,7 @@ from langgraph.graph.message import add_messages
 from agentmesh.agent.definition import AgentDefinition, define_agent
 from agentmesh.agent.registry import Skill
 from agentmesh.agent.resources import AgentResources
-from agentmesh.agent.runtime.events import message_text
+from agentmesh.agent.runtime.events import last_user_text
 from agentmesh.core.errors import FailedPrecondition
 from agentmesh.langgraph._client import MemoryClient
 from agentmesh.v1 import memory_pb2
@@ -68,14 +68,7 @@ class RecallState(TypedDict, total=False):
 
 def recall_agent(resources: AgentResources) -> AgentDefinition:
     async def recall(state: RecallState) -> dict[str, Any]:
-        query = state.get("query") or next(
-            (
-                message_text(m)
-                for m in reversed(state.get("messages", []))
-                if isinstance(m, HumanMessage)
-            ),
-            "",
-        )
+        query = state.get("query") or last_user_text(state.get("messages", []))
         hits = await search_memories(resources.memory, query, state.get("top_k") or DEFAULT_TOP_K)
         if hits:
             reply = "Here is what I remember:\n" + "\n".join(f"- {h['content']}" for h in hits)

@@ -7,13 +7,13 @@ import re
 from collections import Counter
 from typing import Annotated, Any, Final, TypedDict
 
-from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 from agentmesh.agent.definition import AgentDefinition, define_agent
 from agentmesh.agent.registry import Skill
-from agentmesh.agent.runtime.events import message_text
+from agentmesh.agent.runtime.events import last_user_text
 
 _SENTENCE: Final = re.compile(r"(?<=[.!?])\s+")
 _WORD: Final = re.compile(r"[^\W\d_]+", re.UNICODE)
@@ -52,14 +52,7 @@ class SummarizerState(TypedDict, total=False):
 
 
 def _summarize(state: SummarizerState) -> dict[str, Any]:
-    text = state.get("text") or next(
-        (
-            message_text(m)
-            for m in reversed(state.get("messages", []))
-            if isinstance(m, HumanMessage)
-        ),
-        "",
-    )
+    text = state.get("text") or last_user_text(state.get("messages", []))
     summary = extract_summary(text, state.get("sentences") or 3)
     return {
         "messages": [AIMessage(content=summary)],

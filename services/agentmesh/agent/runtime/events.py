@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from google.protobuf import struct_pb2
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from agentmesh.v1 import agent_pb2, common_pb2
 
@@ -36,6 +36,11 @@ def message_text(message: BaseMessage) -> str:
         elif isinstance(block, Mapping) and block.get("type") == "text":
             texts.append(str(block.get("text", "")))
     return "".join(texts)
+
+
+def last_user_text(messages: Sequence[BaseMessage]) -> str:
+    """The text of the latest user (human) message, or "" when there is none."""
+    return next((message_text(m) for m in reversed(messages) if isinstance(m, HumanMessage)), "")
 
 
 def jsonable(value: Any, *, depth: int = 0) -> Any:  # noqa: PLR0911  # one return per kind
