@@ -14,13 +14,14 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agentmesh.agent.app import build_agent
 from agentmesh.core.server import RunningServer, start_server
 from agentmesh.core.settings import Settings
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2
-from component.conftest import SECRET, Metadata, credentials
+from component.conftest import SECRET, Backends, Metadata, credentials
 from component.memory_helpers import Stub, expect_error, uid
 from providers import openai_wire
 from providers.server import ScriptedServer, serving
@@ -32,16 +33,18 @@ else:
 
 
 @asynccontextmanager
-async def _agent(memory_port: int, llm: LlmSettings) -> AsyncIterator[AgentStub]:
-    settings = Settings.from_env(
-        {
-            "AGENTMESH_GRPC_PORT": "0",
-            "AGENTMESH_METRICS_PORT": "0",
-            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
-            "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
-        },
-        service="agent",
-    )
+async def _agent(
+    memory_port: int, llm: LlmSettings, redis_url: str | None = None
+) -> AsyncIterator[AgentStub]:
+    environ = {
+        "AGENTMESH_GRPC_PORT": "0",
+        "AGENTMESH_METRICS_PORT": "0",
+        "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+        "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
+    }
+    if redis_url is not None:
+        environ["AGENTMESH_REDIS_URL"] = redis_url
+    settings = Settings.from_env(environ, service="agent")
     running = await start_server(settings, await build_agent(settings, None, llm))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -147,3 +150,32 @@ async def test_the_assistant_calls_a_tool_through_a_real_provider_client(
     # The second request carried the tool's result back to the model.
     second = provider.requests[1].json()
     assert any(m.get("role") == "tool" and m.get("content") == "36" for m in second["messages"])
+
+
+async def test_the_response_cache_answers_a_repeated_prompt_without_the_provider(
+    memory_server: RunningServer, backends: Backends, provider: ScriptedServer
+) -> None:
+    provider.script(openai_wire.completion("Hello from the model."))
+    llm = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+        cache_ttl_s=60,
+    )
+    tenant = credentials(f"cache-{uid()}")
+    prompt = f"say hello {uid()}"  # a prompt no earlier test cached
+    hits = REGISTRY.get_sample_value("agentmesh_llm_cache_lookups_total", {"result": "hit"}) or 0
+    async with _agent(memory_server.port, llm, backends.redis_url) as agent:
+        answers = [
+            await agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(name="agents/assistant", parts=_text(prompt)),
+                metadata=tenant,
+            )
+            for _ in range(2)
+        ]
+    assert [a.result.parts[0].text for a in answers] == ["Hello from the model."] * 2
+    assert len(provider.requests) == 1  # the second answer came from the cache
+    assert answers[0].result.usage.total_tokens == 18
+    assert answers[1].result.usage.total_tokens == 0  # a hit spends no tokens
+    after = REGISTRY.get_sample_value("agentmesh_llm_cache_lookups_total", {"result": "hit"})
+    assert after == hits + 1

@@ -15,10 +15,12 @@ from agentmesh.agent.runtime.record import RunRecorder
 from agentmesh.agent.runtime.runner import Runner
 from agentmesh.agent.servicer import AgentServicer
 from agentmesh.agent.settings import AgentSettings
+from agentmesh.core.redis import create_redis
 from agentmesh.core.server import ServiceSpec
-from agentmesh.core.settings import Settings
+from agentmesh.core.settings import ConfigError, Settings
 from agentmesh.langgraph import AgentmeshSaver, AgentmeshStore
 from agentmesh.langgraph._client import MemoryClient, open_memory_channel
+from agentmesh.llm.cache import RedisResponseCache
 from agentmesh.llm.models import ChatModels
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
@@ -59,7 +61,20 @@ async def build_agent(
             await channel.close(None)
 
         on_stop.append(close_channel)
-    resources = AgentResources(llm=llm, models=ChatModels(llm), memory=memory)
+    cache = None
+    if llm.cache_ttl_s:
+        if not settings.redis_url:
+            raise ConfigError(
+                "AGENTMESH_LLM_CACHE_TTL_S needs AGENTMESH_REDIS_URL (the cache is in Redis)"
+            )
+        cache_redis = create_redis(settings)
+        cache = RedisResponseCache(cache_redis, ttl_s=llm.cache_ttl_s)
+
+        async def close_cache() -> None:
+            await cache_redis.aclose()
+
+        on_stop.append(close_cache)
+    resources = AgentResources(llm=llm, models=ChatModels(llm, cache), memory=memory)
     found = (
         list(definitions)
         if definitions is not None

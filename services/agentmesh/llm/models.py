@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
+from langchain_core.caches import BaseCache
 from langchain_core.language_models import BaseChatModel
 from pydantic import SecretStr
 
@@ -111,8 +112,9 @@ class ChatModels:
     SDK client and connection pool, so reusing it reuses connections. Thread-safe.
     """
 
-    def __init__(self, settings: LlmSettings) -> None:
+    def __init__(self, settings: LlmSettings, cache: BaseCache | None = None) -> None:
         self.settings = settings
+        self._cache = cache
         self._models: dict[str, BaseChatModel] = {}
         self._lock = threading.Lock()
 
@@ -123,7 +125,10 @@ class ChatModels:
         with self._lock:
             found = self._models.get(key)
             if found is None:
-                found = self._models[key] = build_chat_model(key, self.settings)
+                found = build_chat_model(key, self.settings)
+                if self._cache is not None:  # the response cache, when configured
+                    found = found.model_copy(update={"cache": self._cache})
+                self._models[key] = found
             return found
 
     async def aget(self, model: str) -> BaseChatModel:

@@ -77,6 +77,11 @@ class LlmSettings:
     matching the schema, the validation error goes back to the model, until this many
     calls were made."""
 
+    cache_ttl_s: int = 0
+    """Seconds a model's answer is kept in the Redis response cache and given again for
+    the same messages, model and parameters (no provider call, no tokens); 0: no cache.
+    Needs ``AGENTMESH_REDIS_URL``."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LlmSettings:
         """Loads ``AGENTMESH_LLM_*`` from ``environ`` (default: ``os.environ``); raises
@@ -86,6 +91,7 @@ class LlmSettings:
     def checks(self) -> list[Check]:
         """Range checks of the LLM settings."""
         return [
+            ("cache_ttl_s", 0 <= self.cache_ttl_s <= 30 * 86_400, "expected 0-2592000"),
             (
                 "default_model",
                 self.default_model == ""
