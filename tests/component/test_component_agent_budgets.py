@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agentmesh.agent.app import build_agent
 from agentmesh.agent.runtime.budgets import BudgetExceededError, TenantBudgets, budget_storage
@@ -53,6 +54,12 @@ def _echo() -> agent_pb2.InvokeAgentRequest:
 
 async def test_runs_per_minute_are_shared_by_replicas(backends: Backends) -> None:
     agent = AgentSettings(tenant_runs_per_minute=3)
+    refused = (
+        REGISTRY.get_sample_value(
+            "agentmesh_agent_budget_refusals_total", {"budget": "runs_per_minute"}
+        )
+        or 0
+    )
     tenant, other = credentials(f"budget-{uid()}"), credentials(f"budget-{uid()}")
     async with (
         _replica(backends.redis_url, agent) as a,
@@ -71,6 +78,12 @@ async def test_runs_per_minute_are_shared_by_replicas(backends: Backends) -> Non
         assert any(d.Unpack(retry) for d in status.details)
         assert failure.violations[0].quota_value == 3
         assert 0 < retry.retry_delay.seconds <= 60
+        assert (
+            REGISTRY.get_sample_value(
+                "agentmesh_agent_budget_refusals_total", {"budget": "runs_per_minute"}
+            )
+            == refused + 1
+        )
         # Another tenant has a budget of its own.
         await a.InvokeAgent(_echo(), metadata=other)
 

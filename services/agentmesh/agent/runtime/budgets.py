@@ -20,16 +20,21 @@ from google.rpc import error_details_pb2
 from limits import RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
+from prometheus_client import Counter
 
 from agentmesh.core.errors import ERROR_DOMAIN, ResourceExhausted
 
 KEY_PREFIX: Final = "agentmesh:agent-budget"
+REFUSALS: Final = Counter(
+    "agentmesh_agent_budget_refusals_total", "Agent runs refused by a tenant budget.", ("budget",)
+)
 
 
 class BudgetExceededError(ResourceExhausted):
     """A tenant is over one of its agent budgets."""
 
     def __init__(self, budget: str, limit: int, unit: str, retry_after_s: float) -> None:
+        REFUSALS.labels(budget).inc()
         self.violation = error_details_pb2.QuotaFailure.Violation(
             subject=f"tenant:{budget}",
             description=f"at most {limit} {unit}",
