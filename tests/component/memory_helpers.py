@@ -7,9 +7,12 @@ a failed ``assert`` here explains itself as it would inside a test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -17,6 +20,7 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agentmesh.core.server import start_server
 from agentmesh.memory.app import build_memory
@@ -125,3 +129,31 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     info = error_details_pb2.ErrorInfo()
     assert any(detail.Unpack(info) for detail in status.details)
     return info
+
+
+# ------------------------------------------------------------------ waiting, ports, metrics
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
+    """Waits until ``check()`` is true, at most ``timeout_s`` (then fails naming ``what``)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def agent_runs(agent: str, outcome: str) -> float:
+    """``agentmesh_agent_runs_total`` of this process for ``agent`` and ``outcome``."""
+    value = REGISTRY.get_sample_value(
+        "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
+    )
+    return value or 0.0

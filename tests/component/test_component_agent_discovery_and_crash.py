@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
@@ -28,7 +26,6 @@ import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from prometheus_client import REGISTRY
 
 from agentmesh.agent.app import SERVICE_NAME, build_agent
 from agentmesh.agent.settings import AgentSettings
@@ -39,7 +36,7 @@ from agentmesh.devstack.env import child_env
 from agentmesh.devstack.stack import check_health
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from component.conftest import SECRET, Metadata
-from component.memory_helpers import uid
+from component.memory_helpers import agent_runs, eventually, free_port, uid
 
 if TYPE_CHECKING:
     AgentStub: TypeAlias = agent_pb2_grpc.AgentServiceAsyncStub
@@ -106,26 +103,11 @@ def _struct(**values: str) -> struct_pb2.Struct:
     return message
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @asynccontextmanager
 async def _agent_process(
     memory_port: int, work: Path, name: str
 ) -> AsyncIterator[tuple[ChildProcess, AgentStub]]:
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = child_env(
         os.environ,
@@ -154,7 +136,7 @@ async def _agent_process(
             status = await asyncio.to_thread(check_health, address, SERVICE_NAME, timeout_s=0.5)
             return status == "SERVING"
 
-        await _eventually(serving, f"{name} SERVING", timeout_s=60.0)
+        await eventually(serving, f"{name} SERVING", timeout_s=60.0)
         async with grpc.aio.insecure_channel(address) as channel:
             yield child, cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
     finally:
@@ -190,7 +172,7 @@ async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoi
             )
             return await steps() == ["first"] and count >= 2
 
-        await _eventually(first_step_checkpointed, "the first step and its checkpoint", 30.0)
+        await eventually(first_step_checkpointed, "the first step and its checkpoint", 30.0)
         os.kill(first.pid, signal.SIGKILL)  # mid-graph: the second step waits
         with pytest.raises(grpc.aio.AioRpcError):
             await call
@@ -242,16 +224,16 @@ async def test_a_cancelled_call_stops_its_graph(
             timeout=60,
         )
         reading = asyncio.ensure_future(_drain_events(call))
-        await _eventually(first_done, "the first step", 30.0)
-        cancelled_before = _runs("slow-test", "error: cancelled")
+        await eventually(first_done, "the first step", 30.0)
+        cancelled_before = agent_runs("slow-test", "error: cancelled")
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading
 
         async def run_cancelled() -> bool:
-            return _runs("slow-test", "error: cancelled") == cancelled_before + 1
+            return agent_runs("slow-test", "error: cancelled") == cancelled_before + 1
 
-        await _eventually(run_cancelled, "the server to end the run as cancelled", 30.0)
+        await eventually(run_cancelled, "the server to end the run as cancelled", 30.0)
         (work / "release").touch()
         await asyncio.sleep(0.5)  # what a still-running node would need to finish
         assert counter.read_text().split() == ["first"]
@@ -259,13 +241,6 @@ async def test_a_cancelled_call_stops_its_graph(
 
 async def _drain_events(call: object) -> list[agent_pb2.AgentEvent]:
     return [event async for event in call]  # type: ignore[attr-defined]
-
-
-def _runs(agent: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
-    )
-    return value or 0.0
 
 
 async def test_a_run_past_its_time_is_deadline_exceeded_and_stops(
@@ -278,7 +253,7 @@ async def test_a_run_past_its_time_is_deadline_exceeded_and_stops(
     monkeypatch.setenv("AGENTMESH_TEST_COUNTER_FILE", str(work / "counter"))
     monkeypatch.setenv("AGENTMESH_TEST_RELEASE_FILE", str(work / "release"))
     agent = AgentSettings(graphs="agentmesh_test_agents:slow_agent", run_timeout_s=1.0)
-    before = _runs("slow-test", "error: run_deadline")
+    before = agent_runs("slow-test", "error: run_deadline")
     async with _served(agent) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.InvokeAgent(
@@ -289,6 +264,6 @@ async def test_a_run_past_its_time_is_deadline_exceeded_and_stops(
                 timeout=30,
             )
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _runs("slow-test", "error: run_deadline") == before + 1
+    assert agent_runs("slow-test", "error: run_deadline") == before + 1
     (work / "release").touch()
     assert (work / "counter").read_text().split() == ["first"]

@@ -17,7 +17,6 @@ from google.protobuf import struct_pb2
 from langchain_core.messages import AIMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
-from prometheus_client import REGISTRY
 
 from agentmesh.agent.agents import builtin_agents
 from agentmesh.agent.app import build_agent
@@ -26,7 +25,7 @@ from agentmesh.core.server import RunningServer, start_server
 from agentmesh.core.settings import Settings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2, memory_pb2_grpc
 from component.conftest import SECRET, Metadata
-from component.memory_helpers import expect_error, field_violations, uid
+from component.memory_helpers import agent_runs, expect_error, field_violations, uid
 
 if TYPE_CHECKING:
     AgentStub: TypeAlias = agent_pb2_grpc.AgentServiceAsyncStub
@@ -392,7 +391,7 @@ async def _drain(call: Any) -> list[agent_pb2.AgentEvent]:
 async def test_every_run_records_its_decision_in_memory(
     agent: AgentStub, memory_server: RunningServer, tenant_a: Metadata
 ) -> None:
-    completed_before = _sample("calculator", "completed")
+    completed_before = agent_runs("calculator", "completed")
     session = f"sessions/s{uid()}"
     response = await agent.InvokeAgent(
         agent_pb2.InvokeAgentRequest(
@@ -403,7 +402,7 @@ async def test_every_run_records_its_decision_in_memory(
         metadata=tenant_a,
     )
     run_id = response.result.run_id
-    assert _sample("calculator", "completed") == completed_before + 1
+    assert agent_runs("calculator", "completed") == completed_before + 1
     async with grpc.aio.insecure_channel(f"127.0.0.1:{memory_server.port}") as channel:
         memory = cast("Any", memory_pb2_grpc.MemoryServiceStub(channel))
         found: list[Any] = []
@@ -423,10 +422,3 @@ async def test_every_run_records_its_decision_in_memory(
     assert decision.input_summary == "6 * 7"
     assert decision.metadata["run_id"] == run_id
     assert decision.latency.ToNanoseconds() > 0
-
-
-def _sample(agent: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "agentmesh_agent_runs_total", {"agent": agent, "outcome": outcome}
-    )
-    return value or 0.0

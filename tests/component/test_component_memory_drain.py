@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +30,7 @@ from agentmesh.devstack.stack import check_health
 from agentmesh.memory.app import SERVICE_NAME
 from agentmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
 from component.conftest import SECRET, Backends, credentials
+from component.memory_helpers import eventually, free_port
 
 DRAIN_GRACE_S = 30.0
 """Long enough that the in-flight call, released by the test, finishes well inside it:
@@ -40,21 +39,6 @@ WAIT_S = 20.0
 TENANT = "drain-tenant"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -67,7 +51,7 @@ class Process:
 @pytest.fixture
 async def memory_process(backends: Backends) -> AsyncIterator[Process]:
     """``python -m agentmesh.memory`` on a free port, SERVING; stopped by PID at the end."""
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = child_env(
         os.environ,
