@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import jsonschema  # type: ignore[import-untyped]  # ships no type hints
 from google.protobuf import json_format, struct_pb2
 
 from agentmesh.agent.settings import AgentSettings
+from agentmesh.core.json_schema import compile_schema, schema_violations
+from agentmesh.core.json_schema import whole_numbers as _integral
 from agentmesh.core.names import JOBS, SESSIONS
 from agentmesh.core.validation import NUL, NUL_RULE, Violations
 from agentmesh.v1 import agent_pb2, common_pb2
@@ -23,8 +24,10 @@ THREAD_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODEL_KEY: Final = "agentmesh_model"
 """``configurable`` key of the model a run uses: graphs that call a model read it."""
 MAX_MODEL_CHARS: Final = 256
-MAX_SCHEMA_ERRORS: Final = 20
-"""Schema errors reported at most: the first ones say enough, the rest cost."""
+
+
+input_validator = compile_schema
+"""The validator of an agent's input schema (None: the agent declares none)."""
 
 
 @dataclass(frozen=True)
@@ -105,38 +108,6 @@ def parts_text(parts: Sequence[common_pb2.Part], violations: Violations) -> str:
         else:
             violations.add(f"parts[{i}]", "empty part: set one of text, data or uri")
     return "\n".join(pieces)
-
-
-def input_validator(schema: Mapping[str, Any]) -> Any:
-    """The validator of an agent's input schema, built once per agent (building one
-    costs more than most validations); None when the agent declares no schema."""
-    return jsonschema.Draft202012Validator(dict(schema)) if schema else None
-
-
-def schema_violations(
-    value: Mapping[str, Any], validator: Any, violations: Violations, *, field: str
-) -> None:
-    """One violation per JSON Schema error of ``value``, on its path under ``field``."""
-    if validator is None:
-        return
-    for count, error in enumerate(validator.iter_errors(dict(value))):
-        if count >= MAX_SCHEMA_ERRORS:
-            violations.add(field, f"more than {MAX_SCHEMA_ERRORS} schema errors")
-            break
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        violations.add(field + path, error.message)
-
-
-def _integral(value: Any) -> Any:
-    """JSON numbers as graphs expect them: a Struct holds every number as a double,
-    so ``2`` arrives as ``2.0``; whole numbers become ints (equal in JSON)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
 
 
 def _input_size(input_: struct_pb2.Struct, parts: Sequence[common_pb2.Part]) -> int:
