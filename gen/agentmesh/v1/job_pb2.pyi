@@ -44,6 +44,11 @@ class _JobStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumT
     """Failed after its last attempt; `error` says why. Terminal (RetryJob re-opens)."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 6
     """Cancelled by a client. Terminal (RetryJob re-opens)."""
+    JOB_STATE_CANCELLING: _JobState.ValueType  # 7
+    """A client cancelled the job while a worker runs it; the worker stops at the
+    run's next step and the job becomes CANCELLED (also when the worker died:
+    when its lease expires).
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """The lifecycle state of a job."""
@@ -62,6 +67,11 @@ JOB_STATE_FAILED: JobState.ValueType  # 5
 """Failed after its last attempt; `error` says why. Terminal (RetryJob re-opens)."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
 """Cancelled by a client. Terminal (RetryJob re-opens)."""
+JOB_STATE_CANCELLING: JobState.ValueType  # 7
+"""A client cancelled the job while a worker runs it; the worker stops at the
+run's next step and the job becomes CANCELLED (also when the worker died:
+when its lease expires).
+"""
 global___JobState = JobState
 
 class _JobPriority:
@@ -129,7 +139,11 @@ global___RetryPolicy = RetryPolicy
 
 @typing.final
 class Progress(google.protobuf.message.Message):
-    """Progress reported by the running agent."""
+    """Progress reported by the running agent. The worker sets `stage` to the graph
+    node that last ran and `message` to the agent's latest text; a graph that
+    writes a `progress` state key (`{"percent": 40, "stage": "...", "message":
+    "..."}`) sets them itself. Percent is 100 when the job succeeds.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

@@ -32,8 +32,18 @@ class JobServiceStub:
 
     State machine (anything else is FAILED_PRECONDITION):
     PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
-    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    RUNNING → PENDING (a failed attempt with attempts left, retried after its
+    backoff; a worker that stopped or died hands the job back)
+    PENDING | INPUT_REQUIRED → CANCELLED (CancelJob: no worker holds the job)
+    RUNNING → CANCELLING → CANCELLED (CancelJob while a worker runs it: the
+    worker stops at the run's next step and confirms; if the worker died, the
+    job is CANCELLED when its lease expires, within seconds)
     FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Delivery is at least once, completion exactly once: every change is a
+    conditional update on the job's state and the attempt's fencing token, so a
+    redelivered or stale message can neither finish a job twice nor revive a
+    cancelled one.
 
     Every RPC may return UNAUTHENTICATED (missing or invalid token) and
     UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
@@ -89,8 +99,18 @@ class JobServiceServicer:
 
     State machine (anything else is FAILED_PRECONDITION):
     PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
-    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    RUNNING → PENDING (a failed attempt with attempts left, retried after its
+    backoff; a worker that stopped or died hands the job back)
+    PENDING | INPUT_REQUIRED → CANCELLED (CancelJob: no worker holds the job)
+    RUNNING → CANCELLING → CANCELLED (CancelJob while a worker runs it: the
+    worker stops at the run's next step and confirms; if the worker died, the
+    job is CANCELLED when its lease expires, within seconds)
     FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Delivery is at least once, completion exactly once: every change is a
+    conditional update on the job's state and the attempt's fencing token, so a
+    redelivered or stale message can neither finish a job twice nor revive a
+    cancelled one.
 
     Every RPC may return UNAUTHENTICATED (missing or invalid token) and
     UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
@@ -122,9 +142,13 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Cancels a job that has not ended; a running attempt is asked to stop and the
-        job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+        """Cancels a job that has not ended. The intent is stored before the answer: a
+        PENDING or INPUT_REQUIRED job is CANCELLED at once (a queued message for it
+        never starts a run); a RUNNING job answers CANCELLING and becomes CANCELLED
+        when its worker has stopped (watch it, or get it again). Cancelling a
+        CANCELLING or CANCELLED job returns it unchanged.
+        Errors: INVALID_ARGUMENT (malformed name, reason over 1,024 characters),
+        NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,9 +172,12 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams a job: first its current state, then every change, until it ends.
-        With `after_sequence`, replays the changes after that point first, so a
-        client resumes watching without missing one.
+        """Streams a job: first its current state, then every change, until it ends
+        (the last event carries the terminal state; a job already terminal sends
+        one event). With `after_sequence`, replays the changes after that point
+        first, so a client resumes watching without missing one; the service keeps
+        a job's latest 1,000 changes, and a resume from before them starts with the
+        current state.
         Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
         beyond the job's last change).
         """
@@ -211,8 +238,18 @@ class JobService:
 
     State machine (anything else is FAILED_PRECONDITION):
     PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
-    PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+    RUNNING → PENDING (a failed attempt with attempts left, retried after its
+    backoff; a worker that stopped or died hands the job back)
+    PENDING | INPUT_REQUIRED → CANCELLED (CancelJob: no worker holds the job)
+    RUNNING → CANCELLING → CANCELLED (CancelJob while a worker runs it: the
+    worker stops at the run's next step and confirms; if the worker died, the
+    job is CANCELLED when its lease expires, within seconds)
     FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Delivery is at least once, completion exactly once: every change is a
+    conditional update on the job's state and the attempt's fencing token, so a
+    redelivered or stale message can neither finish a job twice nor revive a
+    cancelled one.
 
     Every RPC may return UNAUTHENTICATED (missing or invalid token) and
     UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).

@@ -278,6 +278,13 @@ class JobState(betterproto2.Enum):
     Cancelled by a client. Terminal (RetryJob re-opens).
     """
 
+    CANCELLING = 7
+    """
+    A client cancelled the job while a worker runs it; the worker stops at the
+    run's next step and the job becomes CANCELLED (also when the worker died:
+    when its lease expires).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -288,6 +295,7 @@ class JobState(betterproto2.Enum):
             4: "JOB_STATE_SUCCEEDED",
             5: "JOB_STATE_FAILED",
             6: "JOB_STATE_CANCELLED",
+            7: "JOB_STATE_CANCELLING",
         }
 
     @classmethod
@@ -300,6 +308,7 @@ class JobState(betterproto2.Enum):
             "JOB_STATE_SUCCEEDED": 4,
             "JOB_STATE_FAILED": 5,
             "JOB_STATE_CANCELLED": 6,
+            "JOB_STATE_CANCELLING": 7,
         }
 
 
@@ -2816,7 +2825,10 @@ default_message_pool.register_message("agentmesh.v1", "PendingWrite", PendingWri
 @dataclass(eq=False, repr=False)
 class Progress(betterproto2.Message):
     """
-    Progress reported by the running agent.
+    Progress reported by the running agent. The worker sets `stage` to the graph
+    node that last ran and `message` to the agent's latest text; a graph that
+    writes a `progress` state key (`{"percent": 40, "stage": "...", "message":
+    "..."}`) sets them itself. Percent is 100 when the job succeeds.
     """
 
     percent: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
@@ -4342,8 +4354,18 @@ class JobServiceStub:
 
     State machine (anything else is FAILED_PRECONDITION):
       PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
-      PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+      RUNNING → PENDING (a failed attempt with attempts left, retried after its
+        backoff; a worker that stopped or died hands the job back)
+      PENDING | INPUT_REQUIRED → CANCELLED (CancelJob: no worker holds the job)
+      RUNNING → CANCELLING → CANCELLED (CancelJob while a worker runs it: the
+        worker stops at the run's next step and confirms; if the worker died, the
+        job is CANCELLED when its lease expires, within seconds)
       FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Delivery is at least once, completion exactly once: every change is a
+    conditional update on the job's state and the attempt's fencing token, so a
+    redelivered or stale message can neither finish a job twice nor revive a
+    cancelled one.
 
     Every RPC may return UNAUTHENTICATED (missing or invalid token) and
     UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
@@ -4391,9 +4413,13 @@ class JobServiceStub:
 
     def cancel_job(self, message: "CancelJobRequest") -> "Job":
         """
-        Cancels a job that has not ended; a running attempt is asked to stop and the
-        job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+        Cancels a job that has not ended. The intent is stored before the answer: a
+        PENDING or INPUT_REQUIRED job is CANCELLED at once (a queued message for it
+        never starts a run); a RUNNING job answers CANCELLING and becomes CANCELLED
+        when its worker has stopped (watch it, or get it again). Cancelling a
+        CANCELLING or CANCELLED job returns it unchanged.
+        Errors: INVALID_ARGUMENT (malformed name, reason over 1,024 characters),
+        NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
         """
 
         return self._channel.unary_unary(
@@ -4429,9 +4455,12 @@ class JobServiceStub:
 
     def watch_job(self, message: "WatchJobRequest") -> "Iterator[JobEvent]":
         """
-        Streams a job: first its current state, then every change, until it ends.
-        With `after_sequence`, replays the changes after that point first, so a
-        client resumes watching without missing one.
+        Streams a job: first its current state, then every change, until it ends
+        (the last event carries the terminal state; a job already terminal sends
+        one event). With `after_sequence`, replays the changes after that point
+        first, so a client resumes watching without missing one; the service keeps
+        a job's latest 1,000 changes, and a resume from before them starts with the
+        current state.
         Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
         beyond the job's last change).
         """
@@ -4451,8 +4480,18 @@ class JobServiceAsyncStub(betterproto2_grpclib.ServiceStub):
 
     State machine (anything else is FAILED_PRECONDITION):
       PENDING → RUNNING → (INPUT_REQUIRED ⇄ RUNNING) → SUCCEEDED | FAILED | CANCELLED
-      PENDING | RUNNING | INPUT_REQUIRED → CANCELLED (CancelJob)
+      RUNNING → PENDING (a failed attempt with attempts left, retried after its
+        backoff; a worker that stopped or died hands the job back)
+      PENDING | INPUT_REQUIRED → CANCELLED (CancelJob: no worker holds the job)
+      RUNNING → CANCELLING → CANCELLED (CancelJob while a worker runs it: the
+        worker stops at the run's next step and confirms; if the worker died, the
+        job is CANCELLED when its lease expires, within seconds)
       FAILED | CANCELLED → PENDING (RetryJob, a new attempt)
+
+    Delivery is at least once, completion exactly once: every change is a
+    conditional update on the job's state and the attempt's fencing token, so a
+    redelivered or stale message can neither finish a job twice nor revive a
+    cancelled one.
 
     Every RPC may return UNAUTHENTICATED (missing or invalid token) and
     UNAVAILABLE (storage or broker down; retry idempotent methods with backoff).
@@ -4534,9 +4573,13 @@ class JobServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "Job":
         """
-        Cancels a job that has not ended; a running attempt is asked to stop and the
-        job becomes CANCELLED. Cancelling a CANCELLED job returns it unchanged.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
+        Cancels a job that has not ended. The intent is stored before the answer: a
+        PENDING or INPUT_REQUIRED job is CANCELLED at once (a queued message for it
+        never starts a run); a RUNNING job answers CANCELLING and becomes CANCELLED
+        when its worker has stopped (watch it, or get it again). Cancelling a
+        CANCELLING or CANCELLED job returns it unchanged.
+        Errors: INVALID_ARGUMENT (malformed name, reason over 1,024 characters),
+        NOT_FOUND, FAILED_PRECONDITION (already SUCCEEDED or FAILED).
         """
 
         return await self._unary_unary(
@@ -4602,9 +4645,12 @@ class JobServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[JobEvent]":
         """
-        Streams a job: first its current state, then every change, until it ends.
-        With `after_sequence`, replays the changes after that point first, so a
-        client resumes watching without missing one.
+        Streams a job: first its current state, then every change, until it ends
+        (the last event carries the terminal state; a job already terminal sends
+        one event). With `after_sequence`, replays the changes after that point
+        first, so a client resumes watching without missing one; the service keeps
+        a job's latest 1,000 changes, and a resume from before them starts with the
+        current state.
         Errors: INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE (`after_sequence` is
         beyond the job's last change).
         """
