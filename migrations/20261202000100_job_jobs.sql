@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS job.request_ids (
     request_id  text        NOT NULL,
     claim       uuid        NOT NULL DEFAULT gen_random_uuid(),
     response    bytea,
+    fingerprint bytea,                 -- of the request that claimed the key
     expire_time timestamptz NOT NULL,
     PRIMARY KEY (tenant, method, request_id)
 );

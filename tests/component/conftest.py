@@ -38,7 +38,7 @@ SECRET = "component-memory-secret-of-32-bytes-min"
 Metadata = tuple[tuple[str, str], ...]
 
 # The shared helpers of the test modules assert too: have pytest explain their failures.
-pytest.register_assert_rewrite("component.memory_helpers")
+pytest.register_assert_rewrite("component.memory_helpers", "component.job_helpers")
 
 
 def credentials(tenant: str) -> Metadata:
@@ -62,6 +62,8 @@ class Backends:
     memory_url: str
     """As the Memory service's login role: what the service under test connects as."""
     redis_url: str
+    job_url: str = ""
+    """As the Job service's login role (the Job service and its workers)."""
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +81,7 @@ def backends() -> Iterator[Backends]:
         yield Backends(
             database_url=postgres.database_url,
             memory_url=service_url(postgres, "memory"),
+            job_url=service_url(postgres, "job"),
             redis_url=cache.url,
         )
     finally:

@@ -190,6 +190,28 @@ class DeadlineExceeded(DomainError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class OutOfRange(DomainError):
+    """A position past the end of what exists, e.g. a watch resumed after a change
+    that never happened; the field says which (``BadRequest``)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+    def __init__(self, field: str, description: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {description}", reason="OUT_OF_RANGE")
+
+    def details(self) -> Sequence[Message]:
+        return (
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.message
+                    )
+                ]
+            ),
+        )
+
+
 class Aborted(DomainError):
     """A concurrency conflict (e.g. an etag mismatch); the client may retry the sequence."""
 

@@ -122,6 +122,12 @@ def _check_json_text(text: str, field: str) -> None:
     )
 
 
+def check_json_value(value: Any, *, field: str) -> None:
+    """A parsed JSON value as ``jsonb`` stores it: nested at most ``MAX_JSON_DEPTH``, no
+    NUL and no lone surrogate in its keys and strings; INVALID_ARGUMENT on ``field``."""
+    _check_json_strings(value, field)
+
+
 def json_object(text: str, *, field: str, max_bytes: int) -> dict[str, Any]:
     """JSON object text as a ``jsonb`` column takes it: at most ``max_bytes`` (UTF-8),
     strict JSON (no ``NaN``/``Infinity``), an object nested at most ``MAX_JSON_DEPTH``,

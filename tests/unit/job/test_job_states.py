@@ -10,6 +10,8 @@ from agentmesh.job.domain.states import (
     TERMINAL,
     TRANSITIONS,
     State,
+    after_failure,
+    after_lost_worker,
     allowed,
     cancel_target,
     check_resume,
@@ -98,3 +100,17 @@ def test_retry_only_after_failure_or_cancel() -> None:
         with pytest.raises(FailedPrecondition) as caught:
             check_retry("j", state)
         assert caught.value.violations[0][0] == "STATE"
+
+
+def test_a_failed_attempt_retries_only_when_transient_and_attempts_are_left() -> None:
+    assert after_failure(transient=True, attempt=1, attempt_limit=3) is State.PENDING
+    assert after_failure(transient=True, attempt=3, attempt_limit=3) is State.FAILED
+    assert after_failure(transient=False, attempt=1, attempt_limit=3) is State.FAILED
+
+
+def test_a_lost_worker_costs_an_attempt_and_completes_a_cancel() -> None:
+    assert after_lost_worker(State.RUNNING, attempt=1, attempt_limit=3) is State.PENDING
+    assert after_lost_worker(State.RUNNING, attempt=3, attempt_limit=3) is State.FAILED
+    assert after_lost_worker(State.CANCELLING, attempt=3, attempt_limit=3) is State.CANCELLED
+    for state in (State.RUNNING, State.CANCELLING):
+        assert allowed(state, after_lost_worker(state, attempt=1, attempt_limit=2))

@@ -16,6 +16,7 @@ from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.json_schema import compile_schema, schema_violations
 from agentmesh.core.json_schema import whole_numbers as _integral
 from agentmesh.core.names import JOBS, SESSIONS
+from agentmesh.core.run_input import parts_text
 from agentmesh.core.validation import NUL, NUL_RULE, Violations
 from agentmesh.v1 import agent_pb2, common_pb2
 
@@ -89,25 +90,6 @@ def check_options(
     if len(options.model) > MAX_MODEL_CHARS or NUL in options.model:
         violations.add("options.model", f"at most {MAX_MODEL_CHARS} characters, {NUL_RULE}")
     return options.max_steps or settings.default_max_steps
-
-
-def parts_text(parts: Sequence[common_pb2.Part], violations: Violations) -> str:
-    """The user's message from the parts: text as is, data as JSON, URIs as text."""
-    pieces: list[str] = []
-    for i, part in enumerate(parts):
-        kind = part.WhichOneof("kind")
-        if kind in {"text", "uri"}:
-            text = getattr(part, kind)
-            if NUL in text:
-                violations.add(f"parts[{i}].{kind}", NUL_RULE)
-            pieces.append(text)
-        elif kind == "data":
-            pieces.append(json.dumps(json_format.MessageToDict(part.data), sort_keys=True))
-        elif kind == "blob":
-            violations.add(f"parts[{i}].blob", "binary parts are not taken by agents yet")
-        else:
-            violations.add(f"parts[{i}]", "empty part: set one of text, data or uri")
-    return "\n".join(pieces)
 
 
 def _input_size(input_: struct_pb2.Struct, parts: Sequence[common_pb2.Part]) -> int:

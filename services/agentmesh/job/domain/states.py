@@ -101,3 +101,18 @@ def check_retry(job_id: str, state: State) -> None:
     """RetryJob re-opens a FAILED or CANCELLED job only."""
     if state not in (State.FAILED, State.CANCELLED):
         raise _refusal(job_id, state, "RetryJob", "FAILED or CANCELLED; only ended jobs retry")
+
+
+def after_failure(*, transient: bool, attempt: int, attempt_limit: int) -> State:
+    """Where a failed attempt leaves its job: PENDING for another attempt when the
+    failure may pass and attempts are left, else FAILED."""
+    return State.PENDING if transient and attempt < attempt_limit else State.FAILED
+
+
+def after_lost_worker(state: State, *, attempt: int, attempt_limit: int) -> State:
+    """Where a job goes when its worker's lease expired (the worker died or hung): a
+    cancel in progress completes; otherwise the attempt counts as failed (so a job
+    that kills every worker that runs it does not run forever)."""
+    if state is State.CANCELLING:
+        return State.CANCELLED
+    return after_failure(transient=True, attempt=attempt, attempt_limit=attempt_limit)
