@@ -127,3 +127,33 @@ def test_missing_service_in_descriptor_is_an_error(tmp_path: Path) -> None:
     empty.write_bytes(descriptor_pb2.FileDescriptorSet().SerializeToString())
     with pytest.raises(LookupError, match="make gen"):
         render_envoy_config(dev_values(ports=PORTS, descriptor_path=empty))
+
+
+def test_sse_route_reframes_streams_and_changes_nothing_else(descriptor_set: Path) -> None:
+    # A client asking for text/event-stream gets the transcoder's config with SSE
+    # framing instead of NDJSON, and otherwise the very same settings and route.
+    config = yaml.safe_load(
+        render_envoy_config(dev_values(ports=PORTS, descriptor_path=descriptor_set))
+    )
+    external = listener(config, "external")
+    name = "envoy.filters.http.grpc_json_transcoder"
+    (transcoder,) = [f["typed_config"] for f in external["http_filters"] if f["name"] == name]
+    routes = external["route_config"]["virtual_hosts"][0]["routes"]
+    sse_route, rest_route = [r for r in routes if r["match"].get("prefix") == "/"][-2:]
+    assert sse_route["match"]["headers"] == [
+        {"name": "accept", "string_match": {"contains": "text/event-stream"}}
+    ]
+    assert "headers" not in rest_route["match"]
+    assert sse_route["route"] == rest_route["route"]
+    override = dict(sse_route["typed_per_filter_config"][name])
+    sse_print = override.pop("print_options")
+    ndjson_print = dict(transcoder)
+    default_print = ndjson_print.pop("print_options")
+    assert override == ndjson_print
+    assert default_print.pop("stream_newline_delimited") is True
+    assert sse_print.pop("stream_sse_style_delimited") is True
+    assert sse_print == default_print
+    assert (
+        sse_route["typed_per_filter_config"]["envoy.filters.http.buffer"]
+        == rest_route["typed_per_filter_config"]["envoy.filters.http.buffer"]
+    )

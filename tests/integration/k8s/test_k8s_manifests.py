@@ -254,9 +254,10 @@ def test_envoy_config_matches_the_renderer(tmp_path: Path) -> None:
 
 def test_envoy_accepts_the_k8s_config(tmp_path: Path) -> None:
     # The config loads the descriptor set from the path it has inside the pod; point
-    # that one path at the local copy so Envoy can build every filter here, offline.
+    # that path at the local copy so Envoy can build every filter here, offline. It
+    # appears twice: the transcoder's own config and its per-route SSE override.
     text = ENVOY_CONFIG.read_text()
-    assert text.count(POD_DESCRIPTOR_PATH) == 1
+    assert text.count(POD_DESCRIPTOR_PATH) == 2
     local = tmp_path / "envoy.yaml"
     local.write_text(text.replace(POD_DESCRIPTOR_PATH, str(paths.descriptor_set())))
     validate_envoy_config(local)
