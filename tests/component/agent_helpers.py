@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import grpc
 
 from agentmesh.agent.app import SERVICE_NAME, build_agent
+from agentmesh.agent.definition import AgentDefinition
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.server import RunningServer, start_server
 from agentmesh.core.settings import Settings
@@ -51,11 +52,16 @@ def agent_settings(memory_port: int | None = None) -> Settings:
 
 @asynccontextmanager
 async def served_agent(
-    agent: AgentSettings, memory_port: int | None = None
+    agent: AgentSettings,
+    memory_port: int | None = None,
+    *,
+    definitions: Sequence[AgentDefinition] | None = None,
 ) -> AsyncIterator[AgentStub]:
-    """An Agent server in this process, built by ``build_agent``, and a stub of it."""
+    """An Agent server in this process, built by ``build_agent`` (with only
+    ``definitions`` when given), and a stub of it."""
     settings = agent_settings(memory_port)
-    running: RunningServer = await start_server(settings, await build_agent(settings, agent))
+    spec = await build_agent(settings, agent, definitions=definitions)
+    running: RunningServer = await start_server(settings, spec)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
