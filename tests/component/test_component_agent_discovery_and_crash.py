@@ -15,64 +15,31 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from agentmesh.agent.app import SERVICE_NAME, build_agent
+from agentmesh.agent.app import build_agent
 from agentmesh.agent.settings import AgentSettings
-from agentmesh.core.server import RunningServer, start_server
-from agentmesh.core.settings import ConfigError, Settings
+from agentmesh.core.server import RunningServer
+from agentmesh.core.settings import ConfigError
 from agentmesh.devstack._proc import ChildProcess
-from agentmesh.devstack.env import child_env
-from agentmesh.devstack.stack import check_health
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
-from component.conftest import SECRET, Metadata
-from component.memory_helpers import agent_runs, eventually, free_port, uid
-
-if TYPE_CHECKING:
-    AgentStub: TypeAlias = agent_pb2_grpc.AgentServiceAsyncStub
-else:
-    AgentStub = agent_pb2_grpc.AgentServiceStub
-
-FIXTURES = Path(__file__).resolve().parent.parent / "agent_fixtures"
-
-
-def _settings() -> Settings:
-    return Settings.from_env(
-        {
-            "AGENTMESH_GRPC_PORT": "0",
-            "AGENTMESH_METRICS_PORT": "0",
-            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
-        },
-        service="agent",
-    )
-
-
-@asynccontextmanager
-async def _served(agent: AgentSettings) -> AsyncIterator[AgentStub]:
-    settings = _settings()
-    running: RunningServer = await start_server(settings, await build_agent(settings, agent))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
-    finally:
-        await running.stop(0)
+from agentmesh.v1 import agent_pb2, common_pb2
+from component.agent_helpers import FIXTURES, AgentStub, agent_process, agent_settings, served_agent
+from component.conftest import Metadata
+from component.memory_helpers import agent_runs, eventually, uid
 
 
 async def test_an_installed_package_declares_an_agent_through_the_entry_point(
     monkeypatch: pytest.MonkeyPatch, tenant_a: Metadata
 ) -> None:
     monkeypatch.syspath_prepend(str(FIXTURES))  # as if pip-installed: its dist-info is found
-    async with _served(AgentSettings()) as stub:
+    async with served_agent(AgentSettings()) as stub:
         listed = await stub.ListAgents(agent_pb2.ListAgentsRequest(), metadata=tenant_a)
         assert {a.name for a in listed.agents} >= {"agents/echo", "agents/greeter"}
         response = await stub.InvokeAgent(
@@ -86,13 +53,13 @@ async def test_a_setting_names_an_agent_by_module_and_attribute(
     monkeypatch: pytest.MonkeyPatch, tenant_a: Metadata
 ) -> None:
     monkeypatch.syspath_prepend(str(FIXTURES))
-    async with _served(AgentSettings(graphs="agentmesh_test_agents:slow_agent")) as stub:
+    async with served_agent(AgentSettings(graphs="agentmesh_test_agents:slow_agent")) as stub:
         card = await stub.GetAgent(
             agent_pb2.GetAgentRequest(name="agents/slow-test"), metadata=tenant_a
         )
         assert card.display_name == "Slow (test)"
     for bad in ("no_such_module:agent", "agentmesh_test_agents:missing", "no-colon"):
-        settings = _settings()
+        settings = agent_settings()
         with pytest.raises(ConfigError):
             await build_agent(settings, AgentSettings(graphs=bad))
 
@@ -103,44 +70,17 @@ def _struct(**values: str) -> struct_pb2.Struct:
     return message
 
 
-@asynccontextmanager
-async def _agent_process(
+def _slow_process(
     memory_port: int, work: Path, name: str
-) -> AsyncIterator[tuple[ChildProcess, AgentStub]]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = child_env(
-        os.environ,
-        {
-            "AGENTMESH_ENV": "dev",
-            "AGENTMESH_GRPC_HOST": "127.0.0.1",
-            "AGENTMESH_GRPC_PORT": str(port),
-            "AGENTMESH_METRICS_PORT": "0",
-            "AGENTMESH_AUTH_HS256_SECRET": SECRET,
-            "AGENTMESH_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
-            "AGENTMESH_AGENT_GRAPHS": "agentmesh_test_agents:slow_agent",
-            "AGENTMESH_TEST_COUNTER_FILE": str(work / "counter"),
-            "AGENTMESH_TEST_RELEASE_FILE": str(work / "release"),
-            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        },
-        drop_otlp=True,
+) -> AbstractAsyncContextManager[tuple[ChildProcess, AgentStub]]:
+    return agent_process(
+        memory_port,
+        work,
+        name,
+        AGENTMESH_AGENT_GRAPHS="agentmesh_test_agents:slow_agent",
+        AGENTMESH_TEST_COUNTER_FILE=str(work / "counter"),
+        AGENTMESH_TEST_RELEASE_FILE=str(work / "release"),
     )
-    child = ChildProcess(
-        name, [sys.executable, "-m", "agentmesh.agent"], log_path=work / f"{name}.log", env=env
-    )
-    try:
-
-        async def serving() -> bool:
-            if child.returncode() is not None:
-                raise AssertionError(f"{name} exited {child.returncode()}:\n{child.log_tail()}")
-            status = await asyncio.to_thread(check_health, address, SERVICE_NAME, timeout_s=0.5)
-            return status == "SERVING"
-
-        await eventually(serving, f"{name} SERVING", timeout_s=60.0)
-        async with grpc.aio.insecure_channel(address) as channel:
-            yield child, cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
-    finally:
-        await asyncio.to_thread(child.stop, 10.0)
 
 
 async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoing_steps(
@@ -153,7 +93,7 @@ async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoi
     async def steps() -> list[str]:
         return counter.read_text().split() if counter.exists() else []
 
-    async with _agent_process(memory_server.port, work, "agent-a") as (first, stub):
+    async with _slow_process(memory_server.port, work, "agent-a") as (first, stub):
         call = asyncio.ensure_future(
             stub.InvokeAgent(
                 agent_pb2.InvokeAgentRequest(
@@ -179,7 +119,7 @@ async def test_a_run_killed_mid_graph_continues_on_another_process_without_redoi
         # A new input on the thread is refused: the unfinished run comes first.
         (work / "release").touch()
 
-    async with _agent_process(memory_server.port, work, "agent-b") as (_second, stub):
+    async with _slow_process(memory_server.port, work, "agent-b") as (_second, stub):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.InvokeAgent(
                 agent_pb2.InvokeAgentRequest(
@@ -215,7 +155,7 @@ async def test_a_cancelled_call_stops_its_graph(
         return counter.exists() and counter.read_text().split() == ["first"]
 
     agent = AgentSettings(graphs="agentmesh_test_agents:slow_agent")
-    async with _served(agent) as stub:
+    async with served_agent(agent) as stub:
         call = stub.StreamAgent(
             agent_pb2.StreamAgentRequest(
                 name="agents/slow-test", parts=[common_pb2.Part(text="go")]
@@ -254,7 +194,7 @@ async def test_a_run_past_its_time_is_deadline_exceeded_and_stops(
     monkeypatch.setenv("AGENTMESH_TEST_RELEASE_FILE", str(work / "release"))
     agent = AgentSettings(graphs="agentmesh_test_agents:slow_agent", run_timeout_s=1.0)
     before = agent_runs("slow-test", "error: run_deadline")
-    async with _served(agent) as stub:
+    async with served_agent(agent) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.InvokeAgent(
                 agent_pb2.InvokeAgentRequest(

@@ -3,12 +3,18 @@
 A run streams LangGraph chunks (``updates`` after each node, ``messages`` token by
 token when asked); these functions turn them into the events of
 ``agentmesh.v1.AgentEvent`` — message deltas, tool calls and results, state updates,
-interrupts, usage — without touching the network, so each rule has a unit test.
+interrupts, hand-offs between agents, usage — without touching the network, so each
+rule has a unit test.
+
+Multi-agent graphs built the way langgraph-supervisor and langgraph-swarm build them
+run each agent as a subgraph node; a subgraph's update carries its whole message
+history, so a message already converted in this run (same id) is not converted again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -16,12 +22,18 @@ from typing import Any, Final
 from google.protobuf import struct_pb2
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from agentmesh.core.names import AGENTS
 from agentmesh.v1 import agent_pb2, common_pb2
 
 MAX_SUMMARY_CHARS: Final = 2048
 """Longest text of one value in a state update (the whole value is in the checkpoint)."""
 INTERRUPT_KEY: Final = "__interrupt__"
 """The key of an ``updates`` chunk that carries LangGraph interrupts."""
+HANDOFF_PREFIXES: Final = ("transfer_back_to_", "transfer_to_")
+"""Tool names of LangGraph's multi-agent hand-offs: langgraph-supervisor and
+langgraph-swarm give each agent ``transfer_to_<agent>`` tools that return
+``Command(goto=<agent>, graph=Command.PARENT)``; a supervisor's agents answer back
+with ``transfer_back_to_<supervisor>``."""
 
 
 def message_text(message: BaseMessage) -> str:
@@ -91,6 +103,8 @@ class RunTrace:
     output_tokens: int = 0
     interrupts: list[common_pb2.Interrupt] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
+    seen_messages: set[str] = field(default_factory=set)
+    """Ids of the messages already converted (a subgraph's update repeats them)."""
 
     def usage(self) -> common_pb2.TokenUsage:
         return common_pb2.TokenUsage(
@@ -105,10 +119,11 @@ def update_events(
 ) -> Iterator[agent_pb2.AgentEvent]:
     """The events of one node's state update (an ``updates`` chunk entry): the AI
     messages it added (as one delta each when tokens were not streamed), their tool
-    calls, tool results, and the update itself. ``trace`` keeps the reply, output and
+    calls, tool results, the hand-offs among them, and the update itself. Messages
+    this run already converted are skipped. ``trace`` keeps the reply, output and
     usage."""
-    messages = _messages_of(update)
-    for message in messages:
+    callers: dict[str, str] = {}  # tool call id -> name of the agent that made it
+    for message in _new_messages(update, trace):
         if isinstance(message, AIMessage):
             text = message_text(message)
             if text:
@@ -119,6 +134,7 @@ def update_events(
                     )
             for call in message.tool_calls:
                 trace.tools.append(call["name"])
+                callers[call.get("id") or ""] = message.name or ""
                 yield agent_pb2.AgentEvent(
                     tool_call=agent_pb2.ToolCall(
                         id=call.get("id") or "",
@@ -138,6 +154,14 @@ def update_events(
                     parts=[common_pb2.Part(text=message_text(message))],
                 )
             )
+            handoff = handoff_event(
+                node,
+                message,
+                caller=callers.get(message.tool_call_id, ""),
+                active_agent=_active_agent(update),
+            )
+            if handoff is not None:
+                yield handoff
     if isinstance(update, Mapping):
         output = update.get("output")
         if isinstance(output, Mapping):
@@ -147,6 +171,56 @@ def update_events(
         values = {"value": jsonable(update)}
     yield agent_pb2.AgentEvent(
         state_update=agent_pb2.StateUpdate(node=node, values=to_struct(values))
+    )
+
+
+def _new_messages(update: Any, trace: RunTrace) -> Iterator[BaseMessage]:
+    """The messages of ``update`` this run has not converted yet (by id)."""
+    for message in _messages_of(update):
+        if message.id:
+            if message.id in trace.seen_messages:
+                continue
+            trace.seen_messages.add(message.id)
+        yield message
+
+
+def _active_agent(update: Any) -> str:
+    """The ``active_agent`` a swarm's update sets, or ""."""
+    value = update.get("active_agent") if isinstance(update, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def _tool_form(agent: str) -> str:
+    """An agent's name as the hand-off libraries put it in a tool name."""
+    return re.sub(r"\s+", "_", agent.strip()).lower()
+
+
+def handoff_event(
+    node: str, message: ToolMessage, *, caller: str = "", active_agent: str = ""
+) -> agent_pb2.AgentEvent | None:
+    """The Handoff of a hand-off tool's result (see ``HANDOFF_PREFIXES``), or None for
+    any other tool result and for a hand-off tool that failed.
+
+    ``from_agent`` is the agent that called the tool (``caller``, the name on its AI
+    message, else ``node``: the subgraph node whose update carries the result);
+    ``to_agent`` is the agent the tool names, spelled as ``active_agent`` when that
+    names the same agent (swarm keeps the exact name there, the tool name is lower
+    case); ``reason`` is the tool result's text.
+    """
+    tool = message.name or ""
+    if message.status == "error":
+        return None
+    target = next((tool[len(p) :] for p in HANDOFF_PREFIXES if tool.startswith(p)), "")
+    if not target:
+        return None
+    if active_agent and _tool_form(active_agent) == target:
+        target = active_agent
+    return agent_pb2.AgentEvent(
+        handoff=agent_pb2.Handoff(
+            from_agent=AGENTS.format(caller or node),
+            to_agent=AGENTS.format(target),
+            reason=_cut(message_text(message)),
+        )
     )
 
 
