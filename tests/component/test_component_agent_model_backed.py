@@ -2,7 +2,8 @@
 real Memory service; the assistant is listed always, refuses to run with no model
 (naming the setting), and with a model runs the real OpenAI client against a local
 server speaking the chat-completions protocol: a tool call, the tool's result, the
-answer, and the tokens counted."""
+answer, and the tokens counted. The summarizer writes an abstractive summary through the
+structured-output helper with a model, and extracts one without (or when asked)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
@@ -22,7 +24,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2
 from component.conftest import SECRET, Backends, Metadata, credentials
-from component.memory_helpers import Stub, expect_error, uid
+from component.memory_helpers import Stub, expect_error, expect_invalid, uid
 from providers import openai_wire
 from providers.server import ScriptedServer, serving
 
@@ -179,3 +181,102 @@ async def test_the_response_cache_answers_a_repeated_prompt_without_the_provider
     assert answers[1].result.usage.total_tokens == 0  # a hit spends no tokens
     after = REGISTRY.get_sample_value("agentmesh_llm_cache_lookups_total", {"result": "hit"})
     assert after == hits + 1
+
+
+def _struct(**values: object) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+TEXT = (
+    "The council approved the new tram line on Monday. Construction starts in May and"
+    " takes two years. The line links the harbour to the university. Critics worry about"
+    " the cost. Supporters expect fewer cars downtown."
+)
+
+
+async def test_the_summarizer_writes_an_abstractive_summary_with_a_model(
+    memory_server: RunningServer, tenant_a: Metadata, provider: ScriptedServer
+) -> None:
+    provider.script(
+        openai_wire.completion(
+            '```json\n{"summary": "A two-year tram build linking harbour and university'
+            ' starts in May."}\n```'
+        )
+    )
+    # No default model: the request names one.
+    llm = LlmSettings(openai_base_url=provider.url + "/v1", openai_api_key="test-key")
+    async with _agent(memory_server.port, llm) as agent:
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/summarizer",
+                input=_struct(text=TEXT, sentences=1),
+                options=agent_pb2.RunOptions(model="openai:gpt-4.1-mini"),
+            ),
+            metadata=tenant_a,
+        )
+    result = response.result
+    summary = "A two-year tram build linking harbour and university starts in May."
+    assert dict(result.output) == {"summary": summary, "method": "abstractive"}
+    assert result.parts[0].text == summary
+    assert result.usage.total_tokens == 18
+    sent = provider.requests[0].json()
+    assert sent["model"] == "gpt-4.1-mini"
+    system, user = sent["messages"]
+    assert "at most 1 sentences" in system["content"]
+    assert '"summary"' in system["content"]  # the schema it must answer
+    assert user == {"role": "user", "content": TEXT}
+
+
+async def test_the_summarizer_extracts_without_a_model_or_when_asked(
+    memory_server: RunningServer, tenant_a: Metadata, provider: ScriptedServer
+) -> None:
+    with_model = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    for llm, method in ((LlmSettings(), {}), (with_model, {"method": "extractive"})):
+        async with _agent(memory_server.port, llm) as agent:
+            response = await agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/summarizer", input=_struct(text=TEXT, sentences=2, **method)
+                ),
+                metadata=tenant_a,
+            )
+        assert response.result.output["method"] == "extractive"
+        assert len(str(response.result.output["summary"])) < len(TEXT)
+    assert provider.requests == []  # no model was asked
+
+
+async def test_an_abstractive_summary_without_a_model_names_the_setting(
+    memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    async with _agent(memory_server.port, LlmSettings()) as agent:
+        card = await agent.GetAgent(
+            agent_pb2.GetAgentRequest(name="agents/summarizer"), metadata=tenant_a
+        )
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/summarizer", input=_struct(text=TEXT, method="abstractive")
+            ),
+            metadata=tenant_a,
+        )
+        await expect_invalid(
+            agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/summarizer", input=_struct(text=TEXT, method="poetic")
+                ),
+                metadata=tenant_a,
+            ),
+            "input.method",
+        )
+    assert "AGENTMESH_LLM_DEFAULT_MODEL" in card.description
+    error = response.result.error
+    assert response.result.status == agent_pb2.RUN_STATUS_FAILED
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "AGENTMESH_LLM_DEFAULT_MODEL" in error.message
+    failure = error_details_pb2.PreconditionFailure()
+    assert any(detail.Unpack(failure) for detail in error.details)
+    assert failure.violations[0].subject == "AGENTMESH_LLM_DEFAULT_MODEL"
