@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
@@ -24,7 +23,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2
 from component.conftest import SECRET, Backends, Metadata, credentials
-from component.memory_helpers import Stub, expect_error, expect_invalid, uid
+from component.memory_helpers import Stub, expect_error, expect_invalid, struct, uid
 from providers import openai_wire
 from providers.server import ScriptedServer, serving
 
@@ -183,12 +182,6 @@ async def test_the_response_cache_answers_a_repeated_prompt_without_the_provider
     assert after == hits + 1
 
 
-def _struct(**values: object) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
-
-
 TEXT = (
     "The council approved the new tram line on Monday. Construction starts in May and"
     " takes two years. The line links the harbour to the university. Critics worry about"
@@ -211,7 +204,7 @@ async def test_the_summarizer_writes_an_abstractive_summary_with_a_model(
         response = await agent.InvokeAgent(
             agent_pb2.InvokeAgentRequest(
                 name="agents/summarizer",
-                input=_struct(text=TEXT, sentences=1),
+                input=struct(text=TEXT, sentences=1),
                 options=agent_pb2.RunOptions(model="openai:gpt-4.1-mini"),
             ),
             metadata=tenant_a,
@@ -241,7 +234,7 @@ async def test_the_summarizer_extracts_without_a_model_or_when_asked(
         async with _agent(memory_server.port, llm) as agent:
             response = await agent.InvokeAgent(
                 agent_pb2.InvokeAgentRequest(
-                    name="agents/summarizer", input=_struct(text=TEXT, sentences=2, **method)
+                    name="agents/summarizer", input=struct(text=TEXT, sentences=2, **method)
                 ),
                 metadata=tenant_a,
             )
@@ -259,14 +252,14 @@ async def test_an_abstractive_summary_without_a_model_names_the_setting(
         )
         response = await agent.InvokeAgent(
             agent_pb2.InvokeAgentRequest(
-                name="agents/summarizer", input=_struct(text=TEXT, method="abstractive")
+                name="agents/summarizer", input=struct(text=TEXT, method="abstractive")
             ),
             metadata=tenant_a,
         )
         await expect_invalid(
             agent.InvokeAgent(
                 agent_pb2.InvokeAgentRequest(
-                    name="agents/summarizer", input=_struct(text=TEXT, method="poetic")
+                    name="agents/summarizer", input=struct(text=TEXT, method="poetic")
                 ),
                 metadata=tenant_a,
             ),
