@@ -273,3 +273,79 @@ async def test_an_abstractive_summary_without_a_model_names_the_setting(
     failure = error_details_pb2.PreconditionFailure()
     assert any(detail.Unpack(failure) for detail in error.details)
     assert failure.violations[0].subject == "AGENTMESH_LLM_DEFAULT_MODEL"
+
+
+async def test_the_assistant_keeps_artifacts_in_the_callers_tenant(
+    memory_server: RunningServer, memory: Stub, provider: ScriptedServer
+) -> None:
+    provider.script(
+        openai_wire.completion(
+            None,
+            tool_calls=[
+                (
+                    "call-1",
+                    "artifacts",
+                    {"action": "save", "name": "trip-plan", "content": "Day 1: Lisbon"},
+                ),
+                ("call-2", "artifacts", {"action": "save", "name": "Trip Plan!", "content": "x"}),
+                (
+                    "call-3",
+                    "artifacts",
+                    {"action": "save", "name": "big", "content": "é" * 200_000},
+                ),
+            ],
+        ),
+        openai_wire.completion(
+            None,
+            tool_calls=[
+                ("call-4", "artifacts", {"action": "read", "name": "trip-plan"}),
+                ("call-5", "artifacts", {"action": "list"}),
+                ("call-6", "artifacts", {"action": "delete", "name": "trip-plan"}),
+            ],
+        ),
+        openai_wire.completion("Saved your trip plan as trip-plan."),
+    )
+    llm = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    tenant = credentials(f"artifacts-{uid()}")
+    async with _agent(memory_server.port, llm) as agent:
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/assistant", parts=_text("Keep my trip plan: Day 1: Lisbon")
+            ),
+            metadata=tenant,
+        )
+    assert response.result.status == agent_pb2.RUN_STATUS_COMPLETED
+    assert response.result.parts[0].text == "Saved your trip plan as trip-plan."
+    # The artifact is in Memory, for this tenant only.
+    saved = await memory.GetArtifact(
+        memory_pb2.GetArtifactRequest(name="artifacts/trip-plan"), metadata=tenant
+    )
+    assert (saved.text, saved.media_type, saved.version) == ("Day 1: Lisbon", "text/plain", 1)
+    await expect_error(
+        memory.GetArtifact(
+            memory_pb2.GetArtifactRequest(name="artifacts/trip-plan"),
+            metadata=credentials(f"artifacts-{uid()}"),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    # The model's follow-ups got the tool results; its bad arguments came back as errors.
+    answers = {
+        m["tool_call_id"]: m["content"]
+        for request in provider.requests[1:]
+        for m in request.json()["messages"]
+        if m.get("role") == "tool"
+    }
+    assert answers["call-1"] == "saved artifacts/trip-plan version 1 (13 bytes)"
+    assert answers["call-2"].startswith("error: name: id 'Trip Plan!' must be 1-63 characters")
+    assert answers["call-3"] == "error: content: larger than 262144 bytes"
+    assert (
+        answers["call-4"] == "artifacts/trip-plan version 1 (text/plain, 13 bytes):\nDay 1: Lisbon"
+    )
+    assert answers["call-5"] == "- artifacts/trip-plan version 1 (text/plain, 13 bytes)"
+    assert "action" in answers["call-6"]  # not an action of the tool: told, not crashed
+    listed = await memory.ListArtifacts(memory_pb2.ListArtifactsRequest(), metadata=tenant)
+    assert [a.name for a in listed.artifacts] == ["artifacts/trip-plan"]
