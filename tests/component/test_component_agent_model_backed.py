@@ -2,7 +2,8 @@
 real Memory service; the assistant is listed always, refuses to run with no model
 (naming the setting), and with a model runs the real OpenAI client against a local
 server speaking the chat-completions protocol: a tool call, the tool's result, the
-answer, and the tokens counted."""
+answer, and the tokens counted. The summarizer writes an abstractive summary through the
+structured-output helper with a model, and extracts one without (or when asked)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from agentmesh.core.settings import Settings
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2
 from component.conftest import SECRET, Backends, Metadata, credentials
-from component.memory_helpers import Stub, expect_error, uid
+from component.memory_helpers import Stub, expect_error, expect_invalid, struct, uid
 from providers import openai_wire
 from providers.server import ScriptedServer, serving
 
@@ -179,3 +180,172 @@ async def test_the_response_cache_answers_a_repeated_prompt_without_the_provider
     assert answers[1].result.usage.total_tokens == 0  # a hit spends no tokens
     after = REGISTRY.get_sample_value("agentmesh_llm_cache_lookups_total", {"result": "hit"})
     assert after == hits + 1
+
+
+TEXT = (
+    "The council approved the new tram line on Monday. Construction starts in May and"
+    " takes two years. The line links the harbour to the university. Critics worry about"
+    " the cost. Supporters expect fewer cars downtown."
+)
+
+
+async def test_the_summarizer_writes_an_abstractive_summary_with_a_model(
+    memory_server: RunningServer, tenant_a: Metadata, provider: ScriptedServer
+) -> None:
+    provider.script(
+        openai_wire.completion(
+            '```json\n{"summary": "A two-year tram build linking harbour and university'
+            ' starts in May."}\n```'
+        )
+    )
+    # No default model: the request names one.
+    llm = LlmSettings(openai_base_url=provider.url + "/v1", openai_api_key="test-key")
+    async with _agent(memory_server.port, llm) as agent:
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/summarizer",
+                input=struct(text=TEXT, sentences=1),
+                options=agent_pb2.RunOptions(model="openai:gpt-4.1-mini"),
+            ),
+            metadata=tenant_a,
+        )
+    result = response.result
+    summary = "A two-year tram build linking harbour and university starts in May."
+    assert dict(result.output) == {"summary": summary, "method": "abstractive"}
+    assert result.parts[0].text == summary
+    assert result.usage.total_tokens == 18
+    sent = provider.requests[0].json()
+    assert sent["model"] == "gpt-4.1-mini"
+    system, user = sent["messages"]
+    assert "at most 1 sentences" in system["content"]
+    assert '"summary"' in system["content"]  # the schema it must answer
+    assert user == {"role": "user", "content": TEXT}
+
+
+async def test_the_summarizer_extracts_without_a_model_or_when_asked(
+    memory_server: RunningServer, tenant_a: Metadata, provider: ScriptedServer
+) -> None:
+    with_model = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    for llm, method in ((LlmSettings(), {}), (with_model, {"method": "extractive"})):
+        async with _agent(memory_server.port, llm) as agent:
+            response = await agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/summarizer", input=struct(text=TEXT, sentences=2, **method)
+                ),
+                metadata=tenant_a,
+            )
+        assert response.result.output["method"] == "extractive"
+        assert len(str(response.result.output["summary"])) < len(TEXT)
+    assert provider.requests == []  # no model was asked
+
+
+async def test_an_abstractive_summary_without_a_model_names_the_setting(
+    memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    async with _agent(memory_server.port, LlmSettings()) as agent:
+        card = await agent.GetAgent(
+            agent_pb2.GetAgentRequest(name="agents/summarizer"), metadata=tenant_a
+        )
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/summarizer", input=struct(text=TEXT, method="abstractive")
+            ),
+            metadata=tenant_a,
+        )
+        await expect_invalid(
+            agent.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/summarizer", input=struct(text=TEXT, method="poetic")
+                ),
+                metadata=tenant_a,
+            ),
+            "input.method",
+        )
+    assert "AGENTMESH_LLM_DEFAULT_MODEL" in card.description
+    error = response.result.error
+    assert response.result.status == agent_pb2.RUN_STATUS_FAILED
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "AGENTMESH_LLM_DEFAULT_MODEL" in error.message
+    failure = error_details_pb2.PreconditionFailure()
+    assert any(detail.Unpack(failure) for detail in error.details)
+    assert failure.violations[0].subject == "AGENTMESH_LLM_DEFAULT_MODEL"
+
+
+async def test_the_assistant_keeps_artifacts_in_the_callers_tenant(
+    memory_server: RunningServer, memory: Stub, provider: ScriptedServer
+) -> None:
+    provider.script(
+        openai_wire.completion(
+            None,
+            tool_calls=[
+                (
+                    "call-1",
+                    "artifacts",
+                    {"action": "save", "name": "trip-plan", "content": "Day 1: Lisbon"},
+                ),
+                ("call-2", "artifacts", {"action": "save", "name": "Trip Plan!", "content": "x"}),
+                (
+                    "call-3",
+                    "artifacts",
+                    {"action": "save", "name": "big", "content": "é" * 200_000},
+                ),
+            ],
+        ),
+        openai_wire.completion(
+            None,
+            tool_calls=[
+                ("call-4", "artifacts", {"action": "read", "name": "trip-plan"}),
+                ("call-5", "artifacts", {"action": "list"}),
+                ("call-6", "artifacts", {"action": "delete", "name": "trip-plan"}),
+            ],
+        ),
+        openai_wire.completion("Saved your trip plan as trip-plan."),
+    )
+    llm = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    tenant = credentials(f"artifacts-{uid()}")
+    async with _agent(memory_server.port, llm) as agent:
+        response = await agent.InvokeAgent(
+            agent_pb2.InvokeAgentRequest(
+                name="agents/assistant", parts=_text("Keep my trip plan: Day 1: Lisbon")
+            ),
+            metadata=tenant,
+        )
+    assert response.result.status == agent_pb2.RUN_STATUS_COMPLETED
+    assert response.result.parts[0].text == "Saved your trip plan as trip-plan."
+    # The artifact is in Memory, for this tenant only.
+    saved = await memory.GetArtifact(
+        memory_pb2.GetArtifactRequest(name="artifacts/trip-plan"), metadata=tenant
+    )
+    assert (saved.text, saved.media_type, saved.version) == ("Day 1: Lisbon", "text/plain", 1)
+    await expect_error(
+        memory.GetArtifact(
+            memory_pb2.GetArtifactRequest(name="artifacts/trip-plan"),
+            metadata=credentials(f"artifacts-{uid()}"),
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    # The model's follow-ups got the tool results; its bad arguments came back as errors.
+    answers = {
+        m["tool_call_id"]: m["content"]
+        for request in provider.requests[1:]
+        for m in request.json()["messages"]
+        if m.get("role") == "tool"
+    }
+    assert answers["call-1"] == "saved artifacts/trip-plan version 1 (13 bytes)"
+    assert answers["call-2"].startswith("error: name: id 'Trip Plan!' must be 1-63 characters")
+    assert answers["call-3"] == "error: content: larger than 262144 bytes"
+    assert (
+        answers["call-4"] == "artifacts/trip-plan version 1 (text/plain, 13 bytes):\nDay 1: Lisbon"
+    )
+    assert answers["call-5"] == "- artifacts/trip-plan version 1 (text/plain, 13 bytes)"
+    assert "action" in answers["call-6"]  # not an action of the tool: told, not crashed
+    listed = await memory.ListArtifacts(memory_pb2.ListArtifactsRequest(), metadata=tenant)
+    assert [a.name for a in listed.artifacts] == ["artifacts/trip-plan"]

@@ -88,7 +88,7 @@ def resolve_model(model: str, settings: LlmSettings) -> str:
     FailedPrecondition (``LLM_NOT_CONFIGURED``) when both are empty."""
     chosen = model or settings.default_model
     if not chosen:
-        raise _missing("no model named and no default model", "default_model")
+        raise missing_setting("no model named and no default model", "default_model")
     return chosen
 
 
@@ -141,7 +141,9 @@ class ChatModels:
         return await asyncio.to_thread(self.get, key)
 
 
-def _missing(what: str, *fields: str) -> FailedPrecondition:
+def missing_setting(what: str, *fields: str) -> FailedPrecondition:
+    """FAILED_PRECONDITION (``LLM_NOT_CONFIGURED``) for ``what``, naming the variables of
+    the LLM ``fields`` (e.g. ``default_model`` → ``AGENTMESH_LLM_DEFAULT_MODEL``) to set."""
     variables = [env_var(field, PREFIX) for field in fields]
     return FailedPrecondition(
         REASON_NOT_CONFIGURED,
@@ -157,7 +159,9 @@ def _openai(name: str, settings: LlmSettings) -> BaseChatModel:
     api_key = settings.openai_api_key
     if not api_key:
         if base_url == OPENAI_DEFAULT_BASE_URL:
-            raise _missing(f"model openai:{name} at {OPENAI_DEFAULT_BASE_URL}", "openai_api_key")
+            raise missing_setting(
+                f"model openai:{name} at {OPENAI_DEFAULT_BASE_URL}", "openai_api_key"
+            )
         api_key = NO_KEY
     return ChatOpenAI(
         model=name,
@@ -176,7 +180,7 @@ def _anthropic(name: str, settings: LlmSettings) -> BaseChatModel:
     from langchain_anthropic import ChatAnthropic  # noqa: PLC0415 - imported on first use
 
     if not settings.anthropic_api_key:
-        raise _missing(f"model anthropic:{name}", "anthropic_api_key")
+        raise missing_setting(f"model anthropic:{name}", "anthropic_api_key")
     kwargs: dict[str, Any] = {}
     if settings.anthropic_base_url:
         kwargs["base_url"] = settings.anthropic_base_url
@@ -195,7 +199,7 @@ def _bedrock(name: str, settings: LlmSettings) -> BaseChatModel:
     from langchain_aws import ChatBedrockConverse  # noqa: PLC0415 - heavy, on first use
 
     if not settings.bedrock_region:
-        raise _missing(f"model bedrock:{name}", "bedrock_region")
+        raise missing_setting(f"model bedrock:{name}", "bedrock_region")
     config = Config(
         connect_timeout=settings.timeout_s,
         read_timeout=settings.timeout_s,

@@ -21,6 +21,7 @@ from typing import Any, Final
 import jsonschema  # type: ignore[import-untyped]
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 
 from agentmesh.core.errors import FailedPrecondition
 from agentmesh.core.offload import convert_sized
@@ -138,13 +139,15 @@ async def invoke_structured(
     *,
     attempts: int,
     meter: UsageMeter | None = None,
+    config: RunnableConfig | None = None,
 ) -> dict[str, Any]:
     """The model's answer to ``messages`` as a JSON object valid against ``schema``.
 
     Makes at most ``attempts`` model calls (``AGENTMESH_LLM_STRUCTURED_ATTEMPTS``; each
     call itself retried by the provider SDK on 429/5xx/timeouts): after an invalid
     answer, that answer and its validation errors go back to the model. ``meter``, when
-    given, counts the tokens of every call. Raises :class:`StructuredOutputError` after
+    given, counts the tokens of every call; ``config`` goes with every call (tags such
+    as LangGraph's ``nostream``, callbacks). Raises :class:`StructuredOutputError` after
     the last invalid answer, FailedPrecondition (``OUTPUT_SCHEMA_INVALID``) for a schema
     that is not valid draft 2020-12, and lets the model's own errors through (see
     :func:`agentmesh.llm.errors.domain_error`). Parsing and validation run off the event
@@ -156,7 +159,7 @@ async def invoke_structured(
     conversation = _with_instruction(messages, schema)
     problems: list[str] = []
     for _ in range(attempts):
-        answer = await model.ainvoke(conversation)
+        answer = await model.ainvoke(conversation, config)
         if meter is not None:
             meter.add(answer)
         text = answer.text

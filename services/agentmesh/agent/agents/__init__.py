@@ -1,4 +1,6 @@
-"""The agents every deployment ships with: they call no model, so they work offline."""
+"""The agents every deployment ships with. Echo, calculator, approval, recall and the
+summarizer's extractive mode call no model, so they work offline; the assistant and the
+summarizer's abstractive mode use the configured model."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ from agentmesh.agent.resources import AgentResources
 def builtin_agents(resources: AgentResources | None = None) -> list[AgentDefinition]:
     """The built-in agents, built anew (graphs are not shared between services). Without
     ``resources`` only those that need nothing from the deployment."""
-    offline = [echo_agent(), calculator_agent(), approval_agent(), summarizer_agent()]
+    offline = [echo_agent(), calculator_agent(), approval_agent()]
     if resources is None:
-        return offline
-    return [*offline, recall_agent(resources), assistant_agent(resources)]
+        return [*offline, summarizer_agent()]
+    return [
+        *offline,
+        summarizer_agent(resources),
+        recall_agent(resources),
+        assistant_agent(resources),
+    ]

@@ -1,4 +1,5 @@
-"""``agents/assistant``: a model-backed assistant with tools (recall, calculator). It is
+"""``agents/assistant``: a model-backed assistant with tools (recall, calculator,
+artifacts). It is
 listed always; with no model configured its runs are FAILED_PRECONDITION naming the
 setting that enables it (``AGENTMESH_LLM_DEFAULT_MODEL``, and for a local
 OpenAI-compatible server ``AGENTMESH_LLM_OPENAI_BASE_URL``)."""
@@ -13,6 +14,7 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
 
+from agentmesh.agent.agents.artifacts import artifacts_tool
 from agentmesh.agent.agents.calculator import calculator
 from agentmesh.agent.agents.recall import recall_tool
 from agentmesh.agent.definition import AgentDefinition, define_agent
@@ -22,7 +24,9 @@ from agentmesh.agent.runtime.inputs import MODEL_KEY
 
 SYSTEM_PROMPT: Final = (
     "You are a helpful assistant. Use the recall tool to look up what the user told you"
-    " before, and the calculator tool for arithmetic. Answer briefly."
+    " before, the calculator tool for arithmetic, and the artifacts tool to save a"
+    " document the user wants kept (a note, a plan, a draft), read one back or list"
+    " them. Answer briefly."
 )
 
 
@@ -31,7 +35,7 @@ class AssistantState(TypedDict, total=False):
 
 
 def assistant_agent(resources: AgentResources) -> AgentDefinition:
-    tools = [calculator, recall_tool(resources)]
+    tools = [calculator, recall_tool(resources), artifacts_tool(resources)]
 
     async def model(state: AssistantState, config: RunnableConfig) -> dict[str, Any]:
         name = str(config.get("configurable", {}).get(MODEL_KEY, ""))
@@ -53,16 +57,23 @@ def assistant_agent(resources: AgentResources) -> AgentDefinition:
         id="assistant",
         display_name="Assistant",
         description=(
-            "A general assistant backed by an LLM, with tools: recall (your memories) and"
-            " a calculator. Needs a model: AGENTMESH_LLM_DEFAULT_MODEL."
+            "A general assistant backed by an LLM, with tools: recall (your memories), a"
+            " calculator, and artifacts (saves, reads and lists your named documents)."
+            " Needs a model: AGENTMESH_LLM_DEFAULT_MODEL."
         ),
         graph=builder,
         skills=[
             Skill(
                 id="chat",
                 display_name="Chat",
-                description="Answers questions, looks up your memories, calculates.",
-                examples=("what did I tell you about my trip?", "how much is 15% of 240?"),
+                description=(
+                    "Answers questions, looks up your memories, calculates, keeps documents."
+                ),
+                examples=(
+                    "what did I tell you about my trip?",
+                    "how much is 15% of 240?",
+                    "save this packing list as packing-list",
+                ),
                 tags=("llm",),
             )
         ],
