@@ -71,13 +71,13 @@ async def served_agent(
 
 @asynccontextmanager
 async def agent_process(
-    memory_port: int, work: Path, name: str, **environ: str
+    memory_port: int, work: Path, name: str, *, port: int | None = None, **environ: str
 ) -> AsyncIterator[tuple[ChildProcess, AgentStub]]:
     """A real ``python -m agentmesh.agent`` process (logs in ``work/<name>.log``) that
     finds the test agents' package, once it is SERVING, and a stub of it; ``environ``
     adds ``AGENTMESH_*`` variables. Stopped on exit (SIGTERM, then SIGKILL) unless the
-    test stopped it already."""
-    port = free_port()
+    test stopped it already. ``port``: where it listens (default: a free one)."""
+    port = port or free_port()
     address = f"127.0.0.1:{port}"
     env = child_env(
         os.environ,

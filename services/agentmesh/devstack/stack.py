@@ -229,9 +229,9 @@ class DevStack:
             values[f"AGENTMESH_{svc.upper()}_ADDR"] = self.internal_address
         if name in SERVICES:
             values["AGENTMESH_GRPC_PORT"] = str(self.ports.grpc_port(name))
-        # Least privilege: a service with tables connects as its own role; the others
-        # (and the worker, which keeps no records yet) get no database at all.
-        database_url = self.service_database_url(name)
+        # Least privilege: a service with tables connects as its own role, the worker
+        # as the Job service's (it writes job records); the others get no database.
+        database_url = self.service_database_url("job" if name == WORKER else name)
         if database_url is not None:
             values["AGENTMESH_DATABASE_URL"] = database_url
         values.update(self.extra_env)

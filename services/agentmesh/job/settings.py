@@ -31,6 +31,25 @@ class WorkerSettings:
     threads: int = 8
     """Threads of the Dramatiq worker process: messages it works on at once."""
 
+    job_timeout_s: float = 3600.0
+    """Longest one attempt of a job may run; past it the attempt fails
+    (DEADLINE_EXCEEDED) and is retried as the job's policy says."""
+
+    progress_interval_s: float = 0.5
+    """A running job's progress is written at most this often (and at its end)."""
+
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long running jobs may take to finish before the worker hands
+    them back (another worker continues them from their last checkpoint)."""
+
+    signing_key_file: str = ""
+    """PEM private key (RS256) the worker signs its calls to the Agent service with,
+    as the job's tenant; its public key belongs in the services' JWKS. Without it the
+    worker signs with ``AGENTMESH_AUTH_HS256_SECRET`` (development)."""
+
+    signing_key_id: str = ""
+    """The ``kid`` of ``signing_key_file``'s key in the JWKS."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
         """Loads ``AGENTMESH_WORKER_*`` from ``environ`` (default: ``os.environ``)."""
@@ -38,7 +57,17 @@ class WorkerSettings:
 
     def checks(self) -> list[Check]:
         """Range checks of the worker settings."""
-        return [("threads", 1 <= self.threads <= MAX_THREADS, f"expected 1-{MAX_THREADS}")]
+        return [
+            ("threads", 1 <= self.threads <= MAX_THREADS, f"expected 1-{MAX_THREADS}"),
+            ("job_timeout_s", 1 <= self.job_timeout_s <= 7 * 86_400, "1 s - 7 days"),
+            ("progress_interval_s", 0 <= self.progress_interval_s <= 60, "expected 0-60"),
+            ("shutdown_grace_s", 0 <= self.shutdown_grace_s <= 3600, "expected 0-3600"),
+            (
+                "signing_key_id",
+                bool(self.signing_key_id) or not self.signing_key_file,
+                "required with AGENTMESH_WORKER_SIGNING_KEY_FILE",
+            ),
+        ]
 
 
 MAX_START_DELAY_S: Final = 7 * 86_400

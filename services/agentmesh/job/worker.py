@@ -26,13 +26,16 @@ import sys
 
 from dramatiq.cli import main as dramatiq_main
 from dramatiq.cli import make_argument_parser
+from dramatiq.middleware import CurrentMessage
 
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.settings import ConfigError, Settings
 from agentmesh.job.actors import declare_actors
 from agentmesh.job.broker import configure_broker
-from agentmesh.job.settings import WorkerSettings
+from agentmesh.job.credentials import TenantTokens
+from agentmesh.job.settings import JobSettings, WorkerSettings
 from agentmesh.job.worker_middleware import WorkerObservability
+from agentmesh.job.worker_resources import JobResources
 
 SERVICE = "worker"
 
@@ -42,9 +45,15 @@ def boot() -> None:
     process before it consumes: the broker from the settings, with logs and metrics
     middleware, and every actor declared on it."""
     settings = Settings.from_env(service=SERVICE)
+    worker = WorkerSettings.from_env()
     broker = configure_broker(settings)
     broker.add_middleware(WorkerObservability(settings))
-    declare_actors(broker)
+    broker.add_middleware(CurrentMessage())
+    resources = JobResources(settings, JobSettings.from_env(), worker)
+    broker.add_middleware(resources)
+    declare_actors(
+        broker, resources, time_limit_s=worker.job_timeout_s + worker.shutdown_grace_s + 60
+    )
 
 
 def dramatiq_args(threads: int) -> list[str]:
@@ -69,8 +78,10 @@ def main() -> None:
     """
     try:
         settings = Settings.from_env(service=SERVICE)
-        settings.require("redis_url")
+        settings.require("redis_url", "database_url", "agent_addr")
         worker = WorkerSettings.from_env()
+        JobSettings.from_env()
+        TenantTokens(settings, worker)  # can it sign its calls to the Agent service?
     except ConfigError as exc:
         print(f"agentmesh-{SERVICE}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -71,6 +71,11 @@ def worker_output(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> d
             "AGENTMESH_METRICS_PORT": "0",
             "AGENTMESH_LOG_LEVEL": "info",
             "AGENTMESH_WORKER_THREADS": "2",
+            # Job runs need these; nothing listens there, and the worker waits for its
+            # database in the background while it serves other queues.
+            "AGENTMESH_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none",
+            "AGENTMESH_AGENT_ADDR": f"127.0.0.1:{free_port()}",
+            "AGENTMESH_AUTH_HS256_SECRET": "s" * 32,
         },
         drop_otlp=False,
     )
@@ -182,5 +187,5 @@ def test_a_configuration_error_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "agentmesh-worker: configuration error: worker: missing required setting(s): "
-        "AGENTMESH_REDIS_URL"
+        "AGENTMESH_REDIS_URL, AGENTMESH_DATABASE_URL, AGENTMESH_AGENT_ADDR"
     ]

@@ -304,3 +304,84 @@ async def expired_leases_all_tenants(
         limit,
     )
     return rows
+
+
+# -- a worker's writes: each carries the attempt and the fence it claimed with ----------
+
+
+async def claim_job(
+    db: asyncpg.Pool | asyncpg.Connection,
+    tenant: str,
+    job_id: str,
+    *,
+    attempt: int,
+    owner: str,
+    lease_s: float,
+) -> asyncpg.Record | None:
+    """Takes the tenant's job's ``attempt`` for worker ``owner``: a pending attempt that
+    is due, or a resumed one no worker holds. RUNNING with a new fence and a lease of
+    ``lease_s``; None when the attempt is not there to take (already taken, cancelled,
+    superseded by a later attempt, not due): the message that asked is stale."""
+    return await change_job(
+        db,
+        tenant,
+        job_id,
+        states=[State.PENDING, State.RUNNING],
+        when=[
+            ("attempt = {}", (attempt,)),
+            (
+                "((state = {} AND schedule_time <= now()) OR (state = {} AND lease_owner IS NULL))",
+                (int(State.PENDING), int(State.RUNNING)),
+            ),
+        ],
+        sets=[
+            (
+                "start_time = CASE WHEN state = {} THEN now() ELSE start_time END",
+                (int(State.PENDING),),
+            ),
+            ("state = {}", (int(State.RUNNING),)),
+            ("fence = fence + 1", ()),
+            ("lease_owner = {}", (owner,)),
+            ("lease_expire_time = now() + make_interval(secs => {})", (lease_s,)),
+        ],
+    )
+
+
+async def renew_lease(
+    db: asyncpg.Pool | asyncpg.Connection,
+    tenant: str,
+    job_id: str,
+    *,
+    fence: int,
+    lease_s: float,
+) -> State | None:
+    """Extends the lease of the worker that claimed the tenant's job with ``fence``
+    (not a visible change); the job's state (RUNNING, or CANCELLING when a client
+    cancelled it), or None when the worker no longer holds it."""
+    state = await db.fetchval(
+        "UPDATE job.jobs SET lease_expire_time = now() + make_interval(secs => $4)"
+        " WHERE tenant = $1 AND id = $2 AND fence = $3 AND state IN ($5, $6)"
+        " RETURNING state",
+        tenant,
+        job_id,
+        fence,
+        lease_s,
+        int(State.RUNNING),
+        int(State.CANCELLING),
+    )
+    return None if state is None else State(state)
+
+
+async def release_dispatch(
+    db: asyncpg.Pool | asyncpg.Connection, tenant: str, job_id: str, attempt: int
+) -> None:
+    """Forgets that the pending attempt's message was sent, so the sweeper sends it
+    again on its next pass (a worker that is stopping refused it)."""
+    await db.execute(
+        "UPDATE job.jobs SET dispatch_time = NULL"
+        " WHERE tenant = $1 AND id = $2 AND attempt = $3 AND state = $4",
+        tenant,
+        job_id,
+        attempt,
+        int(State.PENDING),
+    )
