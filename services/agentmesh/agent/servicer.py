@@ -125,23 +125,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.InvokeAgentResponse:
         run = await self._checked_run(request)
         runner = self._require_runner()
-        await runner.prepare_run(run)
-        result = agent_pb2.RunResult()
-        try:
-            async for event in runner.stream(run, timeout_s=self._timeout_s(context)):
-                if event.HasField("final"):
-                    result = event.final
-        except DeadlineExceeded:
-            raise
-        except DomainError as exc:
-            result = _failed(exc, context)
-        except Exception:
-            _log.exception("agent run failed", agent=run.agent_id, thread_id=run.thread_id)
-            result = agent_pb2.RunResult(
-                thread_id=run.thread_id,
-                status=agent_pb2.RUN_STATUS_FAILED,
-                error=internal_status_proto(_request_id(context)),
-            )
+        async with runner.run_scope():
+            await runner.prepare_run(run)
+            result = agent_pb2.RunResult()
+            try:
+                async for event in runner.stream(run, timeout_s=self._timeout_s(context)):
+                    if event.HasField("final"):
+                        result = event.final
+            except DeadlineExceeded:
+                raise
+            except DomainError as exc:
+                result = _failed(exc, context)
+            except Exception:
+                _log.exception("agent run failed", agent=run.agent_id, thread_id=run.thread_id)
+                result = agent_pb2.RunResult(
+                    thread_id=run.thread_id,
+                    status=agent_pb2.RUN_STATUS_FAILED,
+                    error=internal_status_proto(_request_id(context)),
+                )
         return agent_pb2.InvokeAgentResponse(result=result)
 
     async def StreamAgent(
@@ -149,11 +150,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
         run = await self._checked_run(request)
         runner = self._require_runner()
-        await runner.prepare_run(run)
-        async for event in _ending_in_error(
-            runner.stream(run, timeout_s=self._timeout_s(context)), run, context
-        ):
-            yield event
+        async with runner.run_scope():
+            await runner.prepare_run(run)
+            async for event in _ending_in_error(
+                runner.stream(run, timeout_s=self._timeout_s(context)), run, context
+            ):
+                yield event
 
     async def ResumeAgent(
         self, request: agent_pb2.ResumeAgentRequest, context: ServicerContext
@@ -161,11 +163,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         agent_id, _card = self._runnable(request.name)
         resume = validate_resume(agent_id, request, self._settings)
         runner = self._require_runner()
-        await runner.prepare_resume(resume)
-        async for event in _ending_in_error(
-            runner.stream(resume, timeout_s=self._timeout_s(context)), resume, context
-        ):
-            yield event
+        async with runner.run_scope():
+            await runner.prepare_resume(resume)
+            async for event in _ending_in_error(
+                runner.stream(resume, timeout_s=self._timeout_s(context)), resume, context
+            ):
+                yield event
 
     def _require_runner(self) -> Runner:
         if self._runner is None:

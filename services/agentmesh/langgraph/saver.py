@@ -11,6 +11,13 @@ hands ``put`` complete values.
 Use it from async code (``await graph.ainvoke(...)``). The sync methods exist for
 LangGraph code running in other threads and are forwarded to the event loop the
 saver was created on, like LangGraph's ``AsyncPostgresSaver``.
+
+One run may read a thread's checkpoint twice: a caller that checks the thread before
+the run (``graph.aget_state``: its interrupts, its owner) and LangGraph when the run
+starts. Inside ``read_through()`` the second read of the same checkpoint is answered
+from the first one's response instead of another round trip; it is answered once,
+and any write of the run forgets what was read. The scope is one run's context,
+never shared between runs, so another replica's writes are seen by the next run.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -64,6 +72,12 @@ def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableC
     }
 
 
+_ReadKey = tuple[str, str, str]
+"""(thread id, namespace, checkpoint id or "" for the latest) of a read."""
+_Reads = dict[_ReadKey, memory_pb2.CheckpointTuple | None]
+"""Within one run: what each read answered (None: no such checkpoint)."""
+
+
 def _chunks(values: Sequence[str], size: int) -> Iterator[list[str]]:
     unique = list(dict.fromkeys(values))
     for start in range(0, len(unique), size):
@@ -99,6 +113,10 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         self._client = MemoryClient(channel, token=token, timeout_s=timeout_s)
         self._stub = self._client.stub
         self.loop = running_loop_or_none()
+        # Per saver, not per module: the reads of the run in progress in this context.
+        self._reads: ContextVar[_Reads | None] = ContextVar(
+            f"agentmesh_saver_reads_{id(self)}", default=None
+        )
 
     @classmethod
     @asynccontextmanager
@@ -124,6 +142,29 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
 
     # ------------------------------------------------------------------ reading
 
+    @asynccontextmanager
+    async def read_through(self) -> AsyncIterator[None]:
+        """One run's scope: a checkpoint read twice in it (the caller's check before the
+        run, then LangGraph's own read when the run starts) costs one round trip. The
+        second read is served once from the first one's response (deserialized again,
+        so nothing is shared between the two); a write of the scope forgets every read.
+        """
+        reads: _Reads = {}
+        token = self._reads.set(reads)
+        try:
+            yield
+        finally:
+            reads.clear()
+            # An async generator closed by the loop's finalizer ends in another context,
+            # where the token does not apply; the cleared dict already ends the scope.
+            with suppress(ValueError):
+                self._reads.reset(token)
+
+    def _forget_reads(self) -> None:
+        reads = self._reads.get()
+        if reads:
+            reads.clear()
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the thread's latest; None when absent."""
         configurable = config["configurable"]
@@ -132,13 +173,22 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
             checkpoint_ns=configurable.get("checkpoint_ns", ""),
             checkpoint_id=get_checkpoint_id(config) or "",
         )
+        reads = self._reads.get()
+        key = (request.thread_id, request.checkpoint_ns, request.checkpoint_id)
+        if reads is not None and key in reads:
+            served = reads.pop(key)
+            return self._tuple(served) if served is not None else None
         try:
-            found = await self._client.call(self._stub.GetCheckpoint, request)
+            found: memory_pb2.CheckpointTuple | None = await self._client.call(
+                self._stub.GetCheckpoint, request
+            )
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return self._tuple(found)
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            found = None
+        if reads is not None:
+            reads[key] = found
+        return self._tuple(found) if found is not None else None
 
     async def alist(
         self,
@@ -225,6 +275,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Stores ``checkpoint`` as the child of the checkpoint ``config`` names."""
+        self._forget_reads()
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = configurable.get("checkpoint_ns", "")
@@ -256,6 +307,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
         """Stores a task's writes against the checkpoint ``config`` names."""
         if not writes:
             return
+        self._forget_reads()
         configurable = config["configurable"]
         pending = []
         for idx, (channel, value) in enumerate(writes):
@@ -281,12 +333,14 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Deletes every checkpoint and write of the thread, in every namespace."""
+        self._forget_reads()
         await self._client.call(
             self._stub.DeleteThread, memory_pb2.DeleteThreadRequest(thread_id=str(thread_id))
         )
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Deletes the checkpoints (and their writes) that the given runs created."""
+        self._forget_reads()
         for chunk in _chunks(run_ids, MAX_IDS_PER_CALL):
             await self._client.call(
                 self._stub.DeleteCheckpointsForRuns,
@@ -298,6 +352,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
 
         Raises ValueError when the source has no checkpoints or the target has some.
         """
+        self._forget_reads()
         request = memory_pb2.CopyThreadRequest(
             source_thread_id=str(source_thread_id), target_thread_id=str(target_thread_id)
         )
@@ -313,6 +368,7 @@ class AgentmeshSaver(BaseCheckpointSaver[str]):
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: keep each namespace's newest checkpoint (plus the ancestors
         its delta channels need, decided by the service); ``delete``: delete all."""
+        self._forget_reads()
         if strategy == "delete":
             for thread_id in dict.fromkeys(thread_ids):
                 await self.adelete_thread(thread_id)

@@ -12,6 +12,10 @@ another agent started is refused; a thread whose last run stopped before its end
 process died) continues from its last checkpoint when invoked with no input, and
 completed steps do not run again. Client cancellation cancels the task that
 iterates the graph, which stops it; a run also stops at its deadline.
+
+The check and the run it admits share one ``run_scope()``: the checkpoint the check
+read is the one LangGraph starts from, without reading it again (the Memory-backed
+saver's ``read_through``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,6 +60,7 @@ from agentmesh.core.errors import (
     NotFound,
 )
 from agentmesh.core.names import AGENTS
+from agentmesh.langgraph import AgentmeshSaver
 from agentmesh.llm.errors import domain_error as provider_error
 from agentmesh.v1 import agent_pb2, common_pb2
 
@@ -108,6 +114,7 @@ class Runner:
         self._default_model = default_model
         self._recorder = recorder or RunRecorder(None)
         self._memory = checkpointer is not None
+        self._saver = checkpointer if isinstance(checkpointer, AgentmeshSaver) else None
         self._agents: dict[str, _Compiled] = {}
         for definition in definitions:
             card = definition.card
@@ -154,6 +161,16 @@ class Runner:
                 "NO_MEMORY",
                 f"{AGENTS.format(agent_id)} needs the Memory service: set AGENTMESH_MEMORY_ADDR",
             )
+
+    @asynccontextmanager
+    async def run_scope(self) -> AsyncIterator[None]:
+        """Around one run's check (``prepare_run``/``prepare_resume``) and the run
+        (``stream``): the thread's checkpoint is read from Memory once for both."""
+        if self._saver is None:
+            yield
+            return
+        async with self._saver.read_through():
+            yield
 
     async def _admit(self) -> None:
         """The tenant's run and token budgets (RESOURCE_EXHAUSTED past them)."""
