@@ -8,6 +8,8 @@ job at once (the dead-letter view) and an outage is retried with backoff."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 
 from agentmesh.core.server import RunningServer
-from agentmesh.v1 import common_pb2, job_pb2
+from agentmesh.v1 import common_pb2, job_pb2, memory_pb2
 from component.agent_helpers import agent_process
 from component.conftest import Backends, credentials
 from component.job_helpers import (
@@ -28,7 +30,7 @@ from component.job_helpers import (
     watch_until_end,
     worker_process,
 )
-from component.memory_helpers import eventually, free_port, uid
+from component.memory_helpers import Stub, eventually, free_port, uid
 
 LEASE = {"AGENTMESH_JOB_LEASE_S": "1.5"}
 """Short leases, so a dead worker's job moves on within seconds."""
@@ -302,3 +304,39 @@ async def test_a_refusal_fails_at_once_and_an_outage_is_retried(
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
     assert done.attempt >= 2
     assert done.result["text"] == "again"
+
+
+async def test_one_trace_runs_from_the_create_call_through_the_worker_into_the_agent(
+    mesh: Mesh, backends: Backends, memory: Stub
+) -> None:
+    tenant = credentials(f"jobw-{uid()}")
+    trace_id = uuid.uuid4().hex
+    traced = (*tenant, ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"))
+    name = f"w-{uid(6)}"
+    async with worker_process(backends, mesh.agent_port, mesh.work, name, **LEASE) as worker:
+        job = await mesh.jobs.stub.CreateJob(_job("agents/echo", "traced"), metadata=traced)
+        done = await wait_state(mesh.jobs.stub, job.name, tenant, job_pb2.JOB_STATE_SUCCEEDED)
+    job_id = done.name.removeprefix("jobs/")
+    worker_lines = [
+        json.loads(line)
+        for line in worker.log_path.read_text().splitlines()
+        if line.startswith("{") and job_id in line
+    ]
+    assert worker_lines, worker.log_tail()
+    # Every line the worker wrote about the job names it and the caller's trace.
+    assert all(line.get("job_id") == job_id for line in worker_lines)
+    assert {line.get("trace_id") for line in worker_lines} == {trace_id}
+    # The agent run the worker drove is in the same trace: its decision (recorded in
+    # the background once the run ended) says so.
+    found: list[memory_pb2.Decision] = []
+
+    async def recorded() -> bool:
+        listed = await memory.ListDecisions(
+            memory_pb2.ListDecisionsRequest(filter=f'job = "{job.name}"'), metadata=tenant
+        )
+        found[:] = listed.decisions
+        return bool(found)
+
+    await eventually(recorded, "the run's decision", timeout_s=30)
+    assert [d.trace_id for d in found] == [trace_id]
+    assert found[0].agent == "agents/echo"

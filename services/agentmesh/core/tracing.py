@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -52,3 +53,17 @@ def shutdown_tracing() -> None:
 def client_interceptors() -> Sequence[grpc.aio.ClientInterceptor]:
     """The OpenTelemetry client interceptors (one per call type), injecting trace context."""
     return list(aio_client_interceptors())
+
+
+def current_traceparent() -> str:
+    """The W3C ``traceparent`` of the current span ("" when nothing is traced), for
+    work that continues the trace elsewhere later (a queued job's message)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_of(traceparent: str) -> Context | None:
+    """The OpenTelemetry context a ``traceparent`` names, to start a span in (None for
+    "")."""
+    return propagate.extract({"traceparent": traceparent}) if traceparent else None

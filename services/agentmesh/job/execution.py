@@ -32,9 +32,13 @@ import structlog
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
+from agentmesh.core.context import bind_job_id, reset_job_id
 from agentmesh.core.names import AGENTS, JOBS
+from agentmesh.core.tracing import context_of
+from agentmesh.job import metrics
 from agentmesh.job.changes import ChangeFeed, publish
 from agentmesh.job.convert import error_json, policy_of
 from agentmesh.job.credentials import TenantTokens
@@ -188,6 +192,24 @@ class JobExecutor:
             self._running.discard(task)
 
     async def _attempt(self, tenant: str, job_id: str, attempt: int, traceparent: str) -> str:
+        # One trace from the call that created the job through this attempt into the
+        # agent run it drives; every log line of the attempt names the job.
+        span = trace.get_tracer("agentmesh.job").start_as_current_span(
+            "job.attempt",
+            context=context_of(traceparent),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"agentmesh.job_id": job_id, "agentmesh.attempt": attempt},
+        )
+        token = bind_job_id(job_id)
+        try:
+            with span:
+                return await self._claimed_attempt(tenant, job_id, attempt, traceparent)
+        finally:
+            reset_job_id(token)
+
+    async def _claimed_attempt(
+        self, tenant: str, job_id: str, attempt: int, traceparent: str
+    ) -> str:
         log = _log.bind(job_id=job_id, tenant=tenant, attempt=attempt)
         row = await claim_job(
             self._pool,
@@ -227,9 +249,8 @@ class JobExecutor:
     async def _events(
         self, tenant: str, row: asyncpg.Record, traceparent: str, *, continue_only: bool = False
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
-        metadata: list[tuple[str, str]] = [("authorization", self._tokens.authorization(tenant))]
-        if traceparent:
-            metadata.append(("traceparent", traceparent))
+        # The channel's interceptors carry the attempt's span (a child of the caller's).
+        metadata = [("authorization", self._tokens.authorization(tenant))]
         options = agent_pb2.RunOptions(job=JOBS.format(row["id"]), session=row["session"])
         resume = json.loads(row["resume"]) if row["resume"] else None
         if resume is not None and not continue_only:
@@ -429,7 +450,10 @@ class JobExecutor:
                 ("output_tokens = {}", (tracker.output_tokens,)),
             ],
         )
-        return "cancelled" if changed is not None else "lost"
+        if changed is None:
+            return "lost"
+        metrics.finished(State.CANCELLED, row["create_time"])
+        return "cancelled"
 
     async def _completed(
         self, tenant: str, row: asyncpg.Record, tracker: _Tracker, final: agent_pb2.RunResult

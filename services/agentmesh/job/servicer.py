@@ -39,12 +39,14 @@ from agentmesh.core.paging import Keyset, page_size
 from agentmesh.core.run_input import parts_text
 from agentmesh.core.sql import item_bytes
 from agentmesh.core.storage import check_json_value, struct_to_jsonb
+from agentmesh.core.tracing import current_traceparent
 from agentmesh.core.validation import (
     Violations,
     check_duration,
     check_labels,
     validate_request_id,
 )
+from agentmesh.job import metrics
 from agentmesh.job.changes import publish
 from agentmesh.job.convert import error_json, job_proto
 from agentmesh.job.deps import JobDeps
@@ -168,6 +170,7 @@ def _draft(request: job_pb2.CreateJobRequest, settings: JobSettings) -> _Draft:
             # A thread of its own per job: its checkpoints live in Memory under it.
             thread_id=f"job-{job_id}.{uuid.uuid4().hex[:12]}",
             start_delay_s=delay,
+            traceparent=current_traceparent(),
         ),
         structured,
     )
@@ -231,8 +234,16 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
             job = await self.deps.request_ids.once(
                 conn, tenant, "CreateJob", request, job_pb2.Job, write
             )
-        if created and not draft.job.start_delay_s:
-            await self.deps.dispatcher.send(tenant, draft.job.job_id, 1, draft.job.priority)
+        if created:
+            metrics.CREATED.labels(metrics.priority_label(draft.job.priority)).inc()
+            if not draft.job.start_delay_s:
+                await self.deps.dispatcher.send(
+                    tenant,
+                    draft.job.job_id,
+                    1,
+                    draft.job.priority,
+                    traceparent=draft.job.traceparent,
+                )
         return job
 
     async def GetJob(self, request: job_pb2.GetJobRequest, context: ServicerContext) -> job_pb2.Job:
@@ -309,6 +320,8 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 ]
             changed = await change_job(self.deps.pool, tenant, row["id"], states=[state], sets=sets)
             if changed is not None:
+                if target is State.CANCELLED:
+                    metrics.finished(State.CANCELLED, changed["create_time"])
                 return await self._changed(tenant, changed)
         raise Aborted("CONCURRENT_CHANGE", f"{request.name} kept changing; retry the cancel")
 
@@ -349,6 +362,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                 f"{request.name} waits on interrupt {pending!r}, not {resume.interrupt_id!r}",
                 [("INTERRUPT", request.name, "answer the pending interrupt")],
             )
+        traceparent = current_traceparent()
         changed = await change_job(
             self.deps.pool,
             tenant,
@@ -366,12 +380,15 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                     (self.deps.settings.lease_s,),
                 ),
                 ("dispatch_time = now()", ()),
+                ("traceparent = {}", (traceparent,)),
             ],
         )
         if changed is None:
             raise Aborted("CONCURRENT_CHANGE", f"{request.name} changed meanwhile; get it again")
         job = await self._changed(tenant, changed)
-        await self.deps.dispatcher.send(tenant, row["id"], row["attempt"], row["priority"])
+        await self.deps.dispatcher.send(
+            tenant, row["id"], row["attempt"], row["priority"], traceparent=traceparent
+        )
         return job
 
     async def RetryJob(
@@ -382,6 +399,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         state = State(row["state"])
         check_retry(row["id"], state)
         attempt = row["attempt"] + 1
+        traceparent = current_traceparent()
         async with self.deps.pool.acquire() as conn, conn.transaction():
             await self._admit(conn, tenant)
             changed = await change_job(
@@ -404,12 +422,16 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
                     ("resume = NULL", ()),
                     ("lease_owner = NULL", ()),
                     ("lease_expire_time = NULL", ()),
+                    ("traceparent = {}", (traceparent,)),
                 ],
             )
         if changed is None:
             raise Aborted("CONCURRENT_CHANGE", f"{request.name} changed meanwhile; get it again")
+        metrics.RETRIES.labels("asked").inc()
         job = await self._changed(tenant, changed)
-        await self.deps.dispatcher.send(tenant, row["id"], attempt, row["priority"])
+        await self.deps.dispatcher.send(
+            tenant, row["id"], attempt, row["priority"], traceparent=traceparent
+        )
         return job
 
     async def WatchJob(

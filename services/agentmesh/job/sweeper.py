@@ -29,6 +29,8 @@ import structlog
 from prometheus_client import Counter
 from redis.asyncio.lock import Lock
 
+from agentmesh.job import metrics
+from agentmesh.job.broker import JOB_QUEUES, NAMESPACE
 from agentmesh.job.changes import publish
 from agentmesh.job.convert import error_json
 from agentmesh.job.dispatch import Dispatcher
@@ -103,6 +105,7 @@ class Sweeper:
     async def _run(self) -> None:
         while True:
             try:
+                await self._measure_queues()
                 if await self._leader():
                     await self.sweep()
             except asyncio.CancelledError:
@@ -110,6 +113,11 @@ class Sweeper:
             except Exception as exc:  # an outage: the next pass tries again
                 _log.warning("sweep failed", error=repr(exc))
             await asyncio.sleep(self._settings.sweep_interval_s)
+
+    async def _measure_queues(self) -> None:
+        for priority, (queue, _, _) in JOB_QUEUES.items():
+            depth = await self._redis.llen(f"{NAMESPACE}:{queue}")
+            metrics.QUEUE_DEPTH.labels(metrics.priority_label(priority)).set(depth)
 
     async def sweep(self) -> None:
         """One pass: hand back expired leases, then send what is due."""
@@ -123,7 +131,13 @@ class Sweeper:
         )
         for job in due:
             DISPATCHED.inc()
-            await self._dispatcher.send(job["tenant"], job["id"], job["attempt"], job["priority"])
+            await self._dispatcher.send(
+                job["tenant"],
+                job["id"],
+                job["attempt"],
+                job["priority"],
+                traceparent=job["traceparent"],
+            )
 
     async def _reap(self, lost: asyncpg.Record) -> None:
         tenant, job_id = lost["tenant"], lost["id"]
@@ -187,4 +201,13 @@ class Sweeper:
         _log.warning("job lease expired", job_id=job_id, tenant=tenant, now=target.name)
         await publish(self._redis, tenant, job_id, changed["sequence"])
         if target is State.PENDING:
-            await self._dispatcher.send(tenant, job_id, changed["attempt"], changed["priority"])
+            metrics.RETRIES.labels("lost_worker").inc()
+            await self._dispatcher.send(
+                tenant,
+                job_id,
+                changed["attempt"],
+                changed["priority"],
+                traceparent=lost["traceparent"],
+            )
+        else:
+            metrics.finished(target, changed["create_time"])

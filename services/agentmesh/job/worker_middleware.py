@@ -18,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from agentmesh.core.logging import configure_logging
 from agentmesh.core.metrics import MetricsServer, start_metrics_server
 from agentmesh.core.settings import Settings
+from agentmesh.core.tracing import configure_tracing
 
 MESSAGES: Final = Counter(
     "agentmesh_worker_messages_total",
@@ -47,6 +48,7 @@ class WorkerObservability(Middleware):
         # inherited at fork, would write past that pipe). Before other middleware's
         # after_worker_boot, so their lines (AsyncIO's "Starting event loop...") are JSON.
         configure_logging(self._settings)
+        configure_tracing(self._settings)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._settings.metrics_port:

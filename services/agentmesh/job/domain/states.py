@@ -70,11 +70,12 @@ def allowed(current: State, target: State) -> bool:
     return target in TRANSITIONS[current]
 
 
-def _refusal(job_id: str, state: State, action: str, why: str) -> FailedPrecondition:
+def _refusal(job_id: str, state: State, action: str, needs: str) -> FailedPrecondition:
+    name = JOBS.format(job_id)
     return FailedPrecondition(
         f"JOB_{state.label}",
-        f"{JOBS.format(job_id)} is {state.label}: {why}",
-        [("STATE", JOBS.format(job_id), f"{action} needs {why.split(';')[0]}")],
+        f"{name} is {state.label}; {action} needs {needs}",
+        [("STATE", name, f"{action} needs {needs}")],
     )
 
 
@@ -88,19 +89,19 @@ def cancel_target(job_id: str, state: State) -> State | None:
         return State.CANCELLING  # its worker stops at the run's next step and confirms
     if state in (State.CANCELLING, State.CANCELLED):
         return None
-    raise _refusal(job_id, state, "CancelJob", "a job that has not ended; it already ended")
+    raise _refusal(job_id, state, "CancelJob", "a job that has not ended")
 
 
 def check_resume(job_id: str, state: State) -> None:
     """ResumeJob answers an INPUT_REQUIRED job only."""
     if state is not State.INPUT_REQUIRED:
-        raise _refusal(job_id, state, "ResumeJob", "INPUT_REQUIRED; it waits on no human answer")
+        raise _refusal(job_id, state, "ResumeJob", "a job waiting for input (INPUT_REQUIRED)")
 
 
 def check_retry(job_id: str, state: State) -> None:
     """RetryJob re-opens a FAILED or CANCELLED job only."""
     if state not in (State.FAILED, State.CANCELLED):
-        raise _refusal(job_id, state, "RetryJob", "FAILED or CANCELLED; only ended jobs retry")
+        raise _refusal(job_id, state, "RetryJob", "a FAILED or CANCELLED job")
 
 
 def after_failure(*, transient: bool, attempt: int, attempt_limit: int) -> State:

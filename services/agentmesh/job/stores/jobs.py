@@ -27,11 +27,11 @@ COLUMNS: Final = (
     " initial_backoff_ms, max_backoff_ms, backoff_multiplier, state, attempt, attempt_limit,"
     " fence, lease_owner, lease_expire_time, dispatch_time, cancel_reason, progress, result,"
     " error, interrupt, resume, thread_id, input_tokens, output_tokens, sequence,"
-    " create_time, schedule_time, start_time, end_time, update_time"
+    " create_time, schedule_time, start_time, end_time, update_time, traceparent"
 )
 EVENTS_KEPT: Final = 1000
 """Changes kept per job for WatchJob's replay (the contract says so)."""
-_SNAPSHOT: Final = "to_jsonb(changed) - 'input' - 'parts' - 'resume'"
+_SNAPSHOT: Final = "to_jsonb(changed) - 'input' - 'parts' - 'resume' - 'traceparent'"
 """A change's record: the job without what never changes (input, parts) and the
 answer waiting for the worker (large, and not part of the job's visible state)."""
 _ACTIVE_SQL: Final = "(" + ", ".join(str(int(s)) for s in sorted(ACTIVE)) + ")"
@@ -85,6 +85,7 @@ class NewJob:
     backoff_multiplier: float
     thread_id: str
     start_delay_s: float
+    traceparent: str = ""
 
 
 async def insert_job(conn: asyncpg.Connection, tenant: str, job: NewJob) -> asyncpg.Record | None:
@@ -94,10 +95,10 @@ async def insert_job(conn: asyncpg.Connection, tenant: str, job: NewJob) -> asyn
     insert = """
         INSERT INTO job.jobs (tenant, id, agent, input, parts, session, priority, labels,
             max_attempts, initial_backoff_ms, max_backoff_ms, backoff_multiplier, state,
-            attempt, attempt_limit, thread_id, schedule_time, dispatch_time)
+            attempt, attempt_limit, thread_id, schedule_time, dispatch_time, traceparent)
         VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8::jsonb, $9, $10, $11, $12, $13,
             1, $16, $14, now() + make_interval(secs => $15),
-            CASE WHEN $15 = 0 THEN now() END)
+            CASE WHEN $15 = 0 THEN now() END, $17)
         ON CONFLICT (tenant, id) DO NOTHING
     """
     return await conn.fetchrow(
@@ -118,6 +119,7 @@ async def insert_job(conn: asyncpg.Connection, tenant: str, job: NewJob) -> asyn
         job.thread_id,
         float(job.start_delay_s),
         job.max_attempts,
+        job.traceparent,
     )
 
 
@@ -278,7 +280,7 @@ async def due_for_dispatch_all_tenants(
             LIMIT $5
         ) AS due
         WHERE j.tenant = due.tenant AND j.id = due.id
-        RETURNING j.tenant, j.id, j.attempt, j.priority
+        RETURNING j.tenant, j.id, j.attempt, j.priority, j.traceparent
         """,
         redispatch_after_s,
         int(State.PENDING),
@@ -296,7 +298,8 @@ async def expired_leases_all_tenants(
     worker died or lost its way. Read only; each is then changed under its own
     guard."""
     rows: list[asyncpg.Record] = await db.fetch(
-        "SELECT tenant, id, state, attempt, attempt_limit, fence, priority FROM job.jobs"
+        "SELECT tenant, id, state, attempt, attempt_limit, fence, priority, traceparent"
+        " FROM job.jobs"
         " WHERE state IN ($1, $2) AND lease_owner IS NOT NULL AND lease_expire_time < now()"
         " ORDER BY lease_expire_time LIMIT $3",
         int(State.RUNNING),
