@@ -10,6 +10,13 @@ the grace period ran out, it cancels the run, which stops the agent's graph at i
 next step (its checkpoints stay in Memory, so whoever continues the thread resumes
 from there).
 
+A database outage (PostgreSQL restarting, a failover) is not a failure of the run.
+The keeper goes on renewing through it for as long as the lease it last renewed
+lasts, and stops the run only once that lease has run out (from then on the sweeper
+may give the job to another worker). A progress write that meets an outage is
+skipped (the next one carries it), and the attempt's end is retried with backoff for
+``END_WRITE_RETRY_S``: the run's work is kept rather than done again.
+
 Every write carries the fence of the claim: a worker that lost its lease changes
 nothing any more, so a job completes once however often its message is delivered.
 """
@@ -36,14 +43,16 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from agentmesh.core.context import bind_job_id, reset_job_id
+from agentmesh.core.errors import Unavailable
 from agentmesh.core.names import AGENTS, JOBS
+from agentmesh.core.outages import as_unavailable
 from agentmesh.core.tracing import context_of
 from agentmesh.job import metrics
 from agentmesh.job.changes import ChangeFeed, publish
 from agentmesh.job.convert import error_json, policy_of
 from agentmesh.job.credentials import TenantTokens
 from agentmesh.job.domain.policy import is_transient
-from agentmesh.job.domain.states import State, after_failure
+from agentmesh.job.domain.states import TERMINAL, State, after_failure
 from agentmesh.job.settings import JobSettings, WorkerSettings
 from agentmesh.job.stores.jobs import change_job, claim_job, release_dispatch, renew_lease
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -53,6 +62,12 @@ _log = structlog.get_logger("agentmesh.job.worker")
 MAX_RESULT_BYTES: Final = 1024 * 1024
 """Largest job result, as JSON; a larger one fails the job (RESULT_TOO_LARGE)."""
 MAX_PROGRESS_MESSAGE_CHARS: Final = 512
+END_WRITE_RETRY_S: Final = 30.0
+"""How long the end of an attempt is retried while the database is unreachable; the
+write is guarded by the fence, so a retry that comes after the sweeper reaped the job
+changes nothing."""
+OUTAGE_RETRY_S: Final = (0.1, 2.0)
+"""First and longest wait between retries of a write that met a database outage."""
 
 FINISHED: Final = Counter(
     "agentmesh_job_attempts_total",
@@ -131,6 +146,12 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
         if detail.Unpack(info):
             return info.reason
     return ""
+
+
+def _outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable for now (retry later), as
+    opposed to a bug or a refused statement."""
+    return isinstance(exc, Unavailable | asyncpg.InterfaceError) or as_unavailable(exc) is not None
 
 
 def _result_json(final: agent_pb2.RunResult) -> str:
@@ -311,18 +332,27 @@ class JobExecutor:
             if tracker.dirty and now - tracker.written >= self._worker.progress_interval_s:
                 tracker.dirty = False
                 tracker.written = now
-                changed = await change_job(
-                    self._pool,
-                    tenant,
-                    row["id"],
-                    states=[State.RUNNING],
-                    when=[("fence = {}", (row["fence"],))],
-                    sets=[
-                        ("progress = {}::jsonb", (tracker.progress_json(),)),
-                        ("input_tokens = {}", (tracker.input_tokens,)),
-                        ("output_tokens = {}", (tracker.output_tokens,)),
-                    ],
-                )
+                try:
+                    changed = await change_job(
+                        self._pool,
+                        tenant,
+                        row["id"],
+                        states=[State.RUNNING],
+                        when=[("fence = {}", (row["fence"],))],
+                        sets=[
+                            ("progress = {}::jsonb", (tracker.progress_json(),)),
+                            ("input_tokens = {}", (tracker.input_tokens,)),
+                            ("output_tokens = {}", (tracker.output_tokens,)),
+                        ],
+                    )
+                except Exception as exc:
+                    if not _outage(exc):
+                        raise
+                    # Progress is not worth stopping the run for: the next write (or
+                    # the end) carries it.
+                    tracker.dirty = True
+                    _log.warning("job progress not written", job_id=row["id"], error=repr(exc))
+                    continue
                 if changed is not None:
                     await publish(self._redis, tenant, row["id"], changed["sequence"])
 
@@ -337,8 +367,10 @@ class JobExecutor:
         run: asyncio.Task[None],
     ) -> str:
         interval = self._job.lease_s / 3
+        renewed = time.monotonic()  # the claim took the lease
+        outage = False
         while True:
-            wait = interval
+            wait = min(interval, OUTAGE_RETRY_S[1]) if outage else interval
             if self._stopping is not None:
                 left = self._stopping + self._worker.shutdown_grace_s - time.monotonic()
                 if left <= 0:
@@ -349,9 +381,24 @@ class JobExecutor:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._woken(changed)
-            state = await renew_lease(
-                self._pool, tenant, job_id, fence=fence, lease_s=self._job.lease_s
-            )
+            asked = time.monotonic()
+            try:
+                state = await renew_lease(
+                    self._pool, tenant, job_id, fence=fence, lease_s=self._job.lease_s
+                )
+            except Exception as exc:
+                if not _outage(exc):
+                    raise
+                # The lease renewed last still holds: keep running until it runs out;
+                # past it the job may be given to another worker, so stop.
+                if time.monotonic() - renewed >= self._job.lease_s:
+                    _log.warning("job lease lost to a database outage", job_id=job_id)
+                    run.cancel("lost")
+                    return "lost"
+                outage = True
+                _log.warning("job lease not renewed; retrying", job_id=job_id, error=repr(exc))
+                continue
+            renewed, outage = asked, False
             if state is None:
                 run.cancel("lost")
                 return "lost"
@@ -399,14 +446,27 @@ class JobExecutor:
         states: list[State],
         sets: list[tuple[str, tuple[Any, ...]]],
     ) -> asyncpg.Record | None:
-        changed = await change_job(
-            self._pool,
-            tenant,
-            row["id"],
-            states=states,
-            when=[("fence = {}", (row["fence"],))],
-            sets=[*sets, ("lease_owner = NULL", ()), ("lease_expire_time = NULL", ())],
-        )
+        deadline = time.monotonic() + END_WRITE_RETRY_S
+        pause = OUTAGE_RETRY_S[0]
+        while True:
+            try:
+                changed = await change_job(
+                    self._pool,
+                    tenant,
+                    row["id"],
+                    states=states,
+                    when=[("fence = {}", (row["fence"],))],
+                    sets=[*sets, ("lease_owner = NULL", ()), ("lease_expire_time = NULL", ())],
+                )
+                break
+            except Exception as exc:
+                if not _outage(exc) or time.monotonic() + pause > deadline:
+                    raise
+                _log.warning(
+                    "job attempt end not written; retrying", job_id=row["id"], error=repr(exc)
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, OUTAGE_RETRY_S[1])
         if changed is not None:
             await publish(self._redis, tenant, row["id"], changed["sequence"])
         return changed
@@ -429,6 +489,10 @@ class JobExecutor:
         if await self._write(
             tenant, row, [State.RUNNING], [("state = {}", (int(target),)), *sets, *usage]
         ):
+            if target in TERMINAL:
+                metrics.finished(target, row["create_time"])
+            elif target is State.PENDING and outcome == "retry":
+                metrics.RETRIES.labels("failed_attempt").inc()
             return outcome
         return await self._cancelled(tenant, row, tracker)
 
