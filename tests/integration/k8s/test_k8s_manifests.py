@@ -216,6 +216,8 @@ def test_only_the_migration_holds_the_owner_credentials(manifests: list[Manifest
         "Job/migrate": {"AGENTMESH_MIGRATE_DATABASE_URL": "agentmesh-db-migrate"},
         "Deployment/memory": {"AGENTMESH_DATABASE_URL": "agentmesh-db-memory"},
         "Deployment/job": {"AGENTMESH_DATABASE_URL": "agentmesh-db-job"},
+        # The worker writes job records: the Job service's role, from the same Secret.
+        "Deployment/worker": {"AGENTMESH_DATABASE_URL": "agentmesh-db-job"},
     }
     for name, pod in pod_specs(manifests):
         assert database_credentials(pod) == wanted.get(name, {}), name
@@ -261,6 +263,82 @@ def test_envoy_accepts_the_k8s_config(tmp_path: Path) -> None:
     local = tmp_path / "envoy.yaml"
     local.write_text(text.replace(POD_DESCRIPTOR_PATH, str(paths.descriptor_set())))
     validate_envoy_config(local)
+
+
+def settings_data(docs: list[Manifest]) -> dict[str, str]:
+    (settings,) = [
+        d
+        for d in of_kind(docs, "ConfigMap").values()
+        if d["metadata"]["name"].startswith("agentmesh-settings")
+    ]
+    data: dict[str, str] = settings["data"]
+    return data
+
+
+def container_env(docs: list[Manifest], deployment: str) -> dict[str, Manifest]:
+    """The container's own variables by name, plus the settings ConfigMap's keys (as
+    ``{"configMap": value}``) when the container loads it with envFrom."""
+    (container,) = of_kind(docs, "Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Manifest] = {}
+    if container.get("envFrom"):
+        found.update({k: {"configMap": v} for k, v in settings_data(docs).items()})
+    found.update({var["name"]: var for var in container.get("env", [])})
+    return found
+
+
+def test_the_job_service_and_the_worker_reach_agents_through_envoy(
+    manifests: list[Manifest],
+) -> None:
+    # The Job service reads agent cards; the worker runs agents. Both through Envoy's
+    # internal listener (per-request balancing, retries), never a Service of the Agent.
+    wanted = settings_data(manifests)["AGENTMESH_AGENT_ADDR"]
+    assert wanted.startswith(f"envoy.{NAMESPACE}.svc.cluster.local:")
+    for deployment in ("job", "worker"):
+        env = container_env(manifests, deployment)
+        assert env["AGENTMESH_AGENT_ADDR"] == {"configMap": wanted}, deployment
+
+
+def test_the_worker_has_what_it_refuses_to_start_without(manifests: list[Manifest]) -> None:
+    # `python -m agentmesh.job.worker` exits 2 without a Redis URL, a database URL, the
+    # Agent's address, and a way to sign its calls: an RS256 key file with its id, or
+    # the HS256 secret.
+    env = container_env(manifests, "worker")
+    assert {"AGENTMESH_REDIS_URL", "AGENTMESH_DATABASE_URL", "AGENTMESH_AGENT_ADDR"} <= set(env)
+    rs256 = {"AGENTMESH_WORKER_SIGNING_KEY_FILE", "AGENTMESH_WORKER_SIGNING_KEY_ID"}
+    assert rs256 <= set(env) or "AGENTMESH_AUTH_HS256_SECRET" in env
+    # Room to hand running jobs back after their grace, before the kubelet's SIGKILL.
+    pod = of_kind(manifests, "Deployment")["worker"]["spec"]["template"]["spec"]
+    grace_s = float(settings_data(manifests)["AGENTMESH_WORKER_SHUTDOWN_GRACE_S"])
+    assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
+
+
+#: Where prod's worker reads its RS256 signing key, and the operator's Secret holding it.
+PROD_WORKER_KEY_FILE = "/etc/agentmesh/worker-signing/private.pem"
+PROD_WORKER_KEY_SECRET = "agentmesh-worker-signing"
+
+
+def test_prod_worker_signs_with_a_mounted_rs256_key() -> None:
+    docs = render("prod")
+    env = container_env(docs, "worker")
+    assert "AGENTMESH_AUTH_HS256_SECRET" not in env
+    assert env["AGENTMESH_WORKER_SIGNING_KEY_FILE"]["value"] == PROD_WORKER_KEY_FILE
+    kid = env["AGENTMESH_WORKER_SIGNING_KEY_ID"]["valueFrom"]["secretKeyRef"]
+    assert kid == {"name": PROD_WORKER_KEY_SECRET, "key": "kid"}
+    pod = of_kind(docs, "Deployment")["worker"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    key_dir, _, key_name = PROD_WORKER_KEY_FILE.rpartition("/")
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == key_dir]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    source = volume["secret"]
+    assert source["secretName"] == PROD_WORKER_KEY_SECRET
+    assert source.get("optional", False) is False, "the worker must not start unsigned"
+    assert [item["path"] for item in source["items"]] == [key_name]
+    # A private key: readable by the pod's group only, which the worker runs in.
+    assert source["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The operator owns the key, like the JWKS: never committed or generated.
+    assert PROD_WORKER_KEY_SECRET not in of_kind(docs, "Secret")
 
 
 #: Where prod's services read the JWKS: a file in a directory mounted from a ConfigMap.
