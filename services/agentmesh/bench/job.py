@@ -237,9 +237,10 @@ class _Measure:
             job=job_pb2.Job(agent="agents/echo", parts=[common_pb2.Part(text=TEXT)])
         )
 
-    async def one_job(self) -> tuple[float, float]:
-        """Submit-to-SUCCEEDED seen by a watching client, and the job's
-        ``end_time - create_time``, in seconds."""
+    async def one_job(self) -> tuple[float, float, float]:
+        """Submit-to-SUCCEEDED seen by a watching client, the job's
+        ``end_time - create_time`` and its ``start_time - create_time`` (the wait for a
+        worker's claim), in seconds."""
         t0 = time.perf_counter()
         job = await self.stub.CreateJob(self.request(), metadata=self.md, timeout=10)
         last = None
@@ -253,16 +254,19 @@ class _Measure:
             raise BenchError(f"{job.name} ended {last}")
         if last.result["text"] != TEXT:
             raise BenchError(f"{job.name} answered {last.result}")
-        server = last.end_time.ToNanoseconds() - last.create_time.ToNanoseconds()
-        return elapsed, server / 1e9
+        created = last.create_time.ToNanoseconds()
+        server = last.end_time.ToNanoseconds() - created
+        claimed = last.start_time.ToNanoseconds() - created
+        return elapsed, server / 1e9, claimed / 1e9
 
     async def job_latency(self, count: int) -> JsonDict:
-        client, server = [], []
+        client, server, claim = [], [], []
         for _ in range(count):
-            c, s = await self.one_job()
+            c, s, w = await self.one_job()
             client.append(c)
             server.append(s)
-        return {"client": _spread(client), "server": _spread(server)}
+            claim.append(w)
+        return {"client": _spread(client), "server": _spread(server), "claim": _spread(claim)}
 
     async def succeeded(self, since: float) -> tuple[int, int]:
         assert self.pool is not None
@@ -349,7 +353,8 @@ async def _measure(
             opts.log(
                 "job round: submit→SUCCEEDED p50"
                 f" {row['job_latency']['client']['p50_ms']:.1f} ms"
-                f" (db {row['job_latency']['server']['p50_ms']:.1f} ms),"
+                f" (db {row['job_latency']['server']['p50_ms']:.1f} ms,"
+                f" claimed after {row['job_latency']['claim']['p50_ms']:.1f} ms),"
                 f" raw p50 {row['raw_latency']['p50_ms']:.1f} ms;"
                 f" {row['job_burst']['jobs_per_s']:.0f} jobs/s vs raw"
                 f" {row['raw_burst']['msgs_per_s']:.0f} msg/s"
@@ -379,6 +384,8 @@ def _median(rounds: list[JsonDict]) -> JsonDict:
         "submit_to_done_p99_ms": med("job_latency", "client", "p99_ms"),
         "db_create_to_end_p50_ms": med("job_latency", "server", "p50_ms"),
         "db_create_to_end_p99_ms": med("job_latency", "server", "p99_ms"),
+        "db_create_to_start_p50_ms": med("job_latency", "claim", "p50_ms"),
+        "db_create_to_start_p99_ms": med("job_latency", "claim", "p99_ms"),
         "raw_enqueue_to_ack_p50_ms": med("raw_latency", "p50_ms"),
         "raw_enqueue_to_ack_p99_ms": med("raw_latency", "p99_ms"),
         "jobs_per_s": jobs,
@@ -461,6 +468,9 @@ def render(results: JsonDict) -> str:
         f" | {med['raw_enqueue_to_ack_p99_ms']:.1f} |",
         f"| server side, `end_time - create_time` p50 / p99 ms"
         f" | {med['db_create_to_end_p50_ms']:.1f} / {med['db_create_to_end_p99_ms']:.1f} | - |",
+        f"| server side, `start_time - create_time` (until a worker's claim) p50 / p99 ms"
+        f" | {med['db_create_to_start_p50_ms']:.1f} / {med['db_create_to_start_p99_ms']:.1f}"
+        " | - |",
         f"| burst throughput, per s | {med['jobs_per_s']:,.0f} jobs"
         f" | {med['raw_msgs_per_s']:,.0f} msgs |",
         f"| worker CPU per job, µs | {med['worker_cpu_us_per_job']:,.0f} | - |",
