@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from agentmesh.bench import agent, core, layers, memory
+from agentmesh.bench import agent, core, job, layers, memory
 from agentmesh.bench.suite import (
     Bench,
     BenchOptions,
@@ -30,7 +30,13 @@ from agentmesh.bench.suite import (
 )
 
 #: Every bench, in the order they run. A new bench is a module with a BENCH, added here.
-BENCHES: Final[tuple[Bench, ...]] = (core.BENCH, layers.BENCH, memory.BENCH, agent.BENCH)
+BENCHES: Final[tuple[Bench, ...]] = (
+    core.BENCH,
+    layers.BENCH,
+    memory.BENCH,
+    agent.BENCH,
+    job.BENCH,
+)
 
 
 def _parse(argv: list[str] | None, benches: Sequence[Bench]) -> argparse.Namespace:

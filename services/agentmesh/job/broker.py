@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Final
+import time
+from typing import Any, Final
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
 from dramatiq.middleware import AsyncIO
 
 from agentmesh.core.settings import Settings
@@ -30,6 +36,88 @@ priority (lower runs first). A worker consumes every queue and takes the prefetc
 message of the most urgent actor first, so high-priority jobs drain first."""
 
 
+WAKE_KEPT: Final = 64
+"""Most wake-ups kept for a queue nobody consumes (each costs a consumer one fetch)."""
+WAKE_TTL_S: Final = 3600
+"""A queue's wake-up list disappears this long after its last send."""
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    """The Redis list a send pushes to and an idle consumer of the queue blocks on."""
+    return f"{namespace}:wake:{queue_name}"
+
+
+class PromptRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker whose idle consumers wake as soon as a message is sent.
+
+    Dramatiq's Redis consumer polls: after each empty fetch it sleeps with an
+    exponential backoff (5 ms doubling, jittered) up to the worker timeout (1 s), so a
+    message sent to an idle worker waited tens to hundreds of milliseconds for its
+    fetch. Here every send also pushes to the queue's wake list (one pipelined round
+    trip), and an idle consumer blocks on that list (BLPOP) for its backoff instead of
+    sleeping: it fetches at once when a message arrives and polls no more often than
+    before when none does. A wake-up is a hint only; messages stay where Dramatiq keeps
+    them, so a lost or stale wake-up costs at most one poll interval or one empty
+    fetch.
+    """
+
+    def __init__(self, *, url: str | None, namespace: str) -> None:
+        super().__init__(url=url, namespace=namespace)  # type: ignore[no-untyped-call]
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _PromptConsumer
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        sent = super().enqueue(message, delay=delay)
+        if delay is None:  # a delayed message is not due yet: nobody needs waking
+            key = wake_key(self.namespace, sent.queue_name)
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.lpush(key, b"1")
+                pipe.ltrim(key, 0, WAKE_KEPT - 1)
+                pipe.expire(key, WAKE_TTL_S)
+                pipe.execute()
+        return sent
+
+
+class _PromptConsumer(_RedisConsumer):
+    """Dramatiq 2.2's ``_RedisConsumer.__next__`` with its idle sleep replaced by a
+    bounded wait on the queue's wake list (see :class:`PromptRedisBroker`)."""
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                try:
+                    data = self.message_cache.pop(0)
+                    if data is None:
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                except IndexError:
+                    messages = []
+                    room = self.outstanding_message_count < self.prefetch
+                    if room:
+                        self.message_cache = messages = self.broker.do_fetch(
+                            self.queue_name, self.prefetch - self.outstanding_message_count
+                        )
+                    if not messages:
+                        self.misses, backoff_ms = compute_backoff(
+                            self.misses, max_backoff=self.timeout
+                        )
+                        if room:
+                            # Only a consumer with room takes a wake-up: a full one
+                            # would swallow it and fetch nothing.
+                            key = wake_key(self.broker.namespace, self.queue_name)
+                            self.broker.client.blpop([key], timeout=backoff_ms / 1000)
+                        else:
+                            time.sleep(backoff_ms / 1000)
+                        return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+
 def job_queue(priority: int) -> tuple[str, str, int]:
     """The queue, actor and Dramatiq priority of a job of ``priority``
     (unspecified: default)."""
@@ -40,7 +128,7 @@ def client_broker(settings: Settings) -> RedisBroker:
     """A broker the Job service only sends with (no worker runs on it): Dramatiq's
     global broker is left alone."""
     settings.require("redis_url")
-    broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)
+    broker = PromptRedisBroker(url=settings.redis_url, namespace=NAMESPACE)
     for queue, _, _ in JOB_QUEUES.values():
         broker.declare_queue(queue)
     return broker
@@ -51,7 +139,7 @@ def configure_broker(settings: Settings) -> RedisBroker:
     one (Dramatiq's CLI takes the worker's broker from there). Called by entry points
     only, never at import."""
     settings.require("redis_url")
-    broker = RedisBroker(url=settings.redis_url, namespace=NAMESPACE)
+    broker = PromptRedisBroker(url=settings.redis_url, namespace=NAMESPACE)
     # Actors may be coroutines (agent runs are async); AsyncIO gives each worker
     # process one event loop thread for them.
     broker.add_middleware(AsyncIO())

@@ -114,3 +114,37 @@ def test_the_small_agent_bench_measures_every_case(tmp_path: Path) -> None:
         assert 0 < row["p50_ms"] <= row["p99_ms"], (name, row)
     assert cases["stream"]["first_event_p50_ms"] > 0
     assert cases["invoke_threaded"]["agent_cpu_us_per_call"] > 0
+
+
+def test_the_small_job_bench_runs_jobs_to_success(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentmesh.bench",
+            "--only",
+            "job",
+            "--small",
+            "--no-write-docs",
+            "--out-json",
+            str(out),
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())["job"]
+    assert result["problems"] == []
+    (round_,) = result["rounds"]
+    assert round_["job_latency"]["client"]["count"] == 30
+    assert round_["job_burst"]["jobs"] == 60
+    assert round_["raw_burst"]["messages"] == 500
+    median = result["median"]
+    assert 0 < median["db_create_to_start_p50_ms"] <= median["db_create_to_end_p50_ms"]
+    assert median["jobs_per_s"] > 0
+    assert median["raw_msgs_per_s"] > 0
