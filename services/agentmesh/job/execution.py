@@ -247,7 +247,9 @@ class JobExecutor:
         started = time.monotonic()
         await publish(self._redis, tenant, job_id, row["sequence"])
         log.info("job attempt started", fence=row["fence"], thread_id=row["thread_id"])
-        tracker = _Tracker()
+        # The first progress write waits an interval like the others: a job shorter
+        # than that writes only its claim and its end.
+        tracker = _Tracker(written=time.monotonic())
         async with self._changes.subscription(tenant, job_id) as changed:
             run = asyncio.create_task(self._drive(tenant, row, tracker, traceparent))
             keeper = asyncio.create_task(self._keep(tenant, job_id, row["fence"], changed, run))
