@@ -17,6 +17,7 @@ import redis.asyncio
 from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agentmesh.core.server import RunningServer
 from agentmesh.v1 import common_pb2, job_pb2
@@ -52,6 +53,10 @@ def _echo(text: str = "hello", **fields: object) -> job_pb2.Job:
     return job_pb2.Job(agent="agents/echo", parts=[common_pb2.Part(text=text)], **fields)  # type: ignore[arg-type]
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def _queued(client: redis.asyncio.Redis, job_id: str) -> list[tuple[str, list[object]]]:
     """The Dramatiq messages waiting for ``job_id``: (queue, args) each."""
     found = []
@@ -68,6 +73,7 @@ async def test_create_stores_a_pending_job_with_defaults_and_sends_one_message(
 ) -> None:
     tenant_name = f"job-{uid()}"
     tenant = credentials(tenant_name)
+    created_before = _sample("agentmesh_job_created_total", priority="high")
     job = await jobs.stub.CreateJob(
         job_pb2.CreateJobRequest(
             job=_echo(labels={"team": "support"}, priority=job_pb2.JOB_PRIORITY_HIGH),
@@ -90,6 +96,7 @@ async def test_create_stores_a_pending_job_with_defaults_and_sends_one_message(
     assert await _queued(redis_client, job_id) == [("jobs-high", [tenant_name, job_id, 1])]
     got = await jobs.stub.GetJob(job_pb2.GetJobRequest(name=job.name), metadata=tenant)
     assert got == job
+    assert _sample("agentmesh_job_created_total", priority="high") == created_before + 1
 
 
 async def test_create_is_idempotent_with_request_id(
@@ -240,9 +247,11 @@ async def test_cancel_retry_resume_follow_the_state_machine(
     )
     assert error_info(retry_pending).reason == "JOB_PENDING"
 
+    finished_before = _sample("agentmesh_job_finished_total", state="cancelled")
     cancelled = await stub.CancelJob(
         job_pb2.CancelJobRequest(name=job.name, reason="changed my mind"), metadata=tenant
     )
+    assert _sample("agentmesh_job_finished_total", state="cancelled") == finished_before + 1
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     assert cancelled.sequence == 2
     assert cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]

@@ -340,3 +340,81 @@ async def test_one_trace_runs_from_the_create_call_through_the_worker_into_the_a
     await eventually(recorded, "the run's decision", timeout_s=30)
     assert [d.trace_id for d in found] == [trace_id]
     assert found[0].agent == "agents/echo"
+
+
+async def test_higher_priority_jobs_drain_first(mesh: Mesh, backends: Backends) -> None:
+    tenant = credentials(f"jobw-{uid()}")
+    stub = mesh.jobs.stub
+    mesh.release.unlink(missing_ok=True)
+    mesh.counter.write_text("")
+    # One thread: while the slow job holds it, the others wait in the worker's queue.
+    async with worker_process(
+        backends, mesh.agent_port, mesh.work, f"w-{uid(6)}", AGENTMESH_WORKER_THREADS="1", **LEASE
+    ):
+        slow = await stub.CreateJob(_job("agents/slow-test", "go"), metadata=tenant)
+        await wait_state(stub, slow.name, tenant, job_pb2.JOB_STATE_RUNNING)
+        low = [
+            await stub.CreateJob(
+                _job("agents/echo", f"low {i}", priority=job_pb2.JOB_PRIORITY_LOW), metadata=tenant
+            )
+            for i in range(2)
+        ]
+        high = [
+            await stub.CreateJob(
+                _job("agents/echo", f"high {i}", priority=job_pb2.JOB_PRIORITY_HIGH),
+                metadata=tenant,
+            )
+            for i in range(2)
+        ]
+        await asyncio.sleep(2.0)  # the worker prefetches the four while its thread is busy
+        mesh.release.touch()
+        done = [
+            await wait_state(stub, job.name, tenant, job_pb2.JOB_STATE_SUCCEEDED)
+            for job in [*low, *high]
+        ]
+    order = sorted(done, key=lambda job: job.start_time.ToNanoseconds())
+    assert {job.name for job in order[:2]} == {job.name for job in high}, [
+        (job.name, job.priority) for job in order
+    ]
+
+
+async def test_a_cancel_completes_when_the_worker_died(mesh: Mesh, backends: Backends) -> None:
+    tenant = credentials(f"jobw-{uid()}")
+    stub = mesh.jobs.stub
+    mesh.release.unlink(missing_ok=True)
+    mesh.counter.write_text("")
+    async with worker_process(
+        backends, mesh.agent_port, mesh.work, f"doomed-{uid(6)}", **LEASE
+    ) as doomed:
+        job = await stub.CreateJob(_job("agents/slow-test", "go"), metadata=tenant)
+        await wait_state(stub, job.name, tenant, job_pb2.JOB_STATE_RUNNING)
+        kill_group(doomed)
+        cancelling = await stub.CancelJob(job_pb2.CancelJobRequest(name=job.name), metadata=tenant)
+        assert cancelling.state in (job_pb2.JOB_STATE_CANCELLING, job_pb2.JOB_STATE_CANCELLED)
+    # No worker will confirm: the sweeper completes the cancel when the lease expires.
+    ended = await wait_state(stub, job.name, tenant, job_pb2.JOB_STATE_CANCELLED, timeout_s=30)
+    assert ended.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert ended.attempt == 1
+
+
+async def test_an_attempt_past_the_time_limit_fails(mesh: Mesh, backends: Backends) -> None:
+    tenant = credentials(f"jobw-{uid()}")
+    stub = mesh.jobs.stub
+    mesh.release.unlink(missing_ok=True)
+    mesh.counter.write_text("")
+    async with worker_process(
+        backends,
+        mesh.agent_port,
+        mesh.work,
+        f"w-{uid(6)}",
+        AGENTMESH_WORKER_JOB_TIMEOUT_S="2",
+        **LEASE,
+    ):
+        job = await stub.CreateJob(
+            _job("agents/slow-test", "go", retry_policy=job_pb2.RetryPolicy(max_attempts=1)),
+            metadata=tenant,
+        )
+        failed = await wait_state(stub, job.name, tenant, job_pb2.JOB_STATE_FAILED, timeout_s=30)
+    assert failed.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert failed.attempt == 1
+    assert "second" not in mesh.counter.read_text()
