@@ -253,6 +253,7 @@ class RunOptions(google.protobuf.message.Message):
     SESSION_FIELD_NUMBER: builtins.int
     JOB_FIELD_NUMBER: builtins.int
     STREAM_TOKENS_FIELD_NUMBER: builtins.int
+    REQUEST_ID_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Model override, e.g. `anthropic:claude-sonnet-4-5`; empty uses the agent's default."""
     max_steps: builtins.int
@@ -265,6 +266,22 @@ class RunOptions(google.protobuf.message.Message):
     """When true, StreamAgent sends token-level message deltas; otherwise whole
     messages only.
     """
+    request_id: builtins.str
+    """Idempotency key of this run on its thread: 1-128 characters of
+    `[A-Za-z0-9._:-]`, e.g. `job:42:input`; give each distinct request its own.
+    A run on a thread whose latest run carried the same `request_id` is not
+    started again. If that run completed or stopped at an interrupt, its result
+    is answered again (InvokeAgent's `result`; StreamAgent and ResumeAgent send
+    the interrupt event when it stopped at one, then its `final` event) with
+    its `run_id`, without running the graph; `usage` is empty (the tokens were
+    counted once) and no second decision is recorded. If it stopped early (its
+    process died, or it failed mid-graph), it continues from its last
+    checkpoint, whatever input the repeat carries. Only the key is compared, not
+    the rest of the request. A repeat sent while the first call still runs is
+    not detected: repeat only after the first call ended. Empty, or another key
+    than the latest run's, runs as usual. Runs without a thread have nothing to
+    answer a repeat from: a `request_id` there is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -273,8 +290,9 @@ class RunOptions(google.protobuf.message.Message):
         session: builtins.str = ...,
         job: builtins.str = ...,
         stream_tokens: builtins.bool = ...,
+        request_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["job", b"job", "max_steps", b"max_steps", "model", b"model", "session", b"session", "stream_tokens", b"stream_tokens"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["job", b"job", "max_steps", b"max_steps", "model", b"model", "request_id", b"request_id", "session", b"session", "stream_tokens", b"stream_tokens"]) -> None: ...
 
 global___RunOptions = RunOptions
 

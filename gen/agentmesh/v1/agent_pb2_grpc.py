@@ -106,6 +106,10 @@ class AgentServiceServicer:
         on a thread where this deployment has no Memory service; more steps than
         `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
         DEADLINE_EXCEEDED.
+        With `options.request_id` the call is idempotent on its thread (see
+        RunOptions.request_id): a repeat answers the first run's result, or
+        continues it when it stopped early, instead of running another turn; it is
+        INVALID_ARGUMENT without a thread id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +120,9 @@ class AgentServiceServicer:
         calls and results, state updates, hand-offs, an interrupt, usage, and a
         final event (or an error event, so JSON clients without trailers see it).
         Errors: as InvokeAgent, returned before the first event when detected early.
+        With `options.request_id`, a repeat streams the first run's interrupt (when
+        it stopped at one) and `final` event again, or continues it when it stopped
+        early (see RunOptions.request_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +134,10 @@ class AgentServiceServicer:
         Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
         the caller's tenant does not have), FAILED_PRECONDITION (no pending
         interrupt, or `interrupt_id` is not the pending one).
+        With `options.request_id`, a repeat of a resume that already consumed the
+        interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+        interrupt (when it stopped at another) and `final` event again, or continues
+        it when it stopped early (see RunOptions.request_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,6 +59,10 @@ class AgentServiceStub:
     on a thread where this deployment has no Memory service; more steps than
     `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
     DEADLINE_EXCEEDED.
+    With `options.request_id` the call is idempotent on its thread (see
+    RunOptions.request_id): a repeat answers the first run's result, or
+    continues it when it stopped early, instead of running another turn; it is
+    INVALID_ARGUMENT without a thread id.
     """
 
     StreamAgent: grpc.UnaryStreamMultiCallable[
@@ -69,6 +73,9 @@ class AgentServiceStub:
     calls and results, state updates, hand-offs, an interrupt, usage, and a
     final event (or an error event, so JSON clients without trailers see it).
     Errors: as InvokeAgent, returned before the first event when detected early.
+    With `options.request_id`, a repeat streams the first run's interrupt (when
+    it stopped at one) and `final` event again, or continues it when it stopped
+    early (see RunOptions.request_id).
     """
 
     ResumeAgent: grpc.UnaryStreamMultiCallable[
@@ -80,6 +87,10 @@ class AgentServiceStub:
     Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
     the caller's tenant does not have), FAILED_PRECONDITION (no pending
     interrupt, or `interrupt_id` is not the pending one).
+    With `options.request_id`, a repeat of a resume that already consumed the
+    interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+    interrupt (when it stopped at another) and `final` event again, or continues
+    it when it stopped early (see RunOptions.request_id).
     """
 
 class AgentServiceAsyncStub:
@@ -123,6 +134,10 @@ class AgentServiceAsyncStub:
     on a thread where this deployment has no Memory service; more steps than
     `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
     DEADLINE_EXCEEDED.
+    With `options.request_id` the call is idempotent on its thread (see
+    RunOptions.request_id): a repeat answers the first run's result, or
+    continues it when it stopped early, instead of running another turn; it is
+    INVALID_ARGUMENT without a thread id.
     """
 
     StreamAgent: grpc.aio.UnaryStreamMultiCallable[
@@ -133,6 +148,9 @@ class AgentServiceAsyncStub:
     calls and results, state updates, hand-offs, an interrupt, usage, and a
     final event (or an error event, so JSON clients without trailers see it).
     Errors: as InvokeAgent, returned before the first event when detected early.
+    With `options.request_id`, a repeat streams the first run's interrupt (when
+    it stopped at one) and `final` event again, or continues it when it stopped
+    early (see RunOptions.request_id).
     """
 
     ResumeAgent: grpc.aio.UnaryStreamMultiCallable[
@@ -144,6 +162,10 @@ class AgentServiceAsyncStub:
     Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
     the caller's tenant does not have), FAILED_PRECONDITION (no pending
     interrupt, or `interrupt_id` is not the pending one).
+    With `options.request_id`, a repeat of a resume that already consumed the
+    interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+    interrupt (when it stopped at another) and `final` event again, or continues
+    it when it stopped early (see RunOptions.request_id).
     """
 
 class AgentServiceServicer(metaclass=abc.ABCMeta):
@@ -193,6 +215,10 @@ class AgentServiceServicer(metaclass=abc.ABCMeta):
         on a thread where this deployment has no Memory service; more steps than
         `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
         DEADLINE_EXCEEDED.
+        With `options.request_id` the call is idempotent on its thread (see
+        RunOptions.request_id): a repeat answers the first run's result, or
+        continues it when it stopped early, instead of running another turn; it is
+        INVALID_ARGUMENT without a thread id.
         """
 
     @abc.abstractmethod
@@ -205,6 +231,9 @@ class AgentServiceServicer(metaclass=abc.ABCMeta):
         calls and results, state updates, hand-offs, an interrupt, usage, and a
         final event (or an error event, so JSON clients without trailers see it).
         Errors: as InvokeAgent, returned before the first event when detected early.
+        With `options.request_id`, a repeat streams the first run's interrupt (when
+        it stopped at one) and `final` event again, or continues it when it stopped
+        early (see RunOptions.request_id).
         """
 
     @abc.abstractmethod
@@ -218,6 +247,10 @@ class AgentServiceServicer(metaclass=abc.ABCMeta):
         Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
         the caller's tenant does not have), FAILED_PRECONDITION (no pending
         interrupt, or `interrupt_id` is not the pending one).
+        With `options.request_id`, a repeat of a resume that already consumed the
+        interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+        interrupt (when it stopped at another) and `final` event again, or continues
+        it when it stopped early (see RunOptions.request_id).
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

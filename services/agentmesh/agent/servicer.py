@@ -9,8 +9,8 @@ import structlog
 from google.rpc import status_pb2
 
 from agentmesh.agent.registry import AgentCard, Registry
-from agentmesh.agent.runtime.inputs import ResumeRequest, RunInput, validate_resume, validate_run
-from agentmesh.agent.runtime.runner import Runner
+from agentmesh.agent.runtime.inputs import RunInput, validate_resume, validate_run
+from agentmesh.agent.runtime.runner import Prepared, Runner
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.contract import ServicerContext, fill_unimplemented
 from agentmesh.core.errors import (
@@ -126,10 +126,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         run = await self._checked_run(request)
         runner = self._require_runner()
         async with runner.run_scope():
-            await runner.prepare_run(run)
+            prepared = await runner.prepare_run(run)
             result = agent_pb2.RunResult()
             try:
-                async for event in runner.stream(run, timeout_s=self._timeout_s(context)):
+                async for event in runner.stream(prepared, timeout_s=self._timeout_s(context)):
                     if event.HasField("final"):
                         result = event.final
             except DeadlineExceeded:
@@ -151,9 +151,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         run = await self._checked_run(request)
         runner = self._require_runner()
         async with runner.run_scope():
-            await runner.prepare_run(run)
+            prepared = await runner.prepare_run(run)
             async for event in _ending_in_error(
-                runner.stream(run, timeout_s=self._timeout_s(context)), run, context
+                runner.stream(prepared, timeout_s=self._timeout_s(context)), prepared, context
             ):
                 yield event
 
@@ -164,9 +164,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         resume = validate_resume(agent_id, request, self._settings)
         runner = self._require_runner()
         async with runner.run_scope():
-            await runner.prepare_resume(resume)
+            prepared = await runner.prepare_resume(resume)
             async for event in _ending_in_error(
-                runner.stream(resume, timeout_s=self._timeout_s(context)), resume, context
+                runner.stream(prepared, timeout_s=self._timeout_s(context)), prepared, context
             ):
                 yield event
 
@@ -188,7 +188,7 @@ def _failed(exc: DomainError, context: ServicerContext) -> agent_pb2.RunResult:
 
 async def _ending_in_error(
     events: AsyncIterator[agent_pb2.AgentEvent],
-    run: RunInput | ResumeRequest,
+    run: Prepared,
     context: ServicerContext,
 ) -> AsyncIterator[agent_pb2.AgentEvent]:
     """The run's events; a failure mid-run is sent as an ``error`` event (JSON clients
@@ -206,9 +206,7 @@ async def _ending_in_error(
         raise
 
 
-def _error_event(
-    status: status_pb2.Status, after: int, run: RunInput | ResumeRequest
-) -> agent_pb2.AgentEvent:
+def _error_event(status: status_pb2.Status, after: int, run: Prepared) -> agent_pb2.AgentEvent:
     event = agent_pb2.AgentEvent(
         sequence=after + 1, thread_id=run.thread_id, agent=AGENTS.format(run.agent_id), error=status
     )

@@ -1,6 +1,7 @@
-"""A separate package of agents, as a deployment would install one: ``greeter`` is
-declared through the ``agentmesh.agents`` entry point (see the dist-info beside it);
-``slow_agent`` is named by ``AGENTMESH_AGENT_GRAPHS`` in the crash-resume test."""
+"""A separate package of agents, as a deployment would install one: ``greeter`` and
+``counting_agent`` are declared through the ``agentmesh.agents`` entry point (see the
+dist-info beside it); ``slow_agent`` is named by ``AGENTMESH_AGENT_GRAPHS`` in the
+crash-resume test."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from langgraph.graph.message import add_messages
 from agentmesh.agent.definition import define_agent
 
 COUNTER_ENV = "AGENTMESH_TEST_COUNTER_FILE"
-"""File each node of ``slow_agent`` appends its name to: the side-effect counter."""
+"""File each node of ``slow_agent`` and ``counting_agent`` appends its name to: the
+side-effect counter."""
 RELEASE_ENV = "AGENTMESH_TEST_RELEASE_FILE"
 """``slow_agent``'s second node waits until this file exists."""
 
@@ -78,4 +80,24 @@ slow_agent = define_agent(
     display_name="Slow (test)",
     description="Two steps, the second waits for a file: a run to kill mid-graph.",
     graph=_slow_graph,
+)
+
+
+def _count_turn(state: State) -> dict[str, Any]:
+    _count("turn")
+    turns = len(Path(os.environ[COUNTER_ENV]).read_text().split())
+    reply = f"turn {turns}"
+    return {"messages": [AIMessage(content=reply)], "output": {"turns": turns}}
+
+
+_counting_graph = StateGraph(State)
+_counting_graph.add_node("turn", _count_turn)
+_counting_graph.add_edge(START, "turn")
+_counting_graph.add_edge("turn", END)
+
+counting_agent = define_agent(
+    id="counting-test",
+    display_name="Counting (test)",
+    description="One step with a side effect: appends to a counter file, replies its count.",
+    graph=_counting_graph,
 )

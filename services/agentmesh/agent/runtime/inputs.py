@@ -25,6 +25,8 @@ THREAD_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MODEL_KEY: Final = "agentmesh_model"
 """``configurable`` key of the model a run uses: graphs that call a model read it."""
 MAX_MODEL_CHARS: Final = 256
+REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""A run's idempotency key on its thread: 1-128 characters of ``[A-Za-z0-9._:-]``."""
 
 
 input_validator = compile_schema
@@ -47,6 +49,8 @@ class RunInput:
     job: str = ""
     summary: str = ""
     """A short text of the input, for the run's decision record."""
+    request_id: str = ""
+    """The run's idempotency key on its thread; empty: none."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,24 @@ class ResumeRequest:
     session: str = ""
     job: str = ""
     summary: str = ""
+    request_id: str = ""
+    """The resume's idempotency key on its thread; empty: none."""
+
+    def continued(self) -> RunInput:
+        """The run that continues the thread with no input: what a repeat of this
+        resume becomes once its interrupt was consumed and its run stopped early."""
+        return RunInput(
+            agent_id=self.agent_id,
+            thread_id=self.thread_id,
+            graph_input=None,
+            max_steps=self.max_steps,
+            stream_tokens=self.stream_tokens,
+            model=self.model,
+            session=self.session,
+            job=self.job,
+            summary=self.summary,
+            request_id=self.request_id,
+        )
 
 
 def check_thread_id(thread_id: str, violations: Violations, *, required: bool) -> None:
@@ -75,9 +97,13 @@ def check_thread_id(thread_id: str, violations: Violations, *, required: bool) -
 
 
 def check_options(
-    options: agent_pb2.RunOptions, settings: AgentSettings, violations: Violations
+    options: agent_pb2.RunOptions,
+    settings: AgentSettings,
+    violations: Violations,
+    *,
+    thread_id: str,
 ) -> int:
-    """The run's step limit; every option checked."""
+    """The run's step limit; every option checked (``request_id`` needs ``thread_id``)."""
     if not 0 <= options.max_steps <= settings.max_steps:
         violations.add(
             "options.max_steps",
@@ -89,6 +115,14 @@ def check_options(
         violations.check(lambda: JOBS.parse(options.job, field="options.job"))
     if len(options.model) > MAX_MODEL_CHARS or NUL in options.model:
         violations.add("options.model", f"at most {MAX_MODEL_CHARS} characters, {NUL_RULE}")
+    if options.request_id:
+        if not REQUEST_ID.fullmatch(options.request_id):
+            violations.add("options.request_id", "1-128 characters of A-Z a-z 0-9 . _ : -")
+        elif not thread_id:
+            violations.add(
+                "options.request_id",
+                "needs a thread_id: a run without a thread keeps nothing to answer a repeat from",
+            )
     return options.max_steps or settings.default_max_steps
 
 
@@ -106,7 +140,7 @@ def validate_run(
     ``validator`` is the agent's (:func:`input_validator`)."""
     violations = Violations()
     check_thread_id(request.thread_id, violations, required=False)
-    steps = check_options(request.options, settings, violations)
+    steps = check_options(request.options, settings, violations, thread_id=request.thread_id)
     size = _input_size(request.input, request.parts)
     if size > settings.max_input_bytes:
         violations.add("input", f"{size} bytes with the parts; at most {settings.max_input_bytes}")
@@ -134,6 +168,7 @@ def validate_run(
         summary=(text or json.dumps(structured, sort_keys=True) if structured or text else "")[
             :512
         ],
+        request_id=request.options.request_id,
     )
 
 
@@ -143,7 +178,7 @@ def validate_resume(
     """The resume ``request`` asks for, or INVALID_ARGUMENT naming every bad field."""
     violations = Violations()
     check_thread_id(request.thread_id, violations, required=True)
-    steps = check_options(request.options, settings, violations)
+    steps = check_options(request.options, settings, violations, thread_id=request.thread_id)
     resume = request.resume
     if not request.HasField("resume"):
         violations.add("resume", "required: the interrupt id and the answer")
@@ -165,4 +200,5 @@ def validate_resume(
         session=request.options.session,
         job=request.options.job,
         summary=f"resume {resume.interrupt_id}",
+        request_id=request.options.request_id,
     )

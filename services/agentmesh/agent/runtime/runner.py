@@ -13,6 +13,14 @@ process died) continues from its last checkpoint when invoked with no input, and
 completed steps do not run again. Client cancellation cancels the task that
 iterates the graph, which stops it; a run also stops at its deadline.
 
+Idempotent runs: a run (or resume) carrying a ``request_id`` writes it into the
+metadata of every checkpoint it leaves, as it does the agent and run id. When the
+thread's latest checkpoint carries the request's id, the request repeats that run: a
+run that completed or stopped at an interrupt is answered again from the thread's
+state (``Replay``: the reply and output the run's checkpoints added, the pending
+interrupt) without running the graph, spending budget or recording a decision; a run
+that stopped early continues from its last checkpoint with no input.
+
 The check and the run it admits share one ``run_scope()``: the checkpoint the check
 read is the one LangGraph starts from, without reading it again (the Memory-backed
 saver's ``read_through``).
@@ -23,14 +31,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Final, cast
 
 import structlog
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
@@ -45,12 +54,14 @@ from agentmesh.agent.runtime.events import (
     INTERRUPT_KEY,
     RunTrace,
     interrupt_events,
+    message_text,
     to_struct,
+    to_value,
     token_event,
     update_events,
 )
 from agentmesh.agent.runtime.inputs import MODEL_KEY, ResumeRequest, RunInput, input_validator
-from agentmesh.agent.runtime.record import RunRecord, RunRecorder
+from agentmesh.agent.runtime.record import RUNS, RunRecord, RunRecorder
 from agentmesh.core.context import current_tenant, current_trace_id
 from agentmesh.core.errors import (
     DeadlineExceeded,
@@ -66,6 +77,11 @@ from agentmesh.v1 import agent_pb2, common_pb2
 
 AGENT_METADATA_KEY: Final = "agentmesh_agent"
 """Checkpoint metadata naming the agent whose thread it is."""
+REQUEST_METADATA_KEY: Final = "agentmesh_request_id"
+"""Checkpoint metadata carrying the idempotency key of the run that wrote it."""
+REPLAYED: Final = "replayed"
+"""The ``outcome`` of a repeated request answered from the thread's state."""
+_log = structlog.get_logger("agentmesh.agent")
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,24 @@ class _ThreadState:
     owner: str
     interrupts: list[common_pb2.Interrupt]
     unfinished: bool
+    request_id: str = ""
+    """The idempotency key of the run that wrote the latest checkpoint ("" for none)."""
+    run_id: str = ""
+    """The id of the run that wrote the latest checkpoint."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A repeated request (same ``request_id`` as the thread's latest run, which ended
+    or stopped at an interrupt): that run's result, answered again without running."""
+
+    agent_id: str
+    thread_id: str
+    result: agent_pb2.RunResult
+
+
+Prepared = RunInput | ResumeRequest | Replay
+"""What a checked request runs: a run, a resume, or the replay of a finished run."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,7 @@ class Runner:
         self._default_model = default_model
         self._recorder = recorder or RunRecorder(None)
         self._memory = checkpointer is not None
+        self._checkpointer = checkpointer
         self._saver = checkpointer if isinstance(checkpointer, AgentmeshSaver) else None
         self._agents: dict[str, _Compiled] = {}
         for definition in definitions:
@@ -195,25 +230,79 @@ class Runner:
         graph = self._graph(agent_id, thread_id)
         state = await graph.aget_state({"configurable": {"thread_id": thread_id}})
         exists = state.created_at is not None
+        metadata = (state.metadata or {}) if exists else {}
         return _ThreadState(
             exists=exists,
-            owner=str((state.metadata or {}).get(AGENT_METADATA_KEY, "")) if exists else "",
+            owner=str(metadata.get(AGENT_METADATA_KEY, "")),
             interrupts=[
-                common_pb2.Interrupt(id=str(i.id), thread_id=thread_id) for i in state.interrupts
+                common_pb2.Interrupt(
+                    id=str(i.id),
+                    value=to_value(i.value),
+                    agent=AGENTS.format(agent_id),
+                    thread_id=thread_id,
+                )
+                for i in state.interrupts
             ],
             unfinished=bool(state.next) and not state.interrupts,
+            request_id=str(metadata.get(REQUEST_METADATA_KEY, "")),
+            run_id=str(metadata.get("run_id", "")),
         )
 
-    async def prepare_run(self, run: RunInput) -> None:
-        """Refuses a threaded run whose thread waits on an interrupt or belongs to
-        another agent."""
+    async def _replay(self, agent_id: str, thread_id: str, thread: _ThreadState) -> Replay:
+        """The result of the thread's latest run (which ended or stopped at an
+        interrupt), from its checkpoints: the reply and output written by the runs
+        that carried its request id, compared with the checkpoint before them."""
+        assert self._checkpointer is not None  # a thread exists, so Memory does
+        latest: CheckpointTuple | None = None
+        before: CheckpointTuple | None = None
+        # Newest first, the root graph's only; closed once the run's are read.
+        listed = cast(
+            "AsyncGenerator[CheckpointTuple]",
+            self._checkpointer.alist(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+            ),
+        )
+        async with aclosing(listed) as checkpoints:
+            async for found in checkpoints:
+                if found.metadata.get(REQUEST_METADATA_KEY) != thread.request_id:
+                    before = found
+                    break
+                latest = latest or found
+        result = replayed_result(thread.run_id, thread_id, latest, before)
+        if thread.interrupts:
+            result.status = agent_pb2.RUN_STATUS_INTERRUPTED
+            result.interrupt.CopyFrom(thread.interrupts[0])
+        return Replay(agent_id=agent_id, thread_id=thread_id, result=result)
+
+    async def _repeat(
+        self, agent_id: str, thread_id: str, request_id: str, thread: _ThreadState
+    ) -> Replay | None:
+        """The replay of the run ``request_id`` repeats when it ended or stopped at an
+        interrupt; None when the request runs (after the tenant's budget admits it)."""
+        if request_id and request_id == thread.request_id and not thread.unfinished:
+            return await self._replay(agent_id, thread_id, thread)
+        if request_id:
+            await self._admit()  # a request without a key was admitted before the read
+        return None
+
+    async def prepare_run(self, run: RunInput) -> RunInput | Replay:
+        """What the run does: refused when its thread waits on an interrupt or belongs
+        to another agent; with the request id of the thread's latest run, that run's
+        replay, or its continuation (no input) when it stopped early."""
         self.check_needs(run.agent_id, run.model)
-        await self._admit()
         if not run.thread_id:
+            await self._admit()
             self._graph(run.agent_id, "")
-            return
+            return run
+        if not run.request_id:
+            await self._admit()
         thread = await self._pending(run.agent_id, run.thread_id)
         _check_owner(run.agent_id, run.thread_id, thread.owner, thread.exists)
+        replay = await self._repeat(run.agent_id, run.thread_id, run.request_id, thread)
+        if replay is not None:
+            return replay
+        if run.request_id and run.request_id == thread.request_id:
+            return replace(run, graph_input=None)  # continues the run it repeats
         if thread.interrupts:
             raise FailedPrecondition(
                 "THREAD_INTERRUPTED",
@@ -234,16 +323,25 @@ class Runner:
                 "give the run something: parts (a message) or input"
                 " (a thread continues without input only after a run stopped early)",
             )
+        return run
 
-    async def prepare_resume(self, resume: ResumeRequest) -> None:
-        """Refuses a resume of a thread that does not exist (NOT_FOUND), waits on
-        nothing, or waits on another interrupt (FAILED_PRECONDITION)."""
+    async def prepare_resume(self, resume: ResumeRequest) -> ResumeRequest | RunInput | Replay:
+        """What the resume does: refused when its thread does not exist (NOT_FOUND),
+        waits on nothing, or waits on another interrupt (FAILED_PRECONDITION); with
+        the request id of the thread's latest run (the resume already consumed its
+        interrupt), that run's replay, or its continuation when it stopped early."""
         self.check_needs(resume.agent_id, resume.model)
-        await self._admit()
+        if not resume.request_id:
+            await self._admit()
         thread = await self._pending(resume.agent_id, resume.thread_id)
         if not thread.exists:
             raise NotFound("thread", resume.thread_id)
         _check_owner(resume.agent_id, resume.thread_id, thread.owner, thread.exists)
+        replay = await self._repeat(resume.agent_id, resume.thread_id, resume.request_id, thread)
+        if replay is not None:
+            return replay
+        if resume.request_id and resume.request_id == thread.request_id:
+            return resume.continued()
         if not thread.interrupts:
             raise FailedPrecondition(
                 "NO_PENDING_INTERRUPT", f"thread {resume.thread_id!r} waits on no interrupt"
@@ -254,25 +352,34 @@ class Runner:
                 f"thread {resume.thread_id!r} waits on interrupt"
                 f" {thread.interrupts[0].id!r}, not {resume.interrupt_id!r}",
             )
+        return resume
 
     async def stream(
         self,
-        run: RunInput | ResumeRequest,
+        run: Prepared,
         *,
         timeout_s: float,
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
         """The run's events, numbered from 1, ending with ``final``; raises the run's
         error (DeadlineExceeded past ``timeout_s``) after the events it produced. The
-        run is recorded (decision, metrics) however it ends."""
+        run is recorded (decision, metrics) however it ends; a replay is only counted
+        (outcome ``replayed``): its run was recorded when it ran."""
+        if isinstance(run, Replay):
+            for event in _replay_events(run):
+                yield event
+            return
         run_id = str(uuid.uuid4())
         model = self.model_for(run.agent_id, run.model)
         configurable: dict[str, Any] = {MODEL_KEY: model}
         if run.thread_id:
             configurable["thread_id"] = run.thread_id
+        metadata: dict[str, Any] = {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id}
+        if run.request_id:  # LangGraph copies it into each checkpoint's metadata
+            metadata[REQUEST_METADATA_KEY] = run.request_id
         config: RunnableConfig = {
             "recursion_limit": run.max_steps,
             "run_id": uuid.UUID(run_id),
-            "metadata": {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id},
+            "metadata": metadata,
             "configurable": configurable,
         }
         numbered = _Numbering(run_id, run.thread_id, AGENTS.format(run.agent_id))
@@ -396,6 +503,65 @@ def _items(chunk: Any) -> Iterable[tuple[str, Any]]:
     if isinstance(chunk, Mapping):
         return chunk.items()
     return ()
+
+
+def _replay_events(replay: Replay) -> Iterable[agent_pb2.AgentEvent]:
+    """A replay's events: the interrupt it stopped at (if any), then ``final``."""
+    result = replay.result
+    RUNS.labels(replay.agent_id, REPLAYED).inc()
+    span = otel_trace.get_current_span()
+    span.set_attribute("agentmesh.agent", replay.agent_id)
+    span.set_attribute("agentmesh.run_id", result.run_id)
+    span.set_attribute("agentmesh.thread_id", replay.thread_id)
+    _log.info(
+        "run replayed", agent=replay.agent_id, run_id=result.run_id, thread_id=replay.thread_id
+    )
+    numbered = _Numbering(result.run_id, replay.thread_id, AGENTS.format(replay.agent_id))
+    if result.HasField("interrupt"):
+        yield numbered(agent_pb2.AgentEvent(interrupt=result.interrupt))
+    yield numbered(agent_pb2.AgentEvent(final=result))
+
+
+def _values(found: CheckpointTuple | None) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """A checkpoint's channel values and versions (empty for none)."""
+    if found is None:
+        return {}, {}
+    checkpoint = found.checkpoint
+    return checkpoint.get("channel_values", {}), checkpoint.get("channel_versions", {})
+
+
+def _messages(values: Mapping[str, Any]) -> list[BaseMessage]:
+    messages = values.get("messages")
+    if isinstance(messages, list | tuple):
+        return [m for m in messages if isinstance(m, BaseMessage)]
+    return []
+
+
+def replayed_result(
+    run_id: str, thread_id: str, latest: CheckpointTuple | None, before: CheckpointTuple | None
+) -> agent_pb2.RunResult:
+    """The COMPLETED result a run left on its thread, as its ``final`` event said it:
+    the text of the last AI message ``latest`` holds that ``before`` (the checkpoint
+    before the run) did not, and the ``output`` key when the run wrote it. Usage is
+    empty: the run's tokens were counted when it ran."""
+    values, versions = _values(latest)
+    earlier, earlier_versions = _values(before)
+    known = {m.id for m in _messages(earlier) if m.id}
+    reply = ""
+    for message in _messages(values):
+        if isinstance(message, AIMessage) and message.id not in known:
+            reply = message_text(message) or reply
+    result = agent_pb2.RunResult(
+        run_id=run_id,
+        thread_id=thread_id,
+        status=agent_pb2.RUN_STATUS_COMPLETED,
+        parts=[common_pb2.Part(text=reply)] if reply else [],
+        usage=common_pb2.TokenUsage(),
+    )
+    output = values.get("output")
+    if isinstance(output, Mapping) and versions.get("output") != earlier_versions.get("output"):
+        result.output.CopyFrom(to_struct(output))
+    return result
 
 
 def _check_owner(agent_id: str, thread_id: str, owner: str, exists: bool) -> None:

@@ -3229,6 +3229,24 @@ class RunOptions(betterproto2.Message):
     messages only.
     """
 
+    request_id: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Idempotency key of this run on its thread: 1-128 characters of
+    `[A-Za-z0-9._:-]`, e.g. `job:42:input`; give each distinct request its own.
+    A run on a thread whose latest run carried the same `request_id` is not
+    started again. If that run completed or stopped at an interrupt, its result
+    is answered again (InvokeAgent's `result`; StreamAgent and ResumeAgent send
+    the interrupt event when it stopped at one, then its `final` event) with
+    its `run_id`, without running the graph; `usage` is empty (the tokens were
+    counted once) and no second decision is recorded. If it stopped early (its
+    process died, or it failed mid-graph), it continues from its last
+    checkpoint, whatever input the repeat carries. Only the key is compared, not
+    the rest of the request. A repeat sent while the first call still runs is
+    not detected: repeat only after the first call ended. Empty, or another key
+    than the latest run's, runs as usual. Runs without a thread have nothing to
+    answer a repeat from: a `request_id` there is INVALID_ARGUMENT.
+    """
+
 
 default_message_pool.register_message("agentmesh.v1", "RunOptions", RunOptions)
 
@@ -4049,6 +4067,10 @@ class AgentServiceStub:
         on a thread where this deployment has no Memory service; more steps than
         `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
         DEADLINE_EXCEEDED.
+        With `options.request_id` the call is idempotent on its thread (see
+        RunOptions.request_id): a repeat answers the first run's result, or
+        continues it when it stopped early, instead of running another turn; it is
+        INVALID_ARGUMENT without a thread id.
         """
 
         return self._channel.unary_unary(
@@ -4063,6 +4085,9 @@ class AgentServiceStub:
         calls and results, state updates, hand-offs, an interrupt, usage, and a
         final event (or an error event, so JSON clients without trailers see it).
         Errors: as InvokeAgent, returned before the first event when detected early.
+        With `options.request_id`, a repeat streams the first run's interrupt (when
+        it stopped at one) and `final` event again, or continues it when it stopped
+        early (see RunOptions.request_id).
         """
 
         yield from self._channel.unary_stream(
@@ -4078,6 +4103,10 @@ class AgentServiceStub:
         Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
         the caller's tenant does not have), FAILED_PRECONDITION (no pending
         interrupt, or `interrupt_id` is not the pending one).
+        With `options.request_id`, a repeat of a resume that already consumed the
+        interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+        interrupt (when it stopped at another) and `final` event again, or continues
+        it when it stopped early (see RunOptions.request_id).
         """
 
         yield from self._channel.unary_stream(
@@ -4162,6 +4191,10 @@ class AgentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         on a thread where this deployment has no Memory service; more steps than
         `max_steps`), RESOURCE_EXHAUSTED (model quota, with RetryInfo),
         DEADLINE_EXCEEDED.
+        With `options.request_id` the call is idempotent on its thread (see
+        RunOptions.request_id): a repeat answers the first run's result, or
+        continues it when it stopped early, instead of running another turn; it is
+        INVALID_ARGUMENT without a thread id.
         """
 
         return await self._unary_unary(
@@ -4186,6 +4219,9 @@ class AgentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         calls and results, state updates, hand-offs, an interrupt, usage, and a
         final event (or an error event, so JSON clients without trailers see it).
         Errors: as InvokeAgent, returned before the first event when detected early.
+        With `options.request_id`, a repeat streams the first run's interrupt (when
+        it stopped at one) and `final` event again, or continues it when it stopped
+        early (see RunOptions.request_id).
         """
 
         async for response in self._unary_stream(
@@ -4212,6 +4248,10 @@ class AgentServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         Errors: INVALID_ARGUMENT (missing answer), NOT_FOUND (agent, or a thread
         the caller's tenant does not have), FAILED_PRECONDITION (no pending
         interrupt, or `interrupt_id` is not the pending one).
+        With `options.request_id`, a repeat of a resume that already consumed the
+        interrupt is not NO_PENDING_INTERRUPT: it streams the resumed run's
+        interrupt (when it stopped at another) and `final` event again, or continues
+        it when it stopped early (see RunOptions.request_id).
         """
 
         async for response in self._unary_stream(
