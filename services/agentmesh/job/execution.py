@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -162,6 +163,15 @@ def _result_json(final: agent_pb2.RunResult) -> str:
     return json.dumps(value)
 
 
+def run_key(job_id: str, resume: Mapping[str, Any] | None) -> str:
+    """The idempotency key of the agent run an attempt makes: the job's input run, or
+    the run answering one interrupt (its id hashed: it is the client's text)."""
+    if resume is None:
+        return f"job:{job_id}:input"
+    digest = hashlib.sha256(str(resume["interrupt_id"]).encode()).hexdigest()[:32]
+    return f"job:{job_id}:resume:{digest}"
+
+
 class JobExecutor:
     """Runs the attempts this worker process receives."""
 
@@ -274,8 +284,16 @@ class JobExecutor:
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
         # The channel's interceptors carry the attempt's span (a child of the caller's).
         metadata = [("authorization", self._tokens.authorization(tenant))]
-        options = agent_pb2.RunOptions(job=JOBS.format(row["id"]), session=row["session"])
         resume = json.loads(row["resume"]) if row["resume"] else None
+        # The run's idempotency key on the job's thread: an attempt that repeats a run
+        # the agent already finished (its worker died before recording the end) gets
+        # that run's result again instead of a second turn, and one that stopped early
+        # continues from its last checkpoint.
+        options = agent_pb2.RunOptions(
+            job=JOBS.format(row["id"]),
+            session=row["session"],
+            request_id=run_key(row["id"], resume),
+        )
         if resume is not None and not continue_only:
             answer = struct_pb2.Value()
             json_format.ParseDict(resume["answer"], answer)

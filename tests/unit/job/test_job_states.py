@@ -17,6 +17,7 @@ from agentmesh.job.domain.states import (
     check_resume,
     check_retry,
 )
+from agentmesh.job.execution import run_key
 from agentmesh.v1 import job_pb2
 
 
@@ -114,3 +115,11 @@ def test_a_lost_worker_costs_an_attempt_and_completes_a_cancel() -> None:
     assert after_lost_worker(State.CANCELLING, attempt=3, attempt_limit=3) is State.CANCELLED
     for state in (State.RUNNING, State.CANCELLING):
         assert allowed(state, after_lost_worker(state, attempt=1, attempt_limit=2))
+
+
+def test_each_run_of_a_job_has_its_own_stable_key() -> None:
+    assert run_key("j-1", None) == "job:j-1:input"
+    first = run_key("j-1", {"interrupt_id": "abc", "answer": True})
+    assert first == run_key("j-1", {"interrupt_id": "abc", "answer": False})
+    assert first != run_key("j-1", {"interrupt_id": "abd", "answer": True})
+    assert len(run_key("j" * 63, {"interrupt_id": "x" * 128, "answer": 1})) <= 128
