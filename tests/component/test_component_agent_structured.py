@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
+from prometheus_client import REGISTRY
 
 from agentmesh.agent.agents.structured import structured_agent
 from agentmesh.agent.app import build_agent
@@ -160,9 +161,28 @@ async def test_answers_that_stay_invalid_are_failed_precondition(
         openai_wire.completion('{"city": ""}'),
         openai_wire.completion('{"city": "never asked"}'),  # a third call would take it
     )
+
+    def spent() -> float:
+        return sum(
+            REGISTRY.get_sample_value(
+                "agentmesh_llm_tokens_total",
+                {
+                    "tenant": "tenant-a",
+                    "agent": "city-facts",
+                    "model": "openai:gpt-4.1-mini",
+                    "direction": d,
+                },
+            )
+            or 0.0
+            for d in ("input", "output")
+        )
+
+    before = spent()
     async with _agent(provider, attempts=2) as agent:
         response = await agent.InvokeAgent(_ask("Atlantis?"), metadata=tenant_a)
     assert len(provider.requests) == 2  # the configured attempts, no more
+    # The failed run's tokens count (against the tenant's budget too): both calls.
+    assert spent() - before == 2 * 18
     # A run that fails after it started is a FAILED result carrying the error's status.
     result = response.result
     assert result.status == agent_pb2.RUN_STATUS_FAILED

@@ -10,9 +10,12 @@ the counts are spread over chunks: adding every chunk's usage gives the call's.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple
 
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import LLMResult
 
 MAX_TOKENS: int = 2**53
 """Largest count taken from a provider's report (larger ones are clamped): keeps sums
@@ -61,6 +64,25 @@ class UsageMeter:
         self.usage = self.usage.plus(usage)
         self.calls += 1
         return usage
+
+
+class UsageCallback(BaseCallbackHandler):
+    """Counts the usage of every chat-model call made under a run's config, as LangChain
+    reports each call's end: attempts that failed validation, calls of a node that later
+    raised, subgraphs' calls, whatever the graph kept in its state or not. A cache hit
+    reports no usage (nothing was spent)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # sync models report from worker threads
+        self.meter = UsageMeter()
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                if isinstance(message, BaseMessage):
+                    with self._lock:
+                        self.meter.add(message)
 
 
 def _count(value: object) -> int:

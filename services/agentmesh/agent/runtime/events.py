@@ -23,6 +23,7 @@ from google.protobuf import struct_pb2
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from agentmesh.core.names import AGENTS
+from agentmesh.llm.usage import UsageMeter
 from agentmesh.v1 import agent_pb2, common_pb2
 
 MAX_SUMMARY_CHARS: Final = 2048
@@ -105,6 +106,14 @@ class RunTrace:
     tools: list[str] = field(default_factory=list)
     seen_messages: set[str] = field(default_factory=set)
     """Ids of the messages already converted (a subgraph's update repeats them)."""
+
+    def count_calls(self, meter: UsageMeter) -> None:
+        """Takes the usage of the run's model calls as counted by LangChain's callbacks
+        (every call, also those whose answer never reached the state); a graph that
+        made no such call keeps what its messages reported."""
+        if meter.calls:
+            self.input_tokens = meter.usage.input_tokens
+            self.output_tokens = meter.usage.output_tokens
 
     def usage(self) -> common_pb2.TokenUsage:
         return common_pb2.TokenUsage(

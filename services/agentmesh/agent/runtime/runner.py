@@ -73,6 +73,7 @@ from agentmesh.core.errors import (
 from agentmesh.core.names import AGENTS
 from agentmesh.langgraph import AgentmeshSaver
 from agentmesh.llm.errors import domain_error as provider_error
+from agentmesh.llm.usage import UsageCallback
 from agentmesh.v1 import agent_pb2, common_pb2
 
 AGENT_METADATA_KEY: Final = "agentmesh_agent"
@@ -376,11 +377,13 @@ class Runner:
         metadata: dict[str, Any] = {AGENT_METADATA_KEY: run.agent_id, "run_id": run_id}
         if run.request_id:  # LangGraph copies it into each checkpoint's metadata
             metadata[REQUEST_METADATA_KEY] = run.request_id
+        calls = UsageCallback()  # every model call's tokens, failed attempts too
         config: RunnableConfig = {
             "recursion_limit": run.max_steps,
             "run_id": uuid.UUID(run_id),
             "metadata": metadata,
             "configurable": configurable,
+            "callbacks": [calls],
         }
         numbered = _Numbering(run_id, run.thread_id, AGENTS.format(run.agent_id))
         trace = RunTrace()
@@ -397,6 +400,7 @@ class Runner:
         try:
             async for event in self._graph_events(run, config, trace, timeout_s):
                 yield numbered(event)
+            trace.count_calls(calls.meter)
             usage = trace.usage()
             if usage.total_tokens:
                 yield numbered(agent_pb2.AgentEvent(usage=usage))
@@ -410,6 +414,7 @@ class Runner:
             raise
         finally:
             structlog.contextvars.reset_contextvars(**bound)
+            trace.count_calls(calls.meter)  # a failed run's tokens count against budgets
             self._recorder.record(
                 RunRecord(
                     agent_id=run.agent_id,
