@@ -270,8 +270,12 @@ async def test_a_refusal_fails_at_once_and_an_outage_is_retried(
 
     # An Agent service that is down: the attempt fails UNAVAILABLE and is retried.
     port = free_port()
+    # Attempts enough to outlast the Agent process's start on a busy machine (about
+    # 40 s of backoff in all), each at most 5 s after the last.
     policy = job_pb2.RetryPolicy(
-        max_attempts=5, initial_backoff=duration_pb2.Duration(nanos=300_000_000)
+        max_attempts=10,
+        initial_backoff=duration_pb2.Duration(seconds=1),
+        max_backoff=duration_pb2.Duration(seconds=5),
     )
     async with serve_job(backends, port, AGENTMESH_JOB_SWEEP_INTERVAL_S="0.2", **LEASE) as jobs:
         # Up while the job is created (CreateJob asks it about the agent), then gone
