@@ -234,13 +234,11 @@ class JobExecutor:
         token = bind_job_id(job_id)
         try:
             with span:
-                return await self._claimed_attempt(tenant, job_id, attempt, traceparent)
+                return await self._claimed_attempt(tenant, job_id, attempt)
         finally:
             reset_job_id(token)
 
-    async def _claimed_attempt(
-        self, tenant: str, job_id: str, attempt: int, traceparent: str
-    ) -> str:
+    async def _claimed_attempt(self, tenant: str, job_id: str, attempt: int) -> str:
         log = _log.bind(job_id=job_id, tenant=tenant, attempt=attempt)
         row = await claim_job(
             self._pool,
@@ -261,7 +259,7 @@ class JobExecutor:
         # than that writes only its claim and its end.
         tracker = _Tracker(written=time.monotonic())
         async with self._changes.subscription(tenant, job_id) as changed:
-            run = asyncio.create_task(self._drive(tenant, row, tracker, traceparent))
+            run = asyncio.create_task(self._drive(tenant, row, tracker))
             keeper = asyncio.create_task(self._keep(tenant, job_id, row["fence"], changed, run))
             try:
                 outcome = await self._finish(tenant, row, tracker, run, keeper)
@@ -280,7 +278,7 @@ class JobExecutor:
     # -- the run -----------------------------------------------------------------------
 
     async def _events(
-        self, tenant: str, row: asyncpg.Record, traceparent: str, *, continue_only: bool = False
+        self, tenant: str, row: asyncpg.Record, *, continue_only: bool = False
     ) -> AsyncIterator[agent_pb2.AgentEvent]:
         # The channel's interceptors carry the attempt's span (a child of the caller's).
         metadata = [("authorization", self._tokens.authorization(tenant))]
@@ -323,11 +321,9 @@ class JobExecutor:
         async for event in call:
             yield event
 
-    async def _drive(
-        self, tenant: str, row: asyncpg.Record, tracker: _Tracker, traceparent: str
-    ) -> None:
+    async def _drive(self, tenant: str, row: asyncpg.Record, tracker: _Tracker) -> None:
         try:
-            await self._consume(self._events(tenant, row, traceparent), tenant, row, tracker)
+            await self._consume(self._events(tenant, row), tenant, row, tracker)
         except grpc.aio.AioRpcError as error:
             # The thread already holds this work: a run that stopped early (its worker
             # died), or a resume the agent took before its worker died. Continue it.
@@ -336,7 +332,7 @@ class JobExecutor:
                 "NO_PENDING_INTERRUPT",
             ):
                 raise
-            events = self._events(tenant, row, traceparent, continue_only=True)
+            events = self._events(tenant, row, continue_only=True)
             await self._consume(events, tenant, row, tracker)
 
     async def _consume(
