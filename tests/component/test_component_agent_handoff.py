@@ -57,3 +57,34 @@ async def test_a_stream_shows_the_handoff_between_the_two_agents_messages(
             )
             _check_handoff(events)
             assert events[-1].final.thread_id == thread
+
+
+async def test_a_second_turn_on_the_thread_says_only_what_is_new(
+    monkeypatch: pytest.MonkeyPatch, memory_server: RunningServer, tenant_a: Metadata
+) -> None:
+    # Bob stays the active agent (as in langgraph-swarm) and answers the second turn
+    # himself. His subgraph hands back the whole conversation in its update; the first
+    # turn's messages are in the thread already and are not streamed again.
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    thread = f"handoff-{uid()}"
+    async with served_agent(AgentSettings(), memory_server.port) as stub:
+        turns = []
+        for question in ("who wrote Faust?", "who wrote Hamlet?"):
+            turns.append(
+                await drain(
+                    stub.StreamAgent(
+                        agent_pb2.StreamAgentRequest(
+                            name="agents/handoff-test",
+                            thread_id=thread,
+                            parts=[common_pb2.Part(text=question)],
+                        ),
+                        metadata=tenant_a,
+                        timeout=30,
+                    )
+                )
+            )
+    _check_handoff(turns[0])
+    second = [e.message_delta.text for e in turns[1] if e.HasField("message_delta")]
+    assert second == ["Bob: answered 'who wrote Hamlet?'."]
+    assert not any(e.HasField("handoff") or e.HasField("tool_call") for e in turns[1])
+    assert turns[1][-1].final.parts[0].text == "Bob: answered 'who wrote Hamlet?'."

@@ -51,6 +51,9 @@ class RunInput:
     """A short text of the input, for the run's decision record."""
     request_id: str = ""
     """The run's idempotency key on its thread; empty: none."""
+    seen_messages: frozenset[str] = frozenset()
+    """Ids of the messages the thread held before this run: a subgraph's update repeats
+    its whole history, and what earlier runs said is not said again."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class ResumeRequest:
     summary: str = ""
     request_id: str = ""
     """The resume's idempotency key on its thread; empty: none."""
+    seen_messages: frozenset[str] = frozenset()
+    """Ids of the messages the thread held before this run: a subgraph's update repeats
+    its whole history, and what earlier runs said is not said again."""
 
     def continued(self) -> RunInput:
         """The run that continues the thread with no input: what a repeat of this
@@ -84,6 +90,7 @@ class ResumeRequest:
             job=self.job,
             summary=self.summary,
             request_id=self.request_id,
+            seen_messages=self.seen_messages,
         )
 
 

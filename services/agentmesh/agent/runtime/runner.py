@@ -95,6 +95,8 @@ class _ThreadState:
     """The idempotency key of the run that wrote the latest checkpoint ("" for none)."""
     run_id: str = ""
     """The id of the run that wrote the latest checkpoint."""
+    seen: frozenset[str] = frozenset()
+    """Ids of the messages the thread holds."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class Runner:
             unfinished=bool(state.next) and not state.interrupts,
             request_id=str(metadata.get(REQUEST_METADATA_KEY, "")),
             run_id=str(metadata.get("run_id", "")),
+            seen=_message_ids(state.values),
         )
 
     async def _replay(self, agent_id: str, thread_id: str, thread: _ThreadState) -> Replay:
@@ -303,7 +306,8 @@ class Runner:
         if replay is not None:
             return replay
         if run.request_id and run.request_id == thread.request_id:
-            return replace(run, graph_input=None)  # continues the run it repeats
+            # Continues the run it repeats.
+            return replace(run, graph_input=None, seen_messages=thread.seen)
         if thread.interrupts:
             raise FailedPrecondition(
                 "THREAD_INTERRUPTED",
@@ -324,7 +328,7 @@ class Runner:
                 "give the run something: parts (a message) or input"
                 " (a thread continues without input only after a run stopped early)",
             )
-        return run
+        return replace(run, seen_messages=thread.seen)
 
     async def prepare_resume(self, resume: ResumeRequest) -> ResumeRequest | RunInput | Replay:
         """What the resume does: refused when its thread does not exist (NOT_FOUND),
@@ -342,7 +346,7 @@ class Runner:
         if replay is not None:
             return replay
         if resume.request_id and resume.request_id == thread.request_id:
-            return resume.continued()
+            return replace(resume.continued(), seen_messages=thread.seen)
         if not thread.interrupts:
             raise FailedPrecondition(
                 "NO_PENDING_INTERRUPT", f"thread {resume.thread_id!r} waits on no interrupt"
@@ -353,7 +357,7 @@ class Runner:
                 f"thread {resume.thread_id!r} waits on interrupt"
                 f" {thread.interrupts[0].id!r}, not {resume.interrupt_id!r}",
             )
-        return resume
+        return replace(resume, seen_messages=thread.seen)
 
     async def stream(
         self,
@@ -386,7 +390,7 @@ class Runner:
             "callbacks": [calls],
         }
         numbered = _Numbering(run_id, run.thread_id, AGENTS.format(run.agent_id))
-        trace = RunTrace()
+        trace = RunTrace(seen_messages=set(run.seen_messages))
         started = time.monotonic()
         outcome = "error: cancelled"
         # The call's span and every log line of the run name the run and its thread.
@@ -567,6 +571,13 @@ def replayed_result(
     if isinstance(output, Mapping) and versions.get("output") != earlier_versions.get("output"):
         result.output.CopyFrom(to_struct(output))
     return result
+
+
+def _message_ids(values: Any) -> frozenset[str]:
+    messages = values.get("messages") if isinstance(values, Mapping) else None
+    if not isinstance(messages, list):
+        return frozenset()
+    return frozenset(m.id for m in messages if getattr(m, "id", None))
 
 
 def _check_owner(agent_id: str, thread_id: str, owner: str, exists: bool) -> None:
