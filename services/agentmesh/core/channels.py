@@ -59,8 +59,11 @@ else:
     _StreamStream = grpc.aio.StreamStreamClientInterceptor
 
 
-class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
-    """Adds the default deadline and forwards request id and credential, all call types."""
+class _Outgoing:
+    """Adds the default deadline and forwards request id and credential.
+
+    grpc.aio files an interceptor under the first call type it implements only, so
+    each call type gets an instance of its own (:func:`outgoing_interceptors`)."""
 
     def __init__(self, default_timeout_s: float) -> None:
         self._default_timeout_s = default_timeout_s
@@ -79,6 +82,8 @@ class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamS
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _OutgoingUnaryUnary(_Outgoing, _UnaryUnary):
     async def intercept_unary_unary(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -87,6 +92,8 @@ class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamS
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _OutgoingUnaryStream(_Outgoing, _UnaryStream):
     async def intercept_unary_stream(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -95,6 +102,8 @@ class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamS
     ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _OutgoingStreamUnary(_Outgoing, _StreamUnary):
     async def intercept_stream_unary(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -103,6 +112,8 @@ class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamS
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _OutgoingStreamStream(_Outgoing, _StreamStream):
     async def intercept_stream_stream(
         self,
         continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
@@ -110,6 +121,20 @@ class _OutgoingCallInterceptor(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamS
         request_iterator: Any,
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
+
+
+def outgoing_interceptors(default_timeout_s: float) -> list[grpc.aio.ClientInterceptor]:
+    """The deadline and forwarding interceptors, one per call type."""
+    # grpc-stubs models ClientInterceptor as an opaque type that needs a cast.
+    return [
+        cast(grpc.aio.ClientInterceptor, kind(default_timeout_s))
+        for kind in (
+            _OutgoingUnaryUnary,
+            _OutgoingUnaryStream,
+            _OutgoingStreamUnary,
+            _OutgoingStreamStream,
+        )
+    ]
 
 
 def channel_options(
@@ -142,11 +167,7 @@ def open_channel(
         target,
         options=channel_options(settings, idempotent_methods),
         interceptors=[
-            # grpc-stubs models ClientInterceptor as an opaque type that needs a cast.
-            cast(
-                grpc.aio.ClientInterceptor,
-                _OutgoingCallInterceptor(settings.client_deadline_ms / 1000),
-            ),
+            *outgoing_interceptors(settings.client_deadline_ms / 1000),
             *client_interceptors(),
         ],
     )

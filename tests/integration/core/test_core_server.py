@@ -142,6 +142,29 @@ class ProbeServicer:
             response: bytes = await channel.unary_unary(f"/{SERVICE}/Whoami", None, None)(request)
         return response
 
+    async def hop_streams(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """Call a server stream, a client stream and a bidi stream on ourselves through
+        a core channel, passing no metadata: the channel forwards the caller's."""
+        assert self.settings is not None
+
+        async def two() -> AsyncIterator[bytes]:
+            for item in (b"1", b"2"):
+                yield item
+
+        async with open_channel(self.hop_target, self.settings) as channel:
+            counted = [r async for r in channel.unary_stream(f"/{SERVICE}/Count", None, None)(b"2")]
+            total = await channel.stream_unary(f"/{SERVICE}/Total", None, None)(two())
+            echoed = [r async for r in channel.stream_stream(f"/{SERVICE}/Echo", None, None)(two())]
+        return json.dumps(
+            {
+                "count": [r.decode() for r in counted],
+                "total": total.decode(),
+                "echo": [r.decode() for r in echoed],
+            }
+        ).encode()
+
     async def flaky(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """UNAVAILABLE while ``flaky_failures_left`` lasts, as a replica going away would."""
         if self.flaky_failures_left > 0:
@@ -168,6 +191,7 @@ class ProbeServicer:
             "Total": grpc.stream_unary_rpc_method_handler(self.total),
             "Echo": grpc.stream_stream_rpc_method_handler(self.echo),
             "Hop": grpc.unary_unary_rpc_method_handler(self.hop),
+            "HopStreams": grpc.unary_unary_rpc_method_handler(self.hop_streams),
             "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
             "Flaky": grpc.unary_unary_rpc_method_handler(self.flaky),
         }
@@ -488,6 +512,16 @@ async def test_core_channel_carries_identity_request_id_and_deadline(harness: Ha
         "subject": "alice",
         "request_id": "req-hop",
         "has_deadline": True,
+    }
+
+
+async def test_core_channel_forwards_the_caller_on_every_call_type(harness: Harness) -> None:
+    response, _ = await harness.unary("HopStreams", metadata=AUTH)
+
+    assert json.loads(response) == {
+        "count": ["acme:0", "acme:1"],
+        "total": "3",
+        "echo": ["acme:1", "acme:2"],
     }
 
 
