@@ -20,11 +20,13 @@ from prometheus_client import REGISTRY
 from agentmesh.agent.agents.structured import structured_agent
 from agentmesh.agent.app import build_agent
 from agentmesh.agent.resources import AgentResources
+from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.server import start_server
 from agentmesh.core.settings import Settings
 from agentmesh.llm.models import ChatModels
 from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from component.agent_helpers import FIXTURES
 from component.conftest import SECRET, Metadata
 from providers import openai_wire
 from providers.server import ScriptedServer, serving
@@ -198,3 +200,35 @@ async def test_answers_that_stay_invalid_are_failed_precondition(
         ("MODEL_OUTPUT", "output", "at $: 'population' is a required property"),
         ("MODEL_OUTPUT", "output", "at $.city: '' should be non-empty"),
     }
+
+
+async def test_an_agent_from_a_package_gets_the_deployments_model(
+    provider: ScriptedServer, tenant_a: Metadata, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    provider.script(openai_wire.completion('{"city": "Lisbon", "population": 545000}'))
+    llm = LlmSettings(
+        default_model="openai:gpt-4.1-mini",
+        openai_base_url=provider.url + "/v1",
+        openai_api_key="test-key",
+    )
+    environ = {
+        "AGENTMESH_GRPC_PORT": "0",
+        "AGENTMESH_METRICS_PORT": "0",
+        "AGENTMESH_AUTH_HS256_SECRET": SECRET,
+    }
+    settings = Settings.from_env(environ, service="agent")
+    agent_settings = AgentSettings(graphs="agentmesh_test_agents:city_facts")
+    running = await start_server(settings, await build_agent(settings, agent_settings, llm))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = cast("AgentStub", agent_pb2_grpc.AgentServiceStub(channel))
+            response = await stub.InvokeAgent(
+                agent_pb2.InvokeAgentRequest(
+                    name="agents/city-facts-pkg", parts=[common_pb2.Part(text="Portugal?")]
+                ),
+                metadata=tenant_a,
+            )
+    finally:
+        await running.stop(0)
+    assert _output(response.result) == {"city": "Lisbon", "population": 545000}

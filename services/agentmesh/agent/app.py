@@ -78,7 +78,7 @@ async def build_agent(
     found = (
         list(definitions)
         if definitions is not None
-        else discover(agent.graphs, builtin_agents(resources))
+        else discover(agent.graphs, builtin_agents(resources), resources)
     )
     cards = registry or Registry([d.card for d in found])
     budgets = TenantBudgets(

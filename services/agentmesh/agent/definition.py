@@ -18,8 +18,11 @@ The service serves the built-in agents, every ``AgentDefinition`` that an instal
 package declares in the entry-point group ``agentmesh.agents``
 (``[project.entry-points."agentmesh.agents"] support = "my_agents.support:agent"``),
 and those ``AGENTMESH_AGENT_GRAPHS`` names as ``module:attribute`` (the way
-``langgraph.json`` names graphs). This is operator configuration: code named there is
-the deployment's own, never a tenant's.
+``langgraph.json`` names graphs). Either may also name a function that takes the
+deployment's :class:`~agentmesh.agent.resources.AgentResources` (its chat models, its
+Memory client) and returns the definition: how an agent of your own calls the
+configured LLM, e.g. with ``agentmesh.agent.agents.structured``. This is operator
+configuration: code named there is the deployment's own, never a tenant's.
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ def define_agent(
     return AgentDefinition(card=card, graph=graph, needs=frozenset(needs))
 
 
-def load_path(path: str) -> AgentDefinition:
-    """The ``AgentDefinition`` at ``module:attribute``; ConfigError otherwise."""
+def load_path(path: str, resources: Any = None) -> AgentDefinition:
+    """The ``AgentDefinition`` at ``module:attribute`` (or made by the function there,
+    given ``resources``); ConfigError otherwise."""
     module_name, _, attribute = path.strip().partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"{path!r}: expected module:attribute, e.g. my_agents.support:agent")
@@ -114,10 +118,15 @@ def load_path(path: str) -> AgentDefinition:
         value = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{path!r}: cannot load it: {exc}") from exc
-    return _definition(value, path)
+    return _definition(value, path, resources)
 
 
-def _definition(value: Any, source: str) -> AgentDefinition:
+def _definition(value: Any, source: str, resources: Any = None) -> AgentDefinition:
+    if callable(value) and not isinstance(value, AgentDefinition | StateGraph | Pregel):
+        try:
+            value = value(resources)
+        except (ValueError, TypeError) as exc:  # the author's factory refused
+            raise ConfigError(f"{source}: building the agent failed: {exc}") from exc
     if not isinstance(value, AgentDefinition):
         raise ConfigError(
             f"{source}: is a {type(value).__name__}, not an AgentDefinition"
@@ -126,9 +135,12 @@ def _definition(value: Any, source: str) -> AgentDefinition:
     return value
 
 
-def discover(graphs_setting: str, builtins: Iterable[AgentDefinition]) -> list[AgentDefinition]:
+def discover(
+    graphs_setting: str, builtins: Iterable[AgentDefinition], resources: Any = None
+) -> list[AgentDefinition]:
     """The built-in agents, then those of installed packages (entry points), then those
-    ``graphs_setting`` names (comma-separated ``module:attribute``)."""
+    ``graphs_setting`` names (comma-separated ``module:attribute``); a name that is a
+    function is called with ``resources``."""
     found = list(builtins)
     for point in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -137,6 +149,6 @@ def discover(graphs_setting: str, builtins: Iterable[AgentDefinition]) -> list[A
             raise ConfigError(
                 f"entry point {point.name!r} ({point.value}) of {ENTRY_POINT_GROUP}: {exc}"
             ) from exc
-        found.append(_definition(value, f"entry point {point.name!r} ({point.value})"))
-    found += [load_path(path) for path in graphs_setting.split(",") if path.strip()]
+        found.append(_definition(value, f"entry point {point.name!r} ({point.value})", resources))
+    found += [load_path(path, resources) for path in graphs_setting.split(",") if path.strip()]
     return found

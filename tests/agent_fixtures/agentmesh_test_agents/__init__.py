@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
+from agentmesh.agent.agents.structured import structured_agent
 from agentmesh.agent.definition import define_agent
 
 COUNTER_ENV = "AGENTMESH_TEST_COUNTER_FILE"
@@ -101,3 +102,19 @@ counting_agent = define_agent(
     description="One step with a side effect: appends to a counter file, replies its count.",
     graph=_counting_graph,
 )
+
+
+def city_facts(resources: Any) -> Any:
+    """An agent of a separate package that calls the deployment's model: named by
+    ``AGENTMESH_AGENT_GRAPHS`` as a function, it is given the service's resources."""
+    return structured_agent(
+        resources,
+        id="city-facts-pkg",
+        display_name="City facts (package)",
+        description="Names the largest city of a country, with its population.",
+        output_schema={
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+            "required": ["city", "population"],
+        },
+    )
