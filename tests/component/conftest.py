@@ -38,7 +38,9 @@ SECRET = "component-memory-secret-of-32-bytes-min"
 Metadata = tuple[tuple[str, str], ...]
 
 # The shared helpers of the test modules assert too: have pytest explain their failures.
-pytest.register_assert_rewrite("component.memory_helpers", "component.job_helpers")
+pytest.register_assert_rewrite(
+    "component.memory_helpers", "component.job_helpers", "component.conductor_helpers"
+)
 
 
 def credentials(tenant: str) -> Metadata:
@@ -64,6 +66,8 @@ class Backends:
     redis_url: str
     job_url: str = ""
     """As the Job service's login role (the Job service and its workers)."""
+    conductor_url: str = ""
+    """As the Conductor service's login role."""
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +86,7 @@ def backends() -> Iterator[Backends]:
             database_url=postgres.database_url,
             memory_url=service_url(postgres, "memory"),
             job_url=service_url(postgres, "job"),
+            conductor_url=service_url(postgres, "conductor"),
             redis_url=cache.url,
         )
     finally:

@@ -28,11 +28,12 @@ from agentmesh.v1 import job_pb2 as agentmesh_dot_v1_dot_job__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentmesh/v1/conductor.proto\x12\x0c\x61gentmesh.v1\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x19\x61gentmesh/v1/common.proto\x1a\x16\x61gentmesh/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa1\x03\n\x0f\x43onverseRequest\x12\x38\n\x07session\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/SessionR\x07session\x12+\n\x0e\x63reate_session\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\rcreateSession\x12.\n\x05parts\x18\x03 \x03(\x0b\x32\x12.agentmesh.v1.PartB\x04\xe2\x41\x01\x01R\x05parts\x12\x32\n\x05\x61gent\x18\x04 \x01(\tB\x1c\xe2\x41\x01\x01\xfa\x41\x15\n\x13\x61gentmesh.dev/AgentR\x05\x61gent\x12\x37\n\x06resume\x18\x05 \x01(\x0b\x32\x19.agentmesh.v1.ResumeInputB\x04\xe2\x41\x01\x01R\x06resume\x12$\n\nbackground\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01R\nbackground\x12?\n\x0b\x62usy_policy\x18\x07 \x01(\x0e\x32\x18.agentmesh.v1.BusyPolicyB\x04\xe2\x41\x01\x01R\nbusyPolicy\x12#\n\nrequest_id\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\"\x81\x01\n\x18WatchConversationRequest\x12\x38\n\x07session\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/SessionR\x07session\x12+\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"\xd5\x01\n\x0fRoutingDecision\x12\x39\n\x08strategy\x18\x01 \x01(\x0e\x32\x1d.agentmesh.v1.RoutingStrategyR\x08strategy\x12\x14\n\x05\x61gent\x18\x02 \x01(\tR\x05\x61gent\x12=\n\ncandidates\x18\x03 \x03(\x0b\x32\x1d.agentmesh.v1.ScoredCandidateR\ncandidates\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n\x08\x64\x65\x63ision\x18\x05 \x01(\tR\x08\x64\x65\x63ision\"M\n\nJobCreated\x12\x10\n\x03job\x18\x01 \x01(\tR\x03job\x12-\n\x08snapshot\x18\x02 \x01(\x0b\x32\x11.agentmesh.v1.JobR\x08snapshot\"\x98\x01\n\x0c\x46inalMessage\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12\x14\n\x05\x61gent\x18\x02 \x01(\tR\x05\x61gent\x12(\n\x05parts\x18\x03 \x03(\x0b\x32\x12.agentmesh.v1.PartR\x05parts\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.agentmesh.v1.TokenUsageR\x05usage\"\x9c\x04\n\rConverseEvent\x12\x18\n\x07session\x18\x01 \x01(\tR\x07session\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x17\n\x07turn_id\x18\x03 \x01(\tR\x06turnId\x12.\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x39\n\x07routing\x18\n \x01(\x0b\x32\x1d.agentmesh.v1.RoutingDecisionH\x00R\x07routing\x12;\n\x0b\x61gent_event\x18\x0b \x01(\x0b\x32\x18.agentmesh.v1.AgentEventH\x00R\nagentEvent\x12;\n\x0bjob_created\x18\x0c \x01(\x0b\x32\x18.agentmesh.v1.JobCreatedH\x00R\njobCreated\x12\x35\n\tjob_event\x18\r \x01(\x0b\x32\x16.agentmesh.v1.JobEventH\x00R\x08jobEvent\x12\x37\n\tinterrupt\x18\x0e \x01(\x0b\x32\x17.agentmesh.v1.InterruptH\x00R\tinterrupt\x12\x32\n\x05\x66inal\x18\x0f \x01(\x0b\x32\x1a.agentmesh.v1.FinalMessageH\x00R\x05\x66inal\x12*\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x05\x65rrorB\x07\n\x05\x65vent*u\n\nBusyPolicy\x12\x1b\n\x17\x42USY_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42USY_POLICY_REJECT\x10\x01\x12\x17\n\x13\x42USY_POLICY_ENQUEUE\x10\x02\x12\x19\n\x15\x42USY_POLICY_INTERRUPT\x10\x03*\xd0\x01\n\x0fRoutingStrategy\x12 \n\x1cROUTING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTING_STRATEGY_EXPLICIT\x10\x01\x12\x1f\n\x1bROUTING_STRATEGY_SUPERVISOR\x10\x02\x12\x1f\n\x1bROUTING_STRATEGY_SIMILARITY\x10\x03\x12\x1c\n\x18ROUTING_STRATEGY_DEFAULT\x10\x04\x12\x1c\n\x18ROUTING_STRATEGY_HANDOFF\x10\x05\x32\x92\x02\n\x10\x43onductorService\x12v\n\x08\x43onverse\x12\x1d.agentmesh.v1.ConverseRequest\x1a\x1b.agentmesh.v1.ConverseEvent\",\x82\xd3\xe4\x93\x02&\"!/v1/{session=sessions/*}:converse:\x01*0\x01\x12\x85\x01\n\x11WatchConversation\x12&.agentmesh.v1.WatchConversationRequest\x1a\x1b.agentmesh.v1.ConverseEvent\")\x90\x02\x01\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{session=sessions/*}:watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentmesh/v1/conductor.proto\x12\x0c\x61gentmesh.v1\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x19\x61gentmesh/v1/common.proto\x1a\x16\x61gentmesh/v1/job.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd6\x03\n\x0f\x43onverseRequest\x12\x38\n\x07session\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/SessionR\x07session\x12+\n\x0e\x63reate_session\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01R\rcreateSession\x12.\n\x05parts\x18\x03 \x03(\x0b\x32\x12.agentmesh.v1.PartB\x04\xe2\x41\x01\x01R\x05parts\x12\x32\n\x05\x61gent\x18\x04 \x01(\tB\x1c\xe2\x41\x01\x01\xfa\x41\x15\n\x13\x61gentmesh.dev/AgentR\x05\x61gent\x12\x37\n\x06resume\x18\x05 \x01(\x0b\x32\x19.agentmesh.v1.ResumeInputB\x04\xe2\x41\x01\x01R\x06resume\x12$\n\nbackground\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01R\nbackground\x12?\n\x0b\x62usy_policy\x18\x07 \x01(\x0e\x32\x18.agentmesh.v1.BusyPolicyB\x04\xe2\x41\x01\x01R\nbusyPolicy\x12#\n\nrequest_id\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01R\trequestId\x12\x33\n\x05input\x18\t \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01R\x05input\"\x81\x01\n\x18WatchConversationRequest\x12\x38\n\x07session\x18\x01 \x01(\tB\x1e\xe2\x41\x01\x02\xfa\x41\x17\n\x15\x61gentmesh.dev/SessionR\x07session\x12+\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01R\rafterSequence\"\xd5\x01\n\x0fRoutingDecision\x12\x39\n\x08strategy\x18\x01 \x01(\x0e\x32\x1d.agentmesh.v1.RoutingStrategyR\x08strategy\x12\x14\n\x05\x61gent\x18\x02 \x01(\tR\x05\x61gent\x12=\n\ncandidates\x18\x03 \x03(\x0b\x32\x1d.agentmesh.v1.ScoredCandidateR\ncandidates\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1a\n\x08\x64\x65\x63ision\x18\x05 \x01(\tR\x08\x64\x65\x63ision\"M\n\nJobCreated\x12\x10\n\x03job\x18\x01 \x01(\tR\x03job\x12-\n\x08snapshot\x18\x02 \x01(\x0b\x32\x11.agentmesh.v1.JobR\x08snapshot\"\x98\x01\n\x0c\x46inalMessage\x12\x18\n\x07message\x18\x01 \x01(\tR\x07message\x12\x14\n\x05\x61gent\x18\x02 \x01(\tR\x05\x61gent\x12(\n\x05parts\x18\x03 \x03(\x0b\x32\x12.agentmesh.v1.PartR\x05parts\x12.\n\x05usage\x18\x04 \x01(\x0b\x32\x18.agentmesh.v1.TokenUsageR\x05usage\"\x9c\x04\n\rConverseEvent\x12\x18\n\x07session\x18\x01 \x01(\tR\x07session\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x17\n\x07turn_id\x18\x03 \x01(\tR\x06turnId\x12.\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x39\n\x07routing\x18\n \x01(\x0b\x32\x1d.agentmesh.v1.RoutingDecisionH\x00R\x07routing\x12;\n\x0b\x61gent_event\x18\x0b \x01(\x0b\x32\x18.agentmesh.v1.AgentEventH\x00R\nagentEvent\x12;\n\x0bjob_created\x18\x0c \x01(\x0b\x32\x18.agentmesh.v1.JobCreatedH\x00R\njobCreated\x12\x35\n\tjob_event\x18\r \x01(\x0b\x32\x16.agentmesh.v1.JobEventH\x00R\x08jobEvent\x12\x37\n\tinterrupt\x18\x0e \x01(\x0b\x32\x17.agentmesh.v1.InterruptH\x00R\tinterrupt\x12\x32\n\x05\x66inal\x18\x0f \x01(\x0b\x32\x1a.agentmesh.v1.FinalMessageH\x00R\x05\x66inal\x12*\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x12.google.rpc.StatusH\x00R\x05\x65rrorB\x07\n\x05\x65vent*u\n\nBusyPolicy\x12\x1b\n\x17\x42USY_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42USY_POLICY_REJECT\x10\x01\x12\x17\n\x13\x42USY_POLICY_ENQUEUE\x10\x02\x12\x19\n\x15\x42USY_POLICY_INTERRUPT\x10\x03*\xd0\x01\n\x0fRoutingStrategy\x12 \n\x1cROUTING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROUTING_STRATEGY_EXPLICIT\x10\x01\x12\x1f\n\x1bROUTING_STRATEGY_SUPERVISOR\x10\x02\x12\x1f\n\x1bROUTING_STRATEGY_SIMILARITY\x10\x03\x12\x1c\n\x18ROUTING_STRATEGY_DEFAULT\x10\x04\x12\x1c\n\x18ROUTING_STRATEGY_HANDOFF\x10\x05\x32\x92\x02\n\x10\x43onductorService\x12v\n\x08\x43onverse\x12\x1d.agentmesh.v1.ConverseRequest\x1a\x1b.agentmesh.v1.ConverseEvent\",\x82\xd3\xe4\x93\x02&\"!/v1/{session=sessions/*}:converse:\x01*0\x01\x12\x85\x01\n\x11WatchConversation\x12&.agentmesh.v1.WatchConversationRequest\x1a\x1b.agentmesh.v1.ConverseEvent\")\x90\x02\x01\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{session=sessions/*}:watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,6 +56,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSEREQUEST'].fields_by_name['busy_policy']._serialized_options = b'\342A\001\001'
   _globals['_CONVERSEREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CONVERSEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\001'
+  _globals['_CONVERSEREQUEST'].fields_by_name['input']._loaded_options = None
+  _globals['_CONVERSEREQUEST'].fields_by_name['input']._serialized_options = b'\342A\001\001'
   _globals['_WATCHCONVERSATIONREQUEST'].fields_by_name['session']._loaded_options = None
   _globals['_WATCHCONVERSATIONREQUEST'].fields_by_name['session']._serialized_options = b'\342A\001\002\372A\027\n\025agentmesh.dev/Session'
   _globals['_WATCHCONVERSATIONREQUEST'].fields_by_name['after_sequence']._loaded_options = None
@@ -63,22 +66,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONDUCTORSERVICE'].methods_by_name['Converse']._serialized_options = b'\202\323\344\223\002&\"!/v1/{session=sessions/*}:converse:\001*'
   _globals['_CONDUCTORSERVICE'].methods_by_name['WatchConversation']._loaded_options = None
   _globals['_CONDUCTORSERVICE'].methods_by_name['WatchConversation']._serialized_options = b'\220\002\001\202\323\344\223\002 \022\036/v1/{session=sessions/*}:watch'
-  _globals['_BUSYPOLICY']._serialized_start=1816
-  _globals['_BUSYPOLICY']._serialized_end=1933
-  _globals['_ROUTINGSTRATEGY']._serialized_start=1936
-  _globals['_ROUTINGSTRATEGY']._serialized_end=2144
-  _globals['_CONVERSEREQUEST']._serialized_start=272
-  _globals['_CONVERSEREQUEST']._serialized_end=689
-  _globals['_WATCHCONVERSATIONREQUEST']._serialized_start=692
-  _globals['_WATCHCONVERSATIONREQUEST']._serialized_end=821
-  _globals['_ROUTINGDECISION']._serialized_start=824
-  _globals['_ROUTINGDECISION']._serialized_end=1037
-  _globals['_JOBCREATED']._serialized_start=1039
-  _globals['_JOBCREATED']._serialized_end=1116
-  _globals['_FINALMESSAGE']._serialized_start=1119
-  _globals['_FINALMESSAGE']._serialized_end=1271
-  _globals['_CONVERSEEVENT']._serialized_start=1274
-  _globals['_CONVERSEEVENT']._serialized_end=1814
-  _globals['_CONDUCTORSERVICE']._serialized_start=2147
-  _globals['_CONDUCTORSERVICE']._serialized_end=2421
+  _globals['_BUSYPOLICY']._serialized_start=1899
+  _globals['_BUSYPOLICY']._serialized_end=2016
+  _globals['_ROUTINGSTRATEGY']._serialized_start=2019
+  _globals['_ROUTINGSTRATEGY']._serialized_end=2227
+  _globals['_CONVERSEREQUEST']._serialized_start=302
+  _globals['_CONVERSEREQUEST']._serialized_end=772
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_start=775
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_end=904
+  _globals['_ROUTINGDECISION']._serialized_start=907
+  _globals['_ROUTINGDECISION']._serialized_end=1120
+  _globals['_JOBCREATED']._serialized_start=1122
+  _globals['_JOBCREATED']._serialized_end=1199
+  _globals['_FINALMESSAGE']._serialized_start=1202
+  _globals['_FINALMESSAGE']._serialized_end=1354
+  _globals['_CONVERSEEVENT']._serialized_start=1357
+  _globals['_CONVERSEEVENT']._serialized_end=1897
+  _globals['_CONDUCTORSERVICE']._serialized_start=2230
+  _globals['_CONDUCTORSERVICE']._serialized_end=2504
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ import google.protobuf.descriptor
 import google.protobuf.internal.containers
 import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
+import google.protobuf.struct_pb2
 import google.protobuf.timestamp_pb2
 import google.rpc.status_pb2
 import sys
@@ -102,12 +103,17 @@ class ConverseRequest(google.protobuf.message.Message):
     BACKGROUND_FIELD_NUMBER: builtins.int
     BUSY_POLICY_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
+    INPUT_FIELD_NUMBER: builtins.int
     session: builtins.str
     """The session, `sessions/{session}`."""
     create_session: builtins.bool
     """When true, a missing session is created (with this id) instead of NOT_FOUND."""
     agent: builtins.str
-    """Route to this agent (`agents/{agent}`) instead of deciding."""
+    """Route to this agent (`agents/{agent}`) instead of deciding. The agent runs
+    on the session's thread of that agent, so it sees the earlier turns it
+    took in this session. Without it the Conductor decides (for now: the
+    configured default agent, strategy DEFAULT).
+    """
     background: builtins.bool
     """When true, the turn runs as a Job: the stream sends `job_created` and then
     progress until the job ends (the client may leave; the job goes on).
@@ -115,16 +121,29 @@ class ConverseRequest(google.protobuf.message.Message):
     busy_policy: global___BusyPolicy.ValueType
     """What to do if a turn already runs in the session."""
     request_id: builtins.str
-    """Idempotency key: a retry with the same key replays the turn's events
-    instead of running it twice.
+    """Idempotency key, unique per session (at most 128 printable characters,
+    e.g. a UUID): a retry with the same key replays the turn's stored events,
+    with their original sequence numbers, instead of running it twice; the
+    same key with a different request is INVALID_ARGUMENT.
     """
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
-        """The user's message. Required unless `resume` is set."""
+        """The user's message, stored in Memory as the user's message of the session.
+        Required unless `resume` is set; not allowed with it.
+        """
 
     @property
     def resume(self) -> agentmesh.v1.common_pb2.ResumeInput:
-        """Answer to the interrupt a paused turn waits on; continues that turn."""
+        """Answer to the interrupt the session's paused turn waits on: this turn
+        continues that turn's run (same agent, same thread) instead of starting one.
+        Not allowed with `parts`, `agent` or `input`.
+        """
+
+    @property
+    def input(self) -> google.protobuf.struct_pb2.Struct:
+        """Structured input for the agent, validated against its `input_schema`
+        (e.g. `{"action": "..."}` for `agents/approval`). Not stored in Memory.
+        """
 
     def __init__(
         self,
@@ -137,9 +156,10 @@ class ConverseRequest(google.protobuf.message.Message):
         background: builtins.bool = ...,
         busy_policy: global___BusyPolicy.ValueType = ...,
         request_id: builtins.str = ...,
+        input: google.protobuf.struct_pb2.Struct | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["resume", b"resume"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["agent", b"agent", "background", b"background", "busy_policy", b"busy_policy", "create_session", b"create_session", "parts", b"parts", "request_id", b"request_id", "resume", b"resume", "session", b"session"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["input", b"input", "resume", b"resume"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["agent", b"agent", "background", b"background", "busy_policy", b"busy_policy", "create_session", b"create_session", "input", b"input", "parts", b"parts", "request_id", b"request_id", "resume", b"resume", "session", b"session"]) -> None: ...
 
 global___ConverseRequest = ConverseRequest
 
@@ -281,11 +301,16 @@ class ConverseEvent(google.protobuf.message.Message):
     session: builtins.str
     """The session, `sessions/{session}`."""
     sequence: builtins.int
-    """Per-session sequence number, increasing across turns; resume with
-    WatchConversation(after_sequence).
+    """Per-session sequence number, allocated by the Conductor as the event is
+    stored: 1 for the session's first event, then one more for each event,
+    without gaps, across turns. An event keeps its sequence on every read
+    (Converse, its replay, WatchConversation); resume with
+    WatchConversation(after_sequence) after the last one received.
     """
     turn_id: builtins.str
-    """The turn the event belongs to."""
+    """The turn the event belongs to (opaque, unique within the session). A
+    resumed turn is a turn of its own, with its own id.
+    """
     @property
     def time(self) -> google.protobuf.timestamp_pb2.Timestamp:
         """When it happened."""
@@ -296,7 +321,7 @@ class ConverseEvent(google.protobuf.message.Message):
 
     @property
     def agent_event(self) -> agentmesh.v1.agent_pb2.AgentEvent:
-        """An event of the running agent, relayed."""
+        """An event of the running agent, relayed as the Agent service sent it."""
 
     @property
     def job_created(self) -> global___JobCreated:
@@ -308,7 +333,9 @@ class ConverseEvent(google.protobuf.message.Message):
 
     @property
     def interrupt(self) -> agentmesh.v1.common_pb2.Interrupt:
-        """The turn pauses for a human; answer with Converse(resume)."""
+        """The turn pauses for a human; answer with Converse(resume). The last
+        event of a paused turn.
+        """
 
     @property
     def final(self) -> global___FinalMessage:

@@ -66,17 +66,32 @@ class ConductorServiceServicer:
     """
 
     def Converse(self, request, context):
-        """Takes one turn of a conversation and streams its events: the routing
-        decision, the agent's relayed events, a job handle when the work runs in the
-        background, and the final message. Every event carries the session's next
-        sequence number, so a client that disconnects resumes with
-        WatchConversation. Failures after the stream started arrive as an `error`
-        event (visible to JSON clients, which see no trailers).
-        Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
-        NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
-        already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
-        with no paused turn, or a message while a turn waits for a resume),
-        RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        """Takes one turn of a conversation and streams its events, in this order:
+        the routing decision (`routing`), every event of the agent's run relayed
+        as is (`agent_event`, the run's own interrupt and final included), and one
+        event that ends the turn: `final` (the answer, stored in Memory as the
+        assistant's message), `interrupt` (the turn pauses; answer it with
+        Converse(resume)) or `error`. The user's message is stored in Memory
+        before the agent runs; the routing decision is recorded in Memory's audit
+        trail. The turn runs to its end even when the client leaves: every event
+        is stored with the session's next sequence number as it happens, so a
+        client resumes with WatchConversation, or repeats the call with the same
+        `request_id`, which replays the turn's events (following it live while it
+        still runs) instead of running it twice. Failures after the stream started
+        arrive as an `error` event and the stream ends OK (JSON clients see no
+        trailers).
+        Errors (before the first event): INVALID_ARGUMENT (malformed session or
+        agent name; no message and no resume; a message and a resume together;
+        parts or input over the size limit; input violating the agent's input
+        schema; `request_id` already used for a different request),
+        NOT_FOUND (the session is unknown, deleted or another tenant's, unless
+        `create_session`; the agent), ABORTED (a turn is already running and
+        `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
+        message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
+        no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
+        the pending one; `NO_ROUTE`: no agent named and no default agent
+        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,9 +99,13 @@ class ConductorServiceServicer:
 
     def WatchConversation(self, request, context):
         """Streams a session's conversation events after `after_sequence`: first the
-        stored ones, then live ones as turns produce them, until the client leaves.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
-        latest sequence).
+        stored ones (what the client missed), then live ones as turns produce
+        them, until the client leaves. Every event comes exactly once, in sequence
+        order, with the sequence and content it had when first streamed.
+        Errors: INVALID_ARGUMENT (malformed session, negative `after_sequence`),
+        NOT_FOUND (the session is unknown, deleted or another tenant's),
+        OUT_OF_RANGE (`after_sequence` beyond the session's latest event),
+        RESOURCE_EXHAUSTED (the tenant holds too many open watches).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

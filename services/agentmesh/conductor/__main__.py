@@ -1,7 +1,8 @@
 """``python -m agentmesh.conductor``: run the Conductor service until SIGTERM."""
 
 from agentmesh.conductor.app import build_conductor
+from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.core.entrypoint import run_service
 
 if __name__ == "__main__":
-    run_service("conductor", build_conductor)
+    run_service("conductor", build_conductor, ConductorSettings.from_env)

@@ -1,10 +1,22 @@
-"""Composition root of the Conductor service: the one builder used by the process and by tests."""
+"""Composition root of the Conductor service: the one builder used by the process and
+by tests."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
+from agentmesh.conductor.deps import ConductorDeps
+from agentmesh.conductor.downstream import AGENT_RETRIES, MEMORY_RETRIES, Downstream
 from agentmesh.conductor.servicer import ConductorServicer
+from agentmesh.conductor.settings import ConductorSettings
+from agentmesh.conductor.turns import CONVERSATION_CHANGES, TurnRunner
+from agentmesh.core.changes import ChangeFeed
+from agentmesh.core.channels import open_channel
+from agentmesh.core.db import DatabaseProbe, create_pool
+from agentmesh.core.limits import TenantLimiter
+from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.v1 import conductor_pb2, conductor_pb2_grpc
@@ -12,15 +24,59 @@ from agentmesh.v1 import conductor_pb2, conductor_pb2_grpc
 SERVICE_NAME = conductor_pb2.DESCRIPTOR.services_by_name["ConductorService"].full_name
 
 
-async def build_conductor(settings: Settings) -> ServiceSpec:
-    """Wires the Conductor service.
+async def build_conductor(
+    settings: Settings, conductor: ConductorSettings | None = None
+) -> ServiceSpec:
+    """Wires the Conductor service: PostgreSQL (turns and their events), Redis (change
+    notifications of conversations), Memory (``AGENTMESH_MEMORY_ADDR``: sessions,
+    messages, decisions) and Agent (``AGENTMESH_AGENT_ADDR``: cards and runs).
 
-    No probes: it owns no storage; Memory, Agent and Job are reached through Envoy,
-    which balances over their healthy replicas (see docs/adr on readiness).
+    Readiness probes only what it owns (PostgreSQL, Redis); Memory and Agent are reached
+    through Envoy, which balances over their healthy replicas (ADR 0007).
     """
-    servicer = ConductorServicer()  # type: ignore[abstract]  # see fill_unimplemented
+    settings.require("database_url", "redis_url", "memory_addr", "agent_addr")
+    conductor = conductor or ConductorSettings()
+    database_probe = DatabaseProbe(settings)
+    pool = await create_pool(settings)
+    redis_client = create_redis(settings)
+    memory_channel = open_channel(
+        settings.memory_addr or "", settings, idempotent_methods=MEMORY_RETRIES
+    )
+    agent_channel = open_channel(
+        settings.agent_addr or "", settings, idempotent_methods=AGENT_RETRIES
+    )
+    downstream = Downstream(memory_channel, agent_channel, card_ttl_s=conductor.agent_card_ttl_s)
+    changes = ChangeFeed(redis_client, CONVERSATION_CHANGES)
+    deps = ConductorDeps(
+        settings=conductor,
+        process=settings,
+        pool=pool,
+        redis=redis_client,
+        downstream=downstream,
+        changes=changes,
+        watches=TenantLimiter(conductor.tenant_watches, what="conversation stream"),
+        turns=TurnRunner(conductor, pool, redis_client, downstream, changes),
+    )
+    servicer = ConductorServicer(deps)
+    changes.start()
 
     def register(server: grpc.aio.Server) -> None:
         conductor_pb2_grpc.add_ConductorServiceServicer_to_server(servicer, server)
 
-    return ServiceSpec(name="conductor", service_names=[SERVICE_NAME], register=register)
+    async def close() -> None:
+        await deps.turns.stop()
+        await changes.stop()
+        await memory_channel.close(None)
+        await agent_channel.close(None)
+        await pool.close()
+        await database_probe.close()
+        await redis_client.aclose()
+
+    on_stop: list[Callable[[], Awaitable[None]]] = [close]
+    return ServiceSpec(
+        name="conductor",
+        service_names=[SERVICE_NAME],
+        register=register,
+        probes=[database_probe, lambda: ping_redis(redis_client)],
+        on_stop=on_stop,
+    )

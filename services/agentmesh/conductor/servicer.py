@@ -1,16 +1,196 @@
-"""ConductorService adapter. Conversation turns arrive with the Conductor issue; until
-then every RPC answers UNIMPLEMENTED naming that work."""
+"""ConductorService adapter: validate, start or find the turn, stream its stored events.
+
+Rules of turns are in ``domain/turns.py``, their SQL in ``stores/conversations.py``,
+running one in ``turns.py``, reading events as a stream in ``watch.py``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Final
 
-from agentmesh.core.contract import fill_unimplemented
-from agentmesh.v1 import conductor_pb2, conductor_pb2_grpc
+from google.protobuf import json_format
 
-_PLAN: Final = "conversation turns (routing, relayed agent events, jobs), the Conductor issue"
+from agentmesh.conductor.deps import ConductorDeps
+from agentmesh.conductor.settings import ConductorSettings
+from agentmesh.conductor.stores.conversations import last_sequence
+from agentmesh.conductor.turns import Route, TurnRequest
+from agentmesh.conductor.watch import follow
+from agentmesh.core.context import current_tenant
+from agentmesh.core.contract import ServicerContext
+from agentmesh.core.errors import FailedPrecondition, OutOfRange, Unimplemented
+from agentmesh.core.idempotency import fingerprint
+from agentmesh.core.json_schema import schema_violations, whole_numbers
+from agentmesh.core.names import AGENTS, SESSIONS
+from agentmesh.core.run_input import parts_text
+from agentmesh.core.storage import check_json_value, struct_to_jsonb
+from agentmesh.core.validation import Violations, validate_request_id
+from agentmesh.v1 import common_pb2, conductor_pb2, conductor_pb2_grpc
+
+MAX_INTERRUPT_ID_CHARS: Final = 128
+_NOT_WITH_RESUME: Final = "not with `resume`: a resume continues the paused turn as it was"
 
 
-@fill_unimplemented(conductor_pb2.DESCRIPTOR.services_by_name["ConductorService"], {"*": _PLAN})
+def _turn_request(
+    request: conductor_pb2.ConverseRequest, settings: ConductorSettings
+) -> TurnRequest:
+    """The turn ``request`` asks for, or INVALID_ARGUMENT naming every bad field."""
+    violations = Violations()
+    session_id = violations.check(lambda: SESSIONS.parse(request.session, field="session"))
+    agent_id = None
+    if request.agent:
+        agent_id = violations.check(lambda: AGENTS.parse(request.agent, field="agent"))
+    if request.request_id:
+        violations.check(lambda: validate_request_id(request.request_id))
+    if request.busy_policy not in conductor_pb2.BusyPolicy.values():
+        violations.add("busy_policy", "not a BusyPolicy")
+    resume: common_pb2.ResumeInput | None = None
+    text = ""
+    if request.HasField("resume"):
+        resume = request.resume
+        _check_resume(request, settings, violations)
+    else:
+        text = _check_message(request, settings, violations)
+    violations.raise_if_any()
+    assert session_id is not None
+    if request.background:
+        raise Unimplemented("background turns (Converse with `background`)")
+    if request.busy_policy in (
+        conductor_pb2.BUSY_POLICY_ENQUEUE,
+        conductor_pb2.BUSY_POLICY_INTERRUPT,
+    ):
+        raise Unimplemented("the busy policies ENQUEUE and INTERRUPT")
+    return TurnRequest(
+        session_id=session_id,
+        parts=tuple(request.parts),
+        text=text,
+        agent_id=agent_id,
+        input=request.input,
+        resume=resume,
+        request_id=request.request_id or None,
+        fingerprint=fingerprint(request),
+    )
+
+
+def _check_resume(
+    request: conductor_pb2.ConverseRequest, settings: ConductorSettings, violations: Violations
+) -> None:
+    """Every bad field of a resume a violation."""
+    resume = request.resume
+    for given, name in (
+        (bool(request.parts), "parts"),
+        (bool(request.agent), "agent"),
+        (request.HasField("input"), "input"),
+    ):
+        if given:
+            violations.add(name, _NOT_WITH_RESUME)
+    violations.text(
+        resume.interrupt_id, "resume.interrupt_id", required=True, max_chars=MAX_INTERRUPT_ID_CHARS
+    )
+    if not resume.HasField("answer"):
+        violations.add("resume.answer", "required (any JSON value)")
+    elif resume.answer.ByteSize() > settings.max_input_bytes:
+        violations.add("resume.answer", f"at most {settings.max_input_bytes} bytes")
+    else:
+        answer = json_format.MessageToDict(resume.answer)
+        violations.check(lambda: check_json_value(answer, field="resume.answer"))
+
+
+def _check_message(
+    request: conductor_pb2.ConverseRequest, settings: ConductorSettings, violations: Violations
+) -> str:
+    """The user's message as text; every bad field a violation."""
+    size = request.input.ByteSize() + sum(part.ByteSize() for part in request.parts)
+    if size > settings.max_input_bytes:
+        violations.add("parts", f"{size} bytes with the input; at most {settings.max_input_bytes}")
+        violations.raise_if_any()
+    text = parts_text(request.parts, violations, field="parts")
+    if not text:
+        violations.add("parts", "required: the user's message (or `resume`)")
+    violations.check(
+        lambda: struct_to_jsonb(request.input, field="input", max_bytes=settings.max_input_bytes)
+    )
+    return text
+
+
+def _route(agent_id: str | None, settings: ConductorSettings) -> Route:
+    """Who takes a new turn: the agent named, else the configured default agent."""
+    if agent_id is not None:
+        return Route(agent_id, conductor_pb2.ROUTING_STRATEGY_EXPLICIT, "the request named it")
+    if settings.default_agent:
+        return Route(
+            settings.default_agent,
+            conductor_pb2.ROUTING_STRATEGY_DEFAULT,
+            "no agent named; the configured default agent",
+        )
+    raise FailedPrecondition(
+        "NO_ROUTE",
+        "name the agent (`agent`): this Conductor does not choose one yet and has no default"
+        " agent configured",
+        [("ROUTING", "agent", "name an agent")],
+    )
+
+
 class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
-    """The conversation flow; its RPCs come with the Conductor issue."""
+    """Every ConductorService RPC over the shared ``ConductorDeps``."""
+
+    def __init__(self, deps: ConductorDeps) -> None:
+        self.deps = deps
+
+    async def Converse(
+        self, request: conductor_pb2.ConverseRequest, context: ServicerContext
+    ) -> AsyncIterator[conductor_pb2.ConverseEvent]:
+        deps = self.deps
+        turn = _turn_request(request, deps.settings)
+        tenant = current_tenant()
+        with deps.watches.hold(tenant):
+            await deps.downstream.ensure_session(turn.session_id, create=request.create_session)
+            route = None
+            if turn.resume is None:
+                route = _route(turn.agent_id, deps.settings)
+                validator = await deps.downstream.validator(route.agent_id)
+                violations = Violations()
+                structured = whole_numbers(json_format.MessageToDict(turn.input))
+                schema_violations(structured, validator, violations, field="input")
+                violations.raise_if_any()
+            started = await deps.turns.start(tenant, turn, route)
+            async for event in follow(
+                deps.pool,
+                deps.changes,
+                tenant,
+                turn.session_id,
+                after=0,
+                poll_s=deps.settings.watch_poll_s,
+                turn_id=started.turn_id,
+                runner=started.task,
+            ):
+                yield event
+
+    async def WatchConversation(
+        self, request: conductor_pb2.WatchConversationRequest, context: ServicerContext
+    ) -> AsyncIterator[conductor_pb2.ConverseEvent]:
+        deps = self.deps
+        violations = Violations()
+        session_id = violations.check(lambda: SESSIONS.parse(request.session, field="session"))
+        if request.after_sequence < 0:
+            violations.add("after_sequence", "must be 0 or more")
+        violations.raise_if_any()
+        assert session_id is not None
+        tenant = current_tenant()
+        with deps.watches.hold(tenant):
+            await deps.downstream.ensure_session(session_id, create=False)
+            latest = await last_sequence(deps.pool, tenant, session_id)
+            if request.after_sequence > latest:
+                raise OutOfRange(
+                    "after_sequence",
+                    f"{request.session} has {latest} events; resume after a sequence you received",
+                )
+            async for event in follow(
+                deps.pool,
+                deps.changes,
+                tenant,
+                session_id,
+                after=request.after_sequence,
+                poll_s=deps.settings.watch_poll_s,
+            ):
+                yield event

@@ -16,9 +16,13 @@ from urllib.parse import quote
 
 from agentmesh.devstack.postgres import EmbeddedPostgres
 
-LOGIN_ROLES: Final = {"memory": "agentmesh_memory", "job": "agentmesh_job"}
+LOGIN_ROLES: Final = {
+    "memory": "agentmesh_memory",
+    "job": "agentmesh_job",
+    "conductor": "agentmesh_conductor",
+}
 """Service → the LOGIN role it connects as. Only services with a database have one:
-Agent keeps no state and Conductor has no tables yet (its group role exists)."""
+Agent keeps no state."""
 
 GROUP_ROLES: Final = {
     "memory": "agentmesh_memory_rw",

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from agentmesh.core.changes import ChangeFeed
 from agentmesh.core.channels import open_channel
 from agentmesh.core.db import DatabaseProbe, create_pool
 from agentmesh.core.idempotency import RequestIds
@@ -15,11 +16,11 @@ from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.job.broker import client_broker
 from agentmesh.job.catalog import AgentCatalog
-from agentmesh.job.changes import ChangeFeed
 from agentmesh.job.deps import REQUEST_IDS_TABLE, JobDeps
 from agentmesh.job.dispatch import Dispatcher
 from agentmesh.job.servicer import JobServicer
 from agentmesh.job.settings import JobSettings
+from agentmesh.job.stores.jobs import JOB_CHANGES
 from agentmesh.job.sweeper import Sweeper
 from agentmesh.v1 import agent_pb2, job_pb2, job_pb2_grpc
 
@@ -51,7 +52,7 @@ async def build_job(settings: Settings, job: JobSettings | None = None) -> Servi
         agents=AgentCatalog(
             agent_channel, ttl_s=job.agent_card_ttl_s, timeout_s=settings.client_deadline_ms / 1000
         ),
-        changes=ChangeFeed(redis_client),
+        changes=ChangeFeed(redis_client, JOB_CHANGES),
         watches=TenantLimiter(job.tenant_watches, what="job watch"),
     )
     servicer = JobServicer(deps)

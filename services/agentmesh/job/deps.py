@@ -9,11 +9,11 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
 
+from agentmesh.core.changes import ChangeFeed
 from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.settings import Settings
 from agentmesh.job.catalog import AgentCatalog
-from agentmesh.job.changes import ChangeFeed
 from agentmesh.job.dispatch import Dispatcher
 from agentmesh.job.settings import JobSettings
 

@@ -43,19 +43,25 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
+from agentmesh.core.changes import ChangeFeed
 from agentmesh.core.context import bind_job_id, reset_job_id
 from agentmesh.core.errors import Unavailable
 from agentmesh.core.names import AGENTS, JOBS
 from agentmesh.core.outages import as_unavailable
 from agentmesh.core.tracing import context_of
 from agentmesh.job import metrics
-from agentmesh.job.changes import ChangeFeed, publish
 from agentmesh.job.convert import error_json, policy_of
 from agentmesh.job.credentials import TenantTokens
 from agentmesh.job.domain.policy import is_transient
 from agentmesh.job.domain.states import TERMINAL, State, after_failure
 from agentmesh.job.settings import JobSettings, WorkerSettings
-from agentmesh.job.stores.jobs import change_job, claim_job, release_dispatch, renew_lease
+from agentmesh.job.stores.jobs import (
+    JOB_CHANGES,
+    change_job,
+    claim_job,
+    release_dispatch,
+    renew_lease,
+)
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 _log = structlog.get_logger("agentmesh.job.worker")
@@ -253,7 +259,7 @@ class JobExecutor:
             log.info("job attempt not there to run (taken, cancelled or superseded)")
             return "stale"
         started = time.monotonic()
-        await publish(self._redis, tenant, job_id, row["sequence"])
+        await JOB_CHANGES.publish(self._redis, tenant, job_id, row["sequence"])
         log.info("job attempt started", fence=row["fence"], thread_id=row["thread_id"])
         # The first progress write waits an interval like the others: a job shorter
         # than that writes only its claim and its end.
@@ -370,7 +376,7 @@ class JobExecutor:
                     _log.warning("job progress not written", job_id=row["id"], error=repr(exc))
                     continue
                 if changed is not None:
-                    await publish(self._redis, tenant, row["id"], changed["sequence"])
+                    await JOB_CHANGES.publish(self._redis, tenant, row["id"], changed["sequence"])
 
     # -- the keeper --------------------------------------------------------------------
 
@@ -484,7 +490,7 @@ class JobExecutor:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, OUTAGE_RETRY_S[1])
         if changed is not None:
-            await publish(self._redis, tenant, row["id"], changed["sequence"])
+            await JOB_CHANGES.publish(self._redis, tenant, row["id"], changed["sequence"])
         return changed
 
     async def _end(

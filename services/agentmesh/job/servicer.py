@@ -4,7 +4,7 @@ A job is stored before anything else happens; its message is sent after the comm
 (``dispatch.py``). Every change is a conditional update (``stores/jobs.py``) whose
 starting state the state machine names (``domain/states.py``); a change that lost a
 race with another reads the job again and decides again. After each change the job's
-watches are woken (``changes.py``).
+watches are woken (``core/changes.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from agentmesh.core.validation import (
     validate_request_id,
 )
 from agentmesh.job import metrics
-from agentmesh.job.changes import publish
 from agentmesh.job.convert import error_json, job_proto
 from agentmesh.job.deps import JobDeps
 from agentmesh.job.domain.policy import read_policy
@@ -59,6 +58,7 @@ from agentmesh.job.domain.states import (
 )
 from agentmesh.job.settings import MAX_START_DELAY_S, JobSettings
 from agentmesh.job.stores.jobs import (
+    JOB_CHANGES,
     ORDERS,
     NewJob,
     change_job,
@@ -190,7 +190,7 @@ class JobServicer(job_pb2_grpc.JobServiceServicer):
         self.deps = deps
 
     async def _changed(self, tenant: str, row: asyncpg.Record) -> job_pb2.Job:
-        await publish(self.deps.redis, tenant, row["id"], row["sequence"])
+        await JOB_CHANGES.publish(self.deps.redis, tenant, row["id"], row["sequence"])
         return job_proto(row)
 
     async def _admit(self, conn: asyncpg.Connection, tenant: str) -> None:

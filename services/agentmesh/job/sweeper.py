@@ -31,12 +31,12 @@ from redis.asyncio.lock import Lock
 
 from agentmesh.job import metrics
 from agentmesh.job.broker import JOB_QUEUES, NAMESPACE
-from agentmesh.job.changes import publish
 from agentmesh.job.convert import error_json
 from agentmesh.job.dispatch import Dispatcher
 from agentmesh.job.domain.states import State, after_lost_worker
 from agentmesh.job.settings import JobSettings
 from agentmesh.job.stores.jobs import (
+    JOB_CHANGES,
     change_job,
     due_for_dispatch_all_tenants,
     expired_leases_all_tenants,
@@ -199,7 +199,7 @@ class Sweeper:
             return  # the worker renewed, or something else changed it first
         LEASE_EXPIRIES.labels(target.name.lower()).inc()
         _log.warning("job lease expired", job_id=job_id, tenant=tenant, now=target.name)
-        await publish(self._redis, tenant, job_id, changed["sequence"])
+        await JOB_CHANGES.publish(self._redis, tenant, job_id, changed["sequence"])
         if target is State.PENDING:
             metrics.RETRIES.labels("lost_worker").inc()
             await self._dispatcher.send(

@@ -3,7 +3,7 @@ change until the job ends.
 
 The changes are read from ``job.events`` (the latest ``EVENTS_KEPT`` of each job), so
 a reconnecting client misses nothing; the watch wakes on the job's change
-notification (``changes.py``) and reads again at least every
+notification (``core/changes.py``) and reads again at least every
 ``AGENTMESH_JOB_WATCH_POLL_S`` in case a notification was lost.
 """
 

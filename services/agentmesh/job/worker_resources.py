@@ -24,14 +24,15 @@ import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Middleware
 
+from agentmesh.core.changes import ChangeFeed
 from agentmesh.core.channels import open_channel
 from agentmesh.core.db import create_pool
 from agentmesh.core.redis import create_redis
 from agentmesh.core.settings import Settings
-from agentmesh.job.changes import ChangeFeed
 from agentmesh.job.credentials import TenantTokens
 from agentmesh.job.execution import JobExecutor
 from agentmesh.job.settings import JobSettings, WorkerSettings
+from agentmesh.job.stores.jobs import JOB_CHANGES
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 _log = structlog.get_logger("agentmesh.worker")
@@ -94,7 +95,7 @@ class JobResources(Middleware):
             settings,
             idempotent_methods=(),  # runs are not idempotent: never retried blindly
         )
-        changes = ChangeFeed(client)
+        changes = ChangeFeed(client, JOB_CHANGES)
         changes.start()
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._executor = JobExecutor(

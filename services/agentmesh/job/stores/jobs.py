@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 
+from agentmesh.core.changes import Topic
 from agentmesh.core.filtering import Term, timestamp_value
 from agentmesh.core.names import AGENTS, SESSIONS
 from agentmesh.core.sql import PAGE_ITEM_BYTES, ROW_OVERHEAD_BYTES, Where, byte_budgeted
@@ -29,6 +30,8 @@ COLUMNS: Final = (
     " error, interrupt, resume, thread_id, input_tokens, output_tokens, sequence,"
     " create_time, schedule_time, start_time, end_time, update_time, traceparent"
 )
+JOB_CHANGES: Final = Topic("agentmesh:job:changed:", "job")
+"""Where a committed change of a job is announced (its new sequence), keyed by job id."""
 EVENTS_KEPT: Final = 1000
 """Changes kept per job for WatchJob's replay (the contract says so)."""
 _SNAPSHOT: Final = "to_jsonb(changed) - 'input' - 'parts' - 'resume' - 'traceparent'"

@@ -1007,13 +1007,17 @@ class ConverseEvent(betterproto2.Message):
 
     sequence: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
     """
-    Per-session sequence number, increasing across turns; resume with
-    WatchConversation(after_sequence).
+    Per-session sequence number, allocated by the Conductor as the event is
+    stored: 1 for the session's first event, then one more for each event,
+    without gaps, across turns. An event keeps its sequence on every read
+    (Converse, its replay, WatchConversation); resume with
+    WatchConversation(after_sequence) after the last one received.
     """
 
     turn_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
     """
-    The turn the event belongs to.
+    The turn the event belongs to (opaque, unique within the session). A
+    resumed turn is a turn of its own, with its own id.
     """
 
     time: "datetime.datetime | None" = betterproto2.field(
@@ -1034,7 +1038,7 @@ class ConverseEvent(betterproto2.Message):
         11, betterproto2.TYPE_MESSAGE, optional=True, group="event"
     )
     """
-    An event of the running agent, relayed.
+    An event of the running agent, relayed as the Agent service sent it.
     """
 
     job_created: "JobCreated | None" = betterproto2.field(
@@ -1055,7 +1059,8 @@ class ConverseEvent(betterproto2.Message):
         14, betterproto2.TYPE_MESSAGE, optional=True, group="event"
     )
     """
-    The turn pauses for a human; answer with Converse(resume).
+    The turn pauses for a human; answer with Converse(resume). The last
+    event of a paused turn.
     """
 
     final: "FinalMessage | None" = betterproto2.field(
@@ -1094,17 +1099,23 @@ class ConverseRequest(betterproto2.Message):
 
     parts: "list[Part]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    The user's message. Required unless `resume` is set.
+    The user's message, stored in Memory as the user's message of the session.
+    Required unless `resume` is set; not allowed with it.
     """
 
     agent: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """
-    Route to this agent (`agents/{agent}`) instead of deciding.
+    Route to this agent (`agents/{agent}`) instead of deciding. The agent runs
+    on the session's thread of that agent, so it sees the earlier turns it
+    took in this session. Without it the Conductor decides (for now: the
+    configured default agent, strategy DEFAULT).
     """
 
     resume: "ResumeInput | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    Answer to the interrupt a paused turn waits on; continues that turn.
+    Answer to the interrupt the session's paused turn waits on: this turn
+    continues that turn's run (same agent, same thread) instead of starting one.
+    Not allowed with `parts`, `agent` or `input`.
     """
 
     background: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
@@ -1122,8 +1133,18 @@ class ConverseRequest(betterproto2.Message):
 
     request_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
     """
-    Idempotency key: a retry with the same key replays the turn's events
-    instead of running it twice.
+    Idempotency key, unique per session (at most 128 printable characters,
+    e.g. a UUID): a retry with the same key replays the turn's stored events,
+    with their original sequence numbers, instead of running it twice; the
+    same key with a different request is INVALID_ARGUMENT.
+    """
+
+    input: "__google__protobuf__.Struct | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Structured input for the agent, validated against its `input_schema`
+    (e.g. `{"action": "..."}` for `agents/approval`). Not stored in Memory.
     """
 
 
@@ -4282,17 +4303,32 @@ class ConductorServiceStub:
 
     def converse(self, message: "ConverseRequest") -> "Iterator[ConverseEvent]":
         """
-        Takes one turn of a conversation and streams its events: the routing
-        decision, the agent's relayed events, a job handle when the work runs in the
-        background, and the final message. Every event carries the session's next
-        sequence number, so a client that disconnects resumes with
-        WatchConversation. Failures after the stream started arrive as an `error`
-        event (visible to JSON clients, which see no trailers).
-        Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
-        NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
-        already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
-        with no paused turn, or a message while a turn waits for a resume),
-        RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        Takes one turn of a conversation and streams its events, in this order:
+        the routing decision (`routing`), every event of the agent's run relayed
+        as is (`agent_event`, the run's own interrupt and final included), and one
+        event that ends the turn: `final` (the answer, stored in Memory as the
+        assistant's message), `interrupt` (the turn pauses; answer it with
+        Converse(resume)) or `error`. The user's message is stored in Memory
+        before the agent runs; the routing decision is recorded in Memory's audit
+        trail. The turn runs to its end even when the client leaves: every event
+        is stored with the session's next sequence number as it happens, so a
+        client resumes with WatchConversation, or repeats the call with the same
+        `request_id`, which replays the turn's events (following it live while it
+        still runs) instead of running it twice. Failures after the stream started
+        arrive as an `error` event and the stream ends OK (JSON clients see no
+        trailers).
+        Errors (before the first event): INVALID_ARGUMENT (malformed session or
+        agent name; no message and no resume; a message and a resume together;
+        parts or input over the size limit; input violating the agent's input
+        schema; `request_id` already used for a different request),
+        NOT_FOUND (the session is unknown, deleted or another tenant's, unless
+        `create_session`; the agent), ABORTED (a turn is already running and
+        `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
+        message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
+        no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
+        the pending one; `NO_ROUTE`: no agent named and no default agent
+        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         yield from self._channel.unary_stream(
@@ -4304,9 +4340,13 @@ class ConductorServiceStub:
     def watch_conversation(self, message: "WatchConversationRequest") -> "Iterator[ConverseEvent]":
         """
         Streams a session's conversation events after `after_sequence`: first the
-        stored ones, then live ones as turns produce them, until the client leaves.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
-        latest sequence).
+        stored ones (what the client missed), then live ones as turns produce
+        them, until the client leaves. Every event comes exactly once, in sequence
+        order, with the sequence and content it had when first streamed.
+        Errors: INVALID_ARGUMENT (malformed session, negative `after_sequence`),
+        NOT_FOUND (the session is unknown, deleted or another tenant's),
+        OUT_OF_RANGE (`after_sequence` beyond the session's latest event),
+        RESOURCE_EXHAUSTED (the tenant holds too many open watches).
         """
 
         yield from self._channel.unary_stream(
@@ -4337,17 +4377,32 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[ConverseEvent]":
         """
-        Takes one turn of a conversation and streams its events: the routing
-        decision, the agent's relayed events, a job handle when the work runs in the
-        background, and the final message. Every event carries the session's next
-        sequence number, so a client that disconnects resumes with
-        WatchConversation. Failures after the stream started arrive as an `error`
-        event (visible to JSON clients, which see no trailers).
-        Errors: INVALID_ARGUMENT (no message and no resume, bad agent name),
-        NOT_FOUND (session, unless `create_session`; agent), ABORTED (a turn is
-        already running and `busy_policy` is REJECT), FAILED_PRECONDITION (resume
-        with no paused turn, or a message while a turn waits for a resume),
-        RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        Takes one turn of a conversation and streams its events, in this order:
+        the routing decision (`routing`), every event of the agent's run relayed
+        as is (`agent_event`, the run's own interrupt and final included), and one
+        event that ends the turn: `final` (the answer, stored in Memory as the
+        assistant's message), `interrupt` (the turn pauses; answer it with
+        Converse(resume)) or `error`. The user's message is stored in Memory
+        before the agent runs; the routing decision is recorded in Memory's audit
+        trail. The turn runs to its end even when the client leaves: every event
+        is stored with the session's next sequence number as it happens, so a
+        client resumes with WatchConversation, or repeats the call with the same
+        `request_id`, which replays the turn's events (following it live while it
+        still runs) instead of running it twice. Failures after the stream started
+        arrive as an `error` event and the stream ends OK (JSON clients see no
+        trailers).
+        Errors (before the first event): INVALID_ARGUMENT (malformed session or
+        agent name; no message and no resume; a message and a resume together;
+        parts or input over the size limit; input violating the agent's input
+        schema; `request_id` already used for a different request),
+        NOT_FOUND (the session is unknown, deleted or another tenant's, unless
+        `create_session`; the agent), ABORTED (a turn is already running and
+        `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
+        message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
+        no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
+        the pending one; `NO_ROUTE`: no agent named and no default agent
+        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
         async for response in self._unary_stream(
@@ -4370,9 +4425,13 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
     ) -> "AsyncIterator[ConverseEvent]":
         """
         Streams a session's conversation events after `after_sequence`: first the
-        stored ones, then live ones as turns produce them, until the client leaves.
-        Errors: INVALID_ARGUMENT, NOT_FOUND (session), OUT_OF_RANGE (after the
-        latest sequence).
+        stored ones (what the client missed), then live ones as turns produce
+        them, until the client leaves. Every event comes exactly once, in sequence
+        order, with the sequence and content it had when first streamed.
+        Errors: INVALID_ARGUMENT (malformed session, negative `after_sequence`),
+        NOT_FOUND (the session is unknown, deleted or another tenant's),
+        OUT_OF_RANGE (`after_sequence` beyond the session's latest event),
+        RESOURCE_EXHAUSTED (the tenant holds too many open watches).
         """
 
         async for response in self._unary_stream(

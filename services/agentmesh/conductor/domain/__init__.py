@@ -1,0 +1,1 @@
+"""The Conductor's rules, as plain functions over plain values (no I/O)."""

@@ -1,0 +1,395 @@
+"""A conversation turn: started once per request (a retried ``request_id`` finds the
+turn it started), then run to its end in a task of its own, so it goes on when the
+client leaves.
+
+The task stores each event as it is produced (``stores/conversations.py``: the
+session's next sequence), then announces it (``core/changes.py``); the client's
+stream, a retry's replay and WatchConversation all read the events from the table
+(``watch.py``). Order: the user's message to Memory, the routing decision recorded in
+Memory and streamed, the agent's events relayed, then one ending event: ``final``
+(the answer appended to Memory), ``interrupt`` (the session pauses until a resume) or
+``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg  # type: ignore[import-untyped]
+import grpc
+import structlog
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from agentmesh.conductor.domain.turns import (
+    Conversation,
+    Resumption,
+    TurnState,
+    admit,
+    expired,
+    thread_id,
+)
+from agentmesh.conductor.downstream import Downstream
+from agentmesh.conductor.settings import ConductorSettings
+from agentmesh.conductor.stores.conversations import (
+    NewTurn,
+    Paused,
+    append_event,
+    end_turn,
+    find_turn,
+    lock_conversation,
+    start_turn,
+)
+from agentmesh.core.changes import ChangeFeed, Topic
+from agentmesh.core.context import current_authorization, current_request_id
+from agentmesh.core.errors import DomainError, InvalidArgument, to_status_proto
+from agentmesh.core.idempotency import REUSED_FOR_ANOTHER_REQUEST
+from agentmesh.core.names import AGENTS, SESSIONS
+from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
+
+_log = structlog.get_logger("agentmesh.conductor.turns")
+
+CONVERSATION_CHANGES: Final = Topic("agentmesh:conductor:changed:", "conversation")
+"""Where a stored event of a session is announced (its sequence), keyed by session id."""
+MAX_SUMMARY_CHARS: Final = 512
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """A validated Converse request."""
+
+    session_id: str
+    parts: tuple[common_pb2.Part, ...]
+    text: str
+    """The user's message as text (for the decision's summary)."""
+    agent_id: str | None
+    """The agent named; None: the Conductor decides."""
+    input: struct_pb2.Struct
+    resume: common_pb2.ResumeInput | None
+    request_id: str | None
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class Route:
+    """Who takes a new turn and why."""
+
+    agent_id: str
+    strategy: conductor_pb2.RoutingStrategy.ValueType
+    reason: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The turn a Converse call follows; ``task`` runs it here (None: a replay)."""
+
+    turn_id: str
+    task: asyncio.Task[None] | None
+
+
+@dataclass
+class _Outcome:
+    interrupt: common_pb2.Interrupt | None = None
+    result: agent_pb2.RunResult | None = None
+    error: status_pb2.Status | None = None
+    usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
+
+
+def _status_of(exc: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status an error of the turn is told as."""
+    request_id = current_request_id() or ""
+    if isinstance(exc, DomainError):
+        return to_status_proto(exc, request_id)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        status: status_pb2.Status | None = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        if status is not None:
+            return status
+        return status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
+    if isinstance(exc, TimeoutError):
+        return status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED, message="the turn ran longer than the Conductor allows"
+        )
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+class TurnRunner:
+    """Starts turns and keeps the tasks that run them (awaited or cancelled at stop)."""
+
+    def __init__(
+        self,
+        settings: ConductorSettings,
+        pool: asyncpg.Pool,
+        redis: Any,
+        downstream: Downstream,
+        changes: ChangeFeed,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._redis = redis
+        self._downstream = downstream
+        self._changes = changes
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, tenant: str, request: TurnRequest, route: Route | None) -> Started:
+        """Starts the turn ``request`` asks for (``route``: who takes a new turn; None
+        for a resume), or finds the turn its ``request_id`` started before."""
+        session_id = request.session_id
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await lock_conversation(conn, tenant, session_id)
+            if request.request_id is not None:
+                earlier = await find_turn(conn, tenant, session_id, request.request_id)
+                if earlier is not None:
+                    if bytes(earlier["fingerprint"]) != request.fingerprint:
+                        raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
+                    return Started(earlier["id"], None)
+            conversation = Conversation(
+                running_turn=row["running_turn"],
+                running_expired=expired(row["running_expire_time"], row["now"]),
+                paused_turn=row["paused_turn"],
+                paused_interrupt_id=row["paused_interrupt_id"],
+                paused_agent=row["paused_agent"],
+                paused_thread_id=row["paused_thread_id"],
+            )
+            resumption = admit(
+                SESSIONS.format(session_id),
+                conversation,
+                resume_interrupt_id=request.resume.interrupt_id if request.resume else None,
+            )
+            turn_id = "t" + uuid.uuid4().hex
+            if resumption is not None:
+                agent_id, thread = resumption.agent_id, resumption.thread_id
+            else:
+                assert route is not None
+                agent_id, thread = route.agent_id, thread_id(session_id, route.agent_id)
+            await start_turn(
+                conn,
+                tenant,
+                session_id,
+                NewTurn(
+                    turn_id=turn_id,
+                    request_id=request.request_id,
+                    fingerprint=request.fingerprint,
+                    agent_id=agent_id,
+                    thread_id=thread,
+                    resumes=resumption.paused_turn if resumption else None,
+                ),
+                claim_s=self._settings.turn_timeout_s,
+            )
+        work = self._run(tenant, request, turn_id, agent_id, thread, route, resumption)
+        task = asyncio.create_task(work, name=f"turn-{turn_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Started(turn_id, task)
+
+    async def stop(self) -> None:
+        """Cancels the turns still running (each ends with an error event)."""
+        for task in list(self._tasks):
+            task.cancel()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- running a turn ----------------------------------------------------------------
+
+    async def _emit(
+        self, tenant: str, session_id: str, turn_id: str, event: conductor_pb2.ConverseEvent
+    ) -> None:
+        row = await append_event(self._pool, tenant, session_id, turn_id, event.SerializeToString())
+        self._changes.notify_local(tenant, session_id)
+        await CONVERSATION_CHANGES.publish(self._redis, tenant, session_id, row["sequence"])
+
+    async def _run(
+        self,
+        tenant: str,
+        request: TurnRequest,
+        turn_id: str,
+        agent_id: str,
+        thread: str,
+        route: Route | None,
+        resumption: Resumption | None,
+    ) -> None:
+        session_id = request.session_id
+
+        async def emit(**event: Any) -> None:
+            await self._emit(
+                tenant, session_id, turn_id, conductor_pb2.ConverseEvent(turn_id=turn_id, **event)
+            )
+
+        state, paused = TurnState.FAILED, None
+        try:
+            async with asyncio.timeout(self._settings.turn_timeout_s):
+                outcome = await self._steps(
+                    emit, request, turn_id, agent_id, thread, route, resumption
+                )
+            if outcome.interrupt is not None:
+                await emit(interrupt=outcome.interrupt)
+                state = TurnState.INTERRUPTED
+                paused = Paused(outcome.interrupt.id, agent_id, thread)
+            elif outcome.error is not None:
+                await emit(error=outcome.error)
+            else:
+                assert outcome.result is not None
+                final = await self._answer(session_id, turn_id, agent_id, outcome)
+                await emit(final=final)
+                state = TurnState.COMPLETED
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    emit(
+                        error=status_pb2.Status(
+                            code=code_pb2.UNAVAILABLE,
+                            message="the Conductor stopped during the turn; send the message again",
+                        )
+                    )
+                )
+            await asyncio.shield(self._end(tenant, session_id, turn_id, state, None))
+            raise
+        except Exception as exc:
+            if not isinstance(exc, DomainError | grpc.aio.AioRpcError | TimeoutError):
+                _log.exception("turn failed", turn_id=turn_id)
+            try:
+                await emit(error=_status_of(exc))
+            except Exception:
+                _log.exception("turn error not stored", turn_id=turn_id)
+        await self._end(tenant, session_id, turn_id, state, paused)
+
+    async def _end(
+        self,
+        tenant: str,
+        session_id: str,
+        turn_id: str,
+        state: TurnState,
+        paused: Paused | None,
+    ) -> None:
+        try:
+            await end_turn(self._pool, tenant, session_id, turn_id, state, paused)
+        except Exception:  # the claim then lapses after the turn timeout
+            _log.exception("turn end not stored", turn_id=turn_id)
+
+    async def _steps(
+        self,
+        emit: Any,
+        request: TurnRequest,
+        turn_id: str,
+        agent_id: str,
+        thread: str,
+        route: Route | None,
+        resumption: Resumption | None,
+    ) -> _Outcome:
+        session = SESSIONS.format(request.session_id)
+        agent = AGENTS.format(agent_id)
+        options = agent_pb2.RunOptions(session=session)
+        # Explicit: grpc.aio files an interceptor under its first matching call type
+        # only, so the channel's forwarding interceptor covers unary calls, not streams.
+        metadata = (("authorization", current_authorization() or ""),)
+        call: AsyncIterable[agent_pb2.AgentEvent]
+        if resumption is None:
+            assert route is not None
+            await self._downstream.append_message(
+                request.session_id, f"{turn_id}-user", common_pb2.ROLE_USER, request.parts
+            )
+            decision = await self._downstream.record_decision(
+                memory_pb2.Decision(
+                    agent=agent,
+                    session=session,
+                    input_summary=request.text[:MAX_SUMMARY_CHARS],
+                    reasoning=route.reason,
+                    chosen_action=agent,
+                    outcome="routed",
+                    metadata=_struct(
+                        by="conductor", turn_id=turn_id, strategy=_strategy_name(route.strategy)
+                    ),
+                ),
+                request_id=turn_id,
+            )
+            await emit(
+                routing=conductor_pb2.RoutingDecision(
+                    strategy=route.strategy,
+                    agent=agent,
+                    reason=route.reason,
+                    decision=decision.name,
+                )
+            )
+            call = self._downstream.agents.StreamAgent(
+                agent_pb2.StreamAgentRequest(
+                    name=agent,
+                    thread_id=thread,
+                    input=request.input,
+                    parts=request.parts,
+                    options=options,
+                ),
+                metadata=metadata,
+                timeout=self._settings.turn_timeout_s,
+            )
+        else:
+            assert request.resume is not None
+            await emit(
+                routing=conductor_pb2.RoutingDecision(
+                    strategy=conductor_pb2.ROUTING_STRATEGY_EXPLICIT,
+                    agent=agent,
+                    reason=f"continues turn {resumption.paused_turn}, paused on an interrupt",
+                )
+            )
+            call = self._downstream.agents.ResumeAgent(
+                agent_pb2.ResumeAgentRequest(
+                    name=agent, thread_id=thread, resume=request.resume, options=options
+                ),
+                metadata=metadata,
+                timeout=self._settings.turn_timeout_s,
+            )
+        return await self._relay(emit, call)
+
+    async def _relay(self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent]) -> _Outcome:
+        outcome = _Outcome()
+        async for event in call:
+            await emit(agent_event=event)
+            kind = event.WhichOneof("event")
+            if kind == "interrupt":
+                outcome.interrupt = event.interrupt
+            elif kind == "usage":
+                outcome.usage = event.usage
+            elif kind == "error":
+                outcome.error = event.error
+            elif kind == "final":
+                outcome.result = event.final
+                if event.final.status == agent_pb2.RUN_STATUS_FAILED:
+                    outcome.error = event.final.error
+                elif event.final.status == agent_pb2.RUN_STATUS_INTERRUPTED:
+                    outcome.interrupt = outcome.interrupt or event.final.interrupt
+        if outcome.interrupt is None and outcome.error is None and outcome.result is None:
+            outcome.error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE, message="the agent's stream ended without an outcome"
+            )
+        return outcome
+
+    async def _answer(
+        self, session_id: str, turn_id: str, agent_id: str, outcome: _Outcome
+    ) -> conductor_pb2.FinalMessage:
+        """The turn's final message, appended to Memory as the assistant's (an answer
+        without content is not stored: Memory keeps no empty messages)."""
+        assert outcome.result is not None
+        agent = AGENTS.format(agent_id)
+        parts = list(outcome.result.parts)
+        usage = outcome.result.usage if outcome.result.HasField("usage") else outcome.usage
+        name = ""
+        if parts:
+            stored = await self._downstream.append_message(
+                session_id, f"{turn_id}-answer", common_pb2.ROLE_ASSISTANT, parts, agent=agent
+            )
+            name = stored.name
+        return conductor_pb2.FinalMessage(message=name, agent=agent, parts=parts, usage=usage)
+
+
+def _strategy_name(strategy: conductor_pb2.RoutingStrategy.ValueType) -> str:
+    return conductor_pb2.RoutingStrategy.Name(strategy)
+
+
+def _struct(**values: Any) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
