@@ -11,7 +11,10 @@ round, so the figures compare as ratios:
 - **InvokeAgent stateless**: `agents/echo`, no thread (nothing written);
 - **InvokeAgent threaded**: `agents/echo` on a new thread per call (its state read
   from and written to Memory: the checkpointed path);
-- **StreamAgent time to first event**: stateless, until the first event arrives.
+- **StreamAgent time to first event**: stateless, until the first event arrives;
+- **InvokeAgent as JSON through Envoy**, stateless and threaded: the real Envoy config
+  (transcoder, routes, health checks) in front of the same Agent process, one HTTP/1.1
+  keep-alive client (a connection per concurrent caller).
 
 Each case: p50/p99 of sequential calls, and runs/s with 16 concurrent clients (bounded
 in calls and time). Every response is checked (the echo's text, a thread id, a final
@@ -29,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import grpc
+import httpx
 
 from agentmesh.bench.memory.stack import start_stack
 from agentmesh.bench.procs import BenchError, bench_env, proc_cpu_s, start_echo_server
@@ -116,10 +120,34 @@ async def _concurrent(call: Call, count: int, bound_s: float) -> dict[str, float
     return {"runs_per_s": done / (time.perf_counter() - t0), "calls": float(done)}
 
 
+async def _envoy_ready(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
+    """Until Envoy's health check has admitted the Agent upstream (bounded)."""
+    deadline = time.monotonic() + 30
+    while True:
+        response = await http.post(url, headers=headers, json={"parts": [{"text": "ping"}]})
+        if response.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"Envoy answered {response.status_code}: {response.text[:300]}")
+        await asyncio.sleep(0.25)
+
+
 async def _measure(  # noqa: PLR0915  # the cases are read best side by side
-    opts: BenchOptions, echo_port: int, agent_port: int, token: str, agent_pid: int
+    opts: BenchOptions,
+    echo_port: int,
+    agent_port: int,
+    token: str,
+    agent_pid: int,
+    envoy_port: int,
 ) -> JsonDict:
     md = (("authorization", f"Bearer {token}"),)
+    headers = {"authorization": f"Bearer {token}"}
+    invoke_url = f"http://127.0.0.1:{envoy_port}/v1/agents/echo:invoke"
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY),
+        timeout=30.0,
+        trust_env=False,
+    )
     echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
     agent_channel = grpc.aio.insecure_channel(f"127.0.0.1:{agent_port}")
     raw: Any = agent_pb2_grpc.AgentServiceStub(echo_channel)
@@ -164,11 +192,28 @@ async def _measure(  # noqa: PLR0915  # the cases are read best side by side
         if not last.HasField("final"):
             raise BenchError("a stream did not end with final")
 
+    async def json_stateless() -> None:
+        got = await http.post(invoke_url, headers=headers, json={"parts": [{"text": "ping"}]})
+        if got.status_code != 200 or got.json()["result"]["parts"][0]["text"] != "ping":
+            raise BenchError(f"JSON stateless echo answered {got.status_code}: {got.text[:300]}")
+
+    async def json_threaded() -> None:
+        thread = f"b{uuid.uuid4().hex}"
+        got = await http.post(
+            invoke_url, headers=headers, json={"threadId": thread, "parts": [{"text": "ping"}]}
+        )
+        result = got.json().get("result", {}) if got.status_code == 200 else {}
+        if result.get("threadId") != thread or result["parts"][0]["text"] != "ping":
+            raise BenchError(f"JSON threaded echo answered {got.status_code}: {got.text[:300]}")
+
+    await _envoy_ready(http, invoke_url, headers)
     cases: dict[str, Call] = {
         "raw_echo": raw_echo,
         "invoke_stateless": stateless,
         "invoke_threaded": threaded,
         "stream": stream_first_event,
+        "json_stateless": json_stateless,
+        "json_threaded": json_threaded,
     }
     sequential_n = 100 if opts.small else 1000
     concurrent_n = 200 if opts.small else 5000
@@ -197,6 +242,7 @@ async def _measure(  # noqa: PLR0915  # the cases are read best side by side
     finally:
         await echo_channel.close(None)
         await agent_channel.close(None)
+        await http.aclose()
     return {name: _median_row(rows) for name, rows in results.items()}
 
 
@@ -221,8 +267,16 @@ def run(opts: BenchOptions) -> JsonDict:
         stack.start_memory(stack.ef_search)
         echo = start_echo_server("raw", stack.ports.conductor, secret, opts.work_dir)
         agent = _start_agent(stack.ports.agent, stack.ports.memory, secret, opts)
+        stack.start_envoy()
         measured = asyncio.run(
-            _measure(opts, stack.ports.conductor, stack.ports.agent, token, agent.pid)
+            _measure(
+                opts,
+                stack.ports.conductor,
+                stack.ports.agent,
+                token,
+                agent.pid,
+                stack.ports.envoy_external,
+            )
         )
         result["cases"] = measured
         result["targets"] = dict(TARGETS)
@@ -272,7 +326,8 @@ def render(results: JsonDict) -> str:
         "Agent runs on the real Agent service (echo agent; threads checkpointed in the real"
         " Memory service) beside the raw grpc.aio echo, one async client, same run; p50/p99"
         " of 1,000 sequential calls, runs/s with 16 concurrent clients; medians of the"
-        " rounds.",
+        " rounds. The JSON rows go through the real Envoy (transcoder, HTTP/1.1 keep-alive,"
+        " a connection per concurrent caller) to the same Agent process.",
         "",
         "| case | p50 ms | p99 ms | runs/s (16 clients) | vs raw echo runs/s | agent CPU µs/run |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -282,8 +337,12 @@ def render(results: JsonDict) -> str:
         "invoke_stateless": "InvokeAgent, stateless",
         "invoke_threaded": "InvokeAgent, new thread (checkpointed in Memory)",
         "stream": "StreamAgent, whole stream",
+        "json_stateless": "InvokeAgent as JSON via Envoy, stateless",
+        "json_threaded": "InvokeAgent as JSON via Envoy, new thread",
     }
     for key, label in names.items():
+        if key not in cases:
+            continue
         row = cases[key]
         cpu = f"{row['agent_cpu_us_per_call']:.0f}" if "agent_cpu_us_per_call" in row else "-"
         lines.append(
