@@ -218,6 +218,7 @@ def test_only_the_migration_holds_the_owner_credentials(manifests: list[Manifest
         "Deployment/job": {"AGENTMESH_DATABASE_URL": "agentmesh-db-job"},
         # The worker writes job records: the Job service's role, from the same Secret.
         "Deployment/worker": {"AGENTMESH_DATABASE_URL": "agentmesh-db-job"},
+        "Deployment/conductor": {"AGENTMESH_DATABASE_URL": "agentmesh-db-conductor"},
     }
     for name, pod in pod_specs(manifests):
         assert database_credentials(pod) == wanted.get(name, {}), name
