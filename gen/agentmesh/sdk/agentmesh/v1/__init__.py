@@ -37,6 +37,8 @@ __all__ = (
     "DeleteStoreItemRequest",
     "DeleteThreadRequest",
     "DeleteThreadResponse",
+    "EmbedTextsRequest",
+    "EmbedTextsResponse",
     "FinalMessage",
     "GetAgentRequest",
     "GetArtifactRequest",
@@ -1533,6 +1535,49 @@ class DeleteThreadResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("agentmesh.v1", "DeleteThreadResponse", DeleteThreadResponse)
+
+
+@dataclass(eq=False, repr=False)
+class EmbedTextsRequest(betterproto2.Message):
+    """
+    Request for MemoryService.EmbedTexts.
+    """
+
+    texts: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The texts, 1-64, each at most 4096 characters, together at most 65536.
+    """
+
+
+default_message_pool.register_message("agentmesh.v1", "EmbedTextsRequest", EmbedTextsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class EmbedTextsResponse(betterproto2.Message):
+    """
+    Response of MemoryService.EmbedTexts.
+    """
+
+    embeddings: "list[Vector]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One unit-length vector per text, in the order of the request's texts; the
+    cosine similarity of two is their dot product.
+    """
+
+    embedder: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The embedder that made them, e.g. `hash`, `minilm` or
+    `openai:text-embedding-3-small`: vectors of different embedders are not
+    comparable.
+    """
+
+    dimension: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Length of every vector (the server's embedding dimension).
+    """
+
+
+default_message_pool.register_message("agentmesh.v1", "EmbedTextsResponse", EmbedTextsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -5023,6 +5068,26 @@ class MemoryServiceStub:
             SearchMemoriesResponse.FromString,
         )(message)
 
+    def embed_texts(self, message: "EmbedTextsRequest") -> "EmbedTextsResponse":
+        """
+        Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
+        """
+
+        return self._channel.unary_unary(
+            "/agentmesh.v1.MemoryService/EmbedTexts",
+            EmbedTextsRequest.SerializeToString,
+            EmbedTextsResponse.FromString,
+        )(message)
+
     def create_decision(self, message: "CreateDecisionRequest") -> "Decision":
         """
         --------------------------------------------------------------- decisions
@@ -5767,6 +5832,36 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
             "/agentmesh.v1.MemoryService/SearchMemories",
             message,
             SearchMemoriesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def embed_texts(
+        self,
+        message: "EmbedTextsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "EmbedTextsResponse":
+        """
+        Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
+        """
+
+        return await self._unary_unary(
+            "/agentmesh.v1.MemoryService/EmbedTexts",
+            message,
+            EmbedTextsResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
