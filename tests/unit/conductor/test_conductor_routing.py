@@ -5,7 +5,6 @@ offline ``hash`` embedder, the devstack's fastest."""
 
 from __future__ import annotations
 
-import jsonschema
 import pytest
 
 from agentmesh.conductor.domain.routing import (
@@ -28,10 +27,12 @@ from agentmesh.conductor.domain.routing import (
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.core.errors import FailedPrecondition
 from agentmesh.core.settings import ConfigError
+from agentmesh.llm.structured import schema_validator
 from agentmesh.memory.embedders.hashing import HashEmbedder
 
 EMBEDDER = HashEmbedder(384)
-CARDS = {
+Skills = list[tuple[str, str, tuple[str, ...]]]
+CARDS: dict[str, tuple[str, Skills]] = {
     "echo": (
         "Repeats the user's message back.",
         [("Echo", "Returns the text.", ("say hello back",))],
@@ -160,7 +161,7 @@ def test_the_supervisor_is_asked_to_pick_one_of_the_cards() -> None:
     assert "2 + 2" in system
     assert len(user) == 4000
     schema = supervisor_schema(["calculator", "echo"])
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = schema_validator(schema)
     assert validator.is_valid({"agent": "echo", "reason": "greets", "confidence": 0.5})
     assert not validator.is_valid({"agent": "billing", "reason": "x"})
     assert not validator.is_valid({"agent": "echo", "reason": "x", "confidence": 2})

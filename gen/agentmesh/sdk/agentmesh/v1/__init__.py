@@ -1109,8 +1109,14 @@ class ConverseRequest(betterproto2.Message):
     """
     Route to this agent (`agents/{agent}`) instead of deciding. The agent runs
     on the session's thread of that agent, so it sees the earlier turns it
-    took in this session. Without it the Conductor decides (for now: the
-    configured default agent, strategy DEFAULT).
+    took in this session. Without it the Conductor decides among the agents
+    that can take the message (an agent that needs a model only when one is
+    configured; only agents whose input schema accepts `input`): an LLM
+    supervisor when a model is configured (strategy SUPERVISOR), else, or when
+    the model fails, the agent card most similar to the message (SIMILARITY,
+    scored with Memory's embedder), else the configured default agent
+    (DEFAULT). The routing event and the decision in Memory carry every
+    candidate with its score.
     """
 
     resume: "ResumeInput | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
@@ -3246,7 +3252,10 @@ class RoutingDecision(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
     """
-    The agents considered, with their scores.
+    The agents considered, with their scores, best first: similarity in [0, 1]
+    and the card phrase that scored it (SIMILARITY, DEFAULT), or the model's
+    confidence and reason for its pick and 0 for the others (SUPERVISOR); empty
+    when the request named the agent.
     """
 
     reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -4371,8 +4380,8 @@ class ConductorServiceStub:
         `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
-        the pending one; `NO_ROUTE`: no agent named and no default agent
-        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
+        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
         INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
@@ -4445,8 +4454,8 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
-        the pending one; `NO_ROUTE`: no agent named and no default agent
-        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
+        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
         INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
