@@ -111,8 +111,14 @@ class ConverseRequest(google.protobuf.message.Message):
     agent: builtins.str
     """Route to this agent (`agents/{agent}`) instead of deciding. The agent runs
     on the session's thread of that agent, so it sees the earlier turns it
-    took in this session. Without it the Conductor decides (for now: the
-    configured default agent, strategy DEFAULT).
+    took in this session. Without it the Conductor decides among the agents
+    that can take the message (an agent that needs a model only when one is
+    configured; only agents whose input schema accepts `input`): an LLM
+    supervisor when a model is configured (strategy SUPERVISOR), else, or when
+    the model fails, the agent card most similar to the message (SIMILARITY,
+    scored with Memory's embedder), else the configured default agent
+    (DEFAULT). The routing event and the decision in Memory carry every
+    candidate with its score.
     """
     background: builtins.bool
     """When true, the turn runs as a Job: the stream sends `job_created` and then
@@ -206,7 +212,11 @@ class RoutingDecision(google.protobuf.message.Message):
     """The audit record in Memory, `decisions/{decision}`."""
     @property
     def candidates(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.ScoredCandidate]:
-        """The agents considered, with their scores."""
+        """The agents considered, with their scores, best first: similarity in [0, 1]
+        and the card phrase that scored it (SIMILARITY, DEFAULT), or the model's
+        confidence and reason for its pick and 0 for the others (SUPERVISOR); empty
+        when the request named the agent.
+        """
 
     def __init__(
         self,

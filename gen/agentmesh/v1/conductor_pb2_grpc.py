@@ -89,8 +89,8 @@ class ConductorServiceServicer:
         `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
-        the pending one; `NO_ROUTE`: no agent named and no default agent
-        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
+        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
         INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -937,6 +937,59 @@ class SearchMemoriesResponse(google.protobuf.message.Message):
 global___SearchMemoriesResponse = SearchMemoriesResponse
 
 @typing.final
+class EmbedTextsRequest(google.protobuf.message.Message):
+    """Request for MemoryService.EmbedTexts."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: builtins.int
+    @property
+    def texts(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The texts, 1-64, each at most 4096 characters, together at most 65536."""
+
+    def __init__(
+        self,
+        *,
+        texts: collections.abc.Iterable[builtins.str] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["texts", b"texts"]) -> None: ...
+
+global___EmbedTextsRequest = EmbedTextsRequest
+
+@typing.final
+class EmbedTextsResponse(google.protobuf.message.Message):
+    """Response of MemoryService.EmbedTexts."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EMBEDDINGS_FIELD_NUMBER: builtins.int
+    EMBEDDER_FIELD_NUMBER: builtins.int
+    DIMENSION_FIELD_NUMBER: builtins.int
+    embedder: builtins.str
+    """The embedder that made them, e.g. `hash`, `minilm` or
+    `openai:text-embedding-3-small`: vectors of different embedders are not
+    comparable.
+    """
+    dimension: builtins.int
+    """Length of every vector (the server's embedding dimension)."""
+    @property
+    def embeddings(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Vector]:
+        """One unit-length vector per text, in the order of the request's texts; the
+        cosine similarity of two is their dot product.
+        """
+
+    def __init__(
+        self,
+        *,
+        embeddings: collections.abc.Iterable[global___Vector] | None = ...,
+        embedder: builtins.str = ...,
+        dimension: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dimension", b"dimension", "embedder", b"embedder", "embeddings", b"embeddings"]) -> None: ...
+
+global___EmbedTextsResponse = EmbedTextsResponse
+
+@typing.final
 class Decision(google.protobuf.message.Message):
     """=================================================================== decisions
 

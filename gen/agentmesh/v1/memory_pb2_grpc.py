@@ -122,6 +122,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesResponse.FromString,
                 _registered_method=True)
+        self.EmbedTexts = channel.unary_unary(
+                '/agentmesh.v1.MemoryService/EmbedTexts',
+                request_serializer=agentmesh_dot_v1_dot_memory__pb2.EmbedTextsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_memory__pb2.EmbedTextsResponse.FromString,
+                _registered_method=True)
         self.CreateDecision = channel.unary_unary(
                 '/agentmesh.v1.MemoryService/CreateDecision',
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.CreateDecisionRequest.SerializeToString,
@@ -425,6 +430,22 @@ class MemoryServiceServicer:
         Expired memories never come back.
         Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
         range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedTexts(self, request, context):
+        """Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -752,6 +773,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.SearchMemories,
                     request_deserializer=agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesResponse.SerializeToString,
+            ),
+            'EmbedTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedTexts,
+                    request_deserializer=agentmesh_dot_v1_dot_memory__pb2.EmbedTextsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_memory__pb2.EmbedTextsResponse.SerializeToString,
             ),
             'CreateDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDecision,
@@ -1286,6 +1312,33 @@ class MemoryService:
             '/agentmesh.v1.MemoryService/SearchMemories',
             agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesRequest.SerializeToString,
             agentmesh_dot_v1_dot_memory__pb2.SearchMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.MemoryService/EmbedTexts',
+            agentmesh_dot_v1_dot_memory__pb2.EmbedTextsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_memory__pb2.EmbedTextsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -208,6 +208,22 @@ class MemoryServiceStub:
     range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
     """
 
+    EmbedTexts: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.EmbedTextsRequest,
+        agentmesh.v1.memory_pb2.EmbedTextsResponse,
+    ]
+    """Embeds up to 64 short texts with the embedder memory search uses, so other
+    services (the Conductor's similarity routing) compare texts in the same
+    vector space as memories. Stores nothing. Each text is at most 4096
+    characters, all of them together at most 65536; an empty text is allowed
+    (it gets the embedder's vector of no words). Runs within the tenant's limit
+    on embedding and search calls.
+    Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+    its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+    tenant's concurrent embedding calls, or the embedding provider's quota, with
+    RetryInfo), UNAVAILABLE (embedding provider down).
+    """
+
     CreateDecision: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.CreateDecisionRequest,
         agentmesh.v1.memory_pb2.Decision,
@@ -637,6 +653,22 @@ class MemoryServiceAsyncStub:
     Expired memories never come back.
     Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
     range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+    """
+
+    EmbedTexts: grpc.aio.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.EmbedTextsRequest,
+        agentmesh.v1.memory_pb2.EmbedTextsResponse,
+    ]
+    """Embeds up to 64 short texts with the embedder memory search uses, so other
+    services (the Conductor's similarity routing) compare texts in the same
+    vector space as memories. Stores nothing. Each text is at most 4096
+    characters, all of them together at most 65536; an empty text is allowed
+    (it gets the embedder's vector of no words). Runs within the tenant's limit
+    on embedding and search calls.
+    Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+    its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+    tenant's concurrent embedding calls, or the embedding provider's quota, with
+    RetryInfo), UNAVAILABLE (embedding provider down).
     """
 
     CreateDecision: grpc.aio.UnaryUnaryMultiCallable[
@@ -1098,6 +1130,24 @@ class MemoryServiceServicer(metaclass=abc.ABCMeta):
         Expired memories never come back.
         Errors: INVALID_ARGUMENT (no query, wrong vector dimension, top_k out of
         range, bad filter), RESOURCE_EXHAUSTED / UNAVAILABLE (embedding provider).
+        """
+
+    @abc.abstractmethod
+    def EmbedTexts(
+        self,
+        request: agentmesh.v1.memory_pb2.EmbedTextsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[agentmesh.v1.memory_pb2.EmbedTextsResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.EmbedTextsResponse]]:
+        """Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
         """
 
     @abc.abstractmethod

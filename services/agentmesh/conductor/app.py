@@ -9,6 +9,7 @@ import grpc
 
 from agentmesh.conductor.deps import ConductorDeps
 from agentmesh.conductor.downstream import AGENT_RETRIES, MEMORY_RETRIES, Downstream
+from agentmesh.conductor.routing import Router
 from agentmesh.conductor.servicer import ConductorServicer
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.turns import CONVERSATION_CHANGES, TurnRunner
@@ -19,23 +20,30 @@ from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.redis import create_redis, ping_redis
 from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
+from agentmesh.llm.models import ChatModels
+from agentmesh.llm.settings import LlmSettings
 from agentmesh.v1 import conductor_pb2, conductor_pb2_grpc
 
 SERVICE_NAME = conductor_pb2.DESCRIPTOR.services_by_name["ConductorService"].full_name
 
 
 async def build_conductor(
-    settings: Settings, conductor: ConductorSettings | None = None
+    settings: Settings, conductor: ConductorSettings | None = None, llm: LlmSettings | None = None
 ) -> ServiceSpec:
     """Wires the Conductor service: PostgreSQL (turns and their events), Redis (change
     notifications of conversations), Memory (``AGENTMESH_MEMORY_ADDR``: sessions,
     messages, decisions) and Agent (``AGENTMESH_AGENT_ADDR``: cards and runs).
+
+    With a model (``AGENTMESH_LLM_DEFAULT_MODEL`` or ``AGENTMESH_CONDUCTOR_ROUTING_MODEL``)
+    an LLM supervisor picks the agent of a turn that names none; similarity over
+    Memory's embeddings picks it otherwise, and when the model fails.
 
     Readiness probes only what it owns (PostgreSQL, Redis); Memory and Agent are reached
     through Envoy, which balances over their healthy replicas (ADR 0007).
     """
     settings.require("database_url", "redis_url", "memory_addr", "agent_addr")
     conductor = conductor or ConductorSettings()
+    llm = llm or LlmSettings()
     database_probe = DatabaseProbe(settings)
     pool = await create_pool(settings)
     redis_client = create_redis(settings)
@@ -56,6 +64,7 @@ async def build_conductor(
         changes=changes,
         watches=TenantLimiter(conductor.tenant_watches, what="conversation stream"),
         turns=TurnRunner(conductor, pool, redis_client, downstream, changes),
+        router=Router(conductor, downstream, ChatModels(llm)),
     )
     servicer = ConductorServicer(deps)
     changes.start()

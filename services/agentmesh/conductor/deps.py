@@ -1,5 +1,5 @@
 """What the Conductor's RPCs need: settings, the pool, Redis, the calls to Memory and
-Agent, the change feed and the turn runner."""
+Agent, the change feed, the turn runner and the router."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio
 
 from agentmesh.conductor.downstream import Downstream
+from agentmesh.conductor.routing import Router
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.turns import TurnRunner
 from agentmesh.core.changes import ChangeFeed
@@ -36,3 +37,5 @@ class ConductorDeps:
     """Per-tenant limit on open Converse and WatchConversation streams."""
     turns: TurnRunner
     """Starts turns and runs them to their end."""
+    router: Router
+    """Picks the agent of a turn that names none (supervisor model, else similarity)."""

@@ -26,12 +26,14 @@ from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2, memo
 _MEMORY: Final = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"]
 _AGENT: Final = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 MEMORY_RETRIES: Final = tuple(
-    (_MEMORY.full_name, name) for name in ("GetSession", "ListMessages", "ListDecisions")
+    (_MEMORY.full_name, name)
+    for name in ("GetSession", "ListMessages", "ListDecisions", "EmbedTexts")
 )
 """Memory methods the channel may retry on UNAVAILABLE (reads). Creates and appends
 carry request ids or message ids, so the turn retries nothing behind their back."""
-AGENT_RETRIES: Final = ((_AGENT.full_name, "GetAgent"),)
+AGENT_RETRIES: Final = ((_AGENT.full_name, "GetAgent"), (_AGENT.full_name, "ListAgents"))
 """Agent methods the channel may retry on UNAVAILABLE."""
+CARDS_PAGE_SIZE: Final = 100
 
 
 @dataclass(frozen=True)
@@ -134,3 +136,31 @@ class Downstream:
         return await self.memory.CreateDecision(
             memory_pb2.CreateDecisionRequest(decision=decision, request_id=request_id)
         )
+
+    async def list_cards(self, limit: int) -> list[agent_pb2.Agent]:
+        """The cards of the agents the Agent service serves the caller, at most
+        ``limit`` (the first pages of ListAgents)."""
+        cards: list[agent_pb2.Agent] = []
+        token = ""
+        try:
+            while len(cards) < limit:
+                page = await self.agents.ListAgents(
+                    agent_pb2.ListAgentsRequest(
+                        page_size=min(CARDS_PAGE_SIZE, limit - len(cards)), page_token=token
+                    )
+                )
+                cards += page.agents
+                token = page.next_page_token
+                if not token:
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable("agent", exc) from None
+        return cards[:limit]
+
+    async def embed(self, texts: Sequence[str]) -> memory_pb2.EmbedTextsResponse:
+        """Vectors of ``texts`` (at most 64) from Memory's embedder, the one memory
+        search uses."""
+        try:
+            return await self.memory.EmbedTexts(memory_pb2.EmbedTextsRequest(texts=texts))
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable("memory", exc) from None

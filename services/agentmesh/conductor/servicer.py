@@ -14,11 +14,11 @@ from google.protobuf import json_format
 from agentmesh.conductor.deps import ConductorDeps
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.stores.conversations import last_sequence
-from agentmesh.conductor.turns import Route, TurnRequest
+from agentmesh.conductor.turns import TurnRequest
 from agentmesh.conductor.watch import follow
 from agentmesh.core.context import current_tenant
 from agentmesh.core.contract import ServicerContext
-from agentmesh.core.errors import FailedPrecondition, OutOfRange, Unimplemented
+from agentmesh.core.errors import OutOfRange, Unimplemented
 from agentmesh.core.idempotency import fingerprint
 from agentmesh.core.json_schema import schema_violations, whole_numbers
 from agentmesh.core.names import AGENTS, SESSIONS
@@ -113,24 +113,6 @@ def _check_message(
     return text
 
 
-def _route(agent_id: str | None, settings: ConductorSettings) -> Route:
-    """Who takes a new turn: the agent named, else the configured default agent."""
-    if agent_id is not None:
-        return Route(agent_id, conductor_pb2.ROUTING_STRATEGY_EXPLICIT, "the request named it")
-    if settings.default_agent:
-        return Route(
-            settings.default_agent,
-            conductor_pb2.ROUTING_STRATEGY_DEFAULT,
-            "no agent named; the configured default agent",
-        )
-    raise FailedPrecondition(
-        "NO_ROUTE",
-        "name the agent (`agent`): this Conductor does not choose one yet and has no default"
-        " agent configured",
-        [("ROUTING", "agent", "name an agent")],
-    )
-
-
 class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
     """Every ConductorService RPC over the shared ``ConductorDeps``."""
 
@@ -147,7 +129,7 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
             await deps.downstream.ensure_session(turn.session_id, create=request.create_session)
             route = None
             if turn.resume is None:
-                route = _route(turn.agent_id, deps.settings)
+                route = await deps.router.route(tenant, turn.agent_id, turn.text, turn.input)
                 validator = await deps.downstream.validator(route.agent_id)
                 violations = Violations()
                 structured = whole_numbers(json_format.MessageToDict(turn.input))

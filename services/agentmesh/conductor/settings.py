@@ -22,8 +22,8 @@ class ConductorSettings:
 
     default_agent: str = ""
     """The agent id that takes a turn naming no agent (strategy DEFAULT), e.g. ``echo``.
-    Empty: such a turn is FAILED_PRECONDITION (``NO_ROUTE``) until routing by a
-    supervisor or by similarity exists."""
+    Also the agent of a turn whose message no card matches well enough (below
+    ``routing_threshold``). Empty: such a turn is FAILED_PRECONDITION (``NO_ROUTE``)."""
 
     max_input_bytes: int = 256 * 1024
     """Largest user message of a turn: its parts plus the structured input, in bytes
@@ -46,6 +46,30 @@ class ConductorSettings:
     """A stream reads the session's events again at least this often, even without a
     change notification (notifications go through Redis and may be lost)."""
 
+    routing_threshold: float = 0.4
+    """Least similarity score (0-1) for the closest agent card to take a turn naming
+    no agent (strategy SIMILARITY); below it the default agent does (DEFAULT). Scores
+    blend embedding similarity and term overlap (``domain/routing.py``)."""
+
+    routing_lexical_weight: float = 0.5
+    """Share (0-1) of term overlap in the similarity score; the rest is the cosine of
+    Memory's embeddings. High suits the offline ``hash`` embedder, which knows no
+    meaning; lower it with a semantic embedder (MiniLM, OpenAI)."""
+
+    routing_supervisor: bool = True
+    """Let an LLM pick the agent when a model is configured (``routing_model``, else
+    ``AGENTMESH_LLM_DEFAULT_MODEL``); similarity decides when it fails. False:
+    similarity only."""
+
+    routing_model: str = ""
+    """The supervisor's model as ``provider:name``; empty: the default model."""
+
+    routing_timeout_s: float = 20.0
+    """Longest the supervisor model may take to pick; past it similarity decides."""
+
+    routing_max_agents: int = 100
+    """Agent cards routing considers at most (the first of ListAgents)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConductorSettings:
         """Loads ``AGENTMESH_CONDUCTOR_*`` from ``environ`` (default: ``os.environ``)."""
@@ -61,4 +85,8 @@ class ConductorSettings:
             ("agent_card_ttl_s", 0 <= self.agent_card_ttl_s <= 3600, "expected 0-3600"),
             ("tenant_watches", 1 <= self.tenant_watches <= 100_000, "expected 1-100000"),
             ("watch_poll_s", 0.05 <= self.watch_poll_s <= 60, "expected 0.05-60"),
+            ("routing_threshold", 0 <= self.routing_threshold <= 1, "expected 0-1"),
+            ("routing_lexical_weight", 0 <= self.routing_lexical_weight <= 1, "expected 0-1"),
+            ("routing_timeout_s", 0.1 <= self.routing_timeout_s <= 600, "expected 0.1-600"),
+            ("routing_max_agents", 1 <= self.routing_max_agents <= 1000, "expected 1-1000"),
         ]

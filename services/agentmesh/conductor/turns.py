@@ -83,6 +83,8 @@ class Route:
     agent_id: str
     strategy: conductor_pb2.RoutingStrategy.ValueType
     reason: str
+    candidates: tuple[common_pb2.ScoredCandidate, ...] = ()
+    """The agents considered with their scores, best first (none when named)."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ class TurnRunner:
                     session=session,
                     input_summary=request.text[:MAX_SUMMARY_CHARS],
                     reasoning=route.reason,
+                    candidates=route.candidates,
                     chosen_action=agent,
                     outcome="routed",
                     metadata=_struct(
@@ -311,6 +314,7 @@ class TurnRunner:
                 routing=conductor_pb2.RoutingDecision(
                     strategy=route.strategy,
                     agent=agent,
+                    candidates=route.candidates,
                     reason=route.reason,
                     decision=decision.name,
                 )

@@ -12,6 +12,7 @@ from agentmesh.memory.deps import MemoryDeps
 from agentmesh.memory.rpcs.artifacts import ArtifactRpcs
 from agentmesh.memory.rpcs.checkpoints import CheckpointRpcs
 from agentmesh.memory.rpcs.decisions import DecisionRpcs
+from agentmesh.memory.rpcs.embeddings import EmbeddingRpcs
 from agentmesh.memory.rpcs.memories import MemoryRpcs
 from agentmesh.memory.rpcs.messages import MessageRpcs
 from agentmesh.memory.rpcs.sessions import SessionRpcs
@@ -24,6 +25,7 @@ GROUPS = (
     MessageRpcs,
     WorkingMemoryRpcs,
     MemoryRpcs,
+    EmbeddingRpcs,
     DecisionRpcs,
     ArtifactRpcs,
     CheckpointRpcs,

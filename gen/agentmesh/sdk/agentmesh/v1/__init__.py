@@ -37,6 +37,8 @@ __all__ = (
     "DeleteStoreItemRequest",
     "DeleteThreadRequest",
     "DeleteThreadResponse",
+    "EmbedTextsRequest",
+    "EmbedTextsResponse",
     "FinalMessage",
     "GetAgentRequest",
     "GetArtifactRequest",
@@ -1107,8 +1109,14 @@ class ConverseRequest(betterproto2.Message):
     """
     Route to this agent (`agents/{agent}`) instead of deciding. The agent runs
     on the session's thread of that agent, so it sees the earlier turns it
-    took in this session. Without it the Conductor decides (for now: the
-    configured default agent, strategy DEFAULT).
+    took in this session. Without it the Conductor decides among the agents
+    that can take the message (an agent that needs a model only when one is
+    configured; only agents whose input schema accepts `input`): an LLM
+    supervisor when a model is configured (strategy SUPERVISOR), else, or when
+    the model fails, the agent card most similar to the message (SIMILARITY,
+    scored with Memory's embedder), else the configured default agent
+    (DEFAULT). The routing event and the decision in Memory carry every
+    candidate with its score.
     """
 
     resume: "ResumeInput | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
@@ -1533,6 +1541,49 @@ class DeleteThreadResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("agentmesh.v1", "DeleteThreadResponse", DeleteThreadResponse)
+
+
+@dataclass(eq=False, repr=False)
+class EmbedTextsRequest(betterproto2.Message):
+    """
+    Request for MemoryService.EmbedTexts.
+    """
+
+    texts: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The texts, 1-64, each at most 4096 characters, together at most 65536.
+    """
+
+
+default_message_pool.register_message("agentmesh.v1", "EmbedTextsRequest", EmbedTextsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class EmbedTextsResponse(betterproto2.Message):
+    """
+    Response of MemoryService.EmbedTexts.
+    """
+
+    embeddings: "list[Vector]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    One unit-length vector per text, in the order of the request's texts; the
+    cosine similarity of two is their dot product.
+    """
+
+    embedder: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The embedder that made them, e.g. `hash`, `minilm` or
+    `openai:text-embedding-3-small`: vectors of different embedders are not
+    comparable.
+    """
+
+    dimension: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    Length of every vector (the server's embedding dimension).
+    """
+
+
+default_message_pool.register_message("agentmesh.v1", "EmbedTextsResponse", EmbedTextsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -3201,7 +3252,10 @@ class RoutingDecision(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
     """
-    The agents considered, with their scores.
+    The agents considered, with their scores, best first: similarity in [0, 1]
+    and the card phrase that scored it (SIMILARITY, DEFAULT), or the model's
+    confidence and reason for its pick and 0 for the others (SUPERVISOR); empty
+    when the request named the agent.
     """
 
     reason: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
@@ -4326,8 +4380,8 @@ class ConductorServiceStub:
         `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
-        the pending one; `NO_ROUTE`: no agent named and no default agent
-        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
+        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
         INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
@@ -4400,8 +4454,8 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         `busy_policy` is REJECT), FAILED_PRECONDITION (reason `TURN_PAUSED`: a
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
-        the pending one; `NO_ROUTE`: no agent named and no default agent
-        configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
+        the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
+        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
         INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
         """
 
@@ -5021,6 +5075,26 @@ class MemoryServiceStub:
             "/agentmesh.v1.MemoryService/SearchMemories",
             SearchMemoriesRequest.SerializeToString,
             SearchMemoriesResponse.FromString,
+        )(message)
+
+    def embed_texts(self, message: "EmbedTextsRequest") -> "EmbedTextsResponse":
+        """
+        Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
+        """
+
+        return self._channel.unary_unary(
+            "/agentmesh.v1.MemoryService/EmbedTexts",
+            EmbedTextsRequest.SerializeToString,
+            EmbedTextsResponse.FromString,
         )(message)
 
     def create_decision(self, message: "CreateDecisionRequest") -> "Decision":
@@ -5767,6 +5841,36 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
             "/agentmesh.v1.MemoryService/SearchMemories",
             message,
             SearchMemoriesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def embed_texts(
+        self,
+        message: "EmbedTextsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "EmbedTextsResponse":
+        """
+        Embeds up to 64 short texts with the embedder memory search uses, so other
+        services (the Conductor's similarity routing) compare texts in the same
+        vector space as memories. Stores nothing. Each text is at most 4096
+        characters, all of them together at most 65536; an empty text is allowed
+        (it gets the embedder's vector of no words). Runs within the tenant's limit
+        on embedding and search calls.
+        Errors: INVALID_ARGUMENT (no texts, more than 64, a text or the total over
+        its character limit, a text with a NUL character), RESOURCE_EXHAUSTED (the
+        tenant's concurrent embedding calls, or the embedding provider's quota, with
+        RetryInfo), UNAVAILABLE (embedding provider down).
+        """
+
+        return await self._unary_unary(
+            "/agentmesh.v1.MemoryService/EmbedTexts",
+            message,
+            EmbedTextsResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
