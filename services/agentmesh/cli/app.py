@@ -13,7 +13,6 @@ from agentmesh.cli import agents, jobs, memories, sessions
 from agentmesh.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, code_of, describe
 from agentmesh.cli.mesh import DEFAULT_ADDRESS, DEFAULT_TENANT, Invocation, Mesh
 from agentmesh.cli.output import Output
-from agentmesh.cli.token import check_tenant, dev_token
 from agentmesh.core.settings import ConfigError
 
 app = typer.Typer(
@@ -60,6 +59,8 @@ def root(
 ) -> None:
     """Talk to an agentmesh mesh from a terminal: agents, jobs, sessions, memories."""
     if not token:
+        from agentmesh.cli.token import check_tenant  # noqa: PLC0415 (see token_command)
+
         try:
             check_tenant(tenant)
         except ConfigError as exc:
@@ -78,6 +79,10 @@ def token_command(
     ttl_s: Annotated[int, typer.Option("--ttl-s", help="Lifetime in seconds.")] = 3600,
 ) -> None:
     """Mint a development bearer token (HS256) from the dev mesh's secret."""
+    # Imported only where a token is minted: PyJWT and the services' auth module take a
+    # noticeable part of a second to load, which every other command would pay.
+    from agentmesh.cli.token import dev_token  # noqa: PLC0415
+
     print(dev_token(tenant, subject, ttl_s))
 
 

@@ -47,7 +47,7 @@ def _details(error: grpc.Call) -> list[str]:
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            if info.reason:
+            if info.reason and info.reason != error.code().name:
                 notes.append(f"reason {info.reason}")
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()

@@ -25,6 +25,15 @@ app = typer.Typer(
 STREAM_DEADLINE_S: Final = 300.0
 """Deadline of one WatchJob stream; a longer watch renews it (see cli.watch)."""
 
+StreamDeadline = Annotated[
+    float,
+    typer.Option(
+        "--stream-deadline-s",
+        min=0.1,
+        help="Renew the watch stream after this long (it resumes where it was).",
+    ),
+]
+
 
 def state_of(job: job_pb2.Job) -> str:
     return enum_label(job_pb2.JobState.Name(job.state), "JOB_STATE_")
@@ -198,6 +207,7 @@ def create_job(
     ] = 0,
     job_id: Annotated[str, typer.Option("--id", help="Choose the job's id (else generated).")] = "",
     watch: Annotated[bool, typer.Option("--watch", help="Then follow it to its end.")] = False,
+    stream_deadline_s: StreamDeadline = STREAM_DEADLINE_S,
     json_lines: JsonFlag = False,
 ) -> None:
     """Create a job for an agent (idempotent: the request carries a fresh request id)."""
@@ -215,21 +225,14 @@ def create_job(
     created = mesh.call(mesh.jobs.CreateJob, request)
     _show(mesh.output, created)
     if watch:
-        _watch(mesh, created.name, STREAM_DEADLINE_S)
+        _watch(mesh, created.name, stream_deadline_s)
 
 
 @app.command("watch")
 def watch_job(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="ID", help="`ID` or `jobs/ID`.")],
-    stream_deadline_s: Annotated[
-        float,
-        typer.Option(
-            "--stream-deadline-s",
-            min=0.1,
-            help="Renew the watch stream after this long (it resumes where it was).",
-        ),
-    ] = STREAM_DEADLINE_S,
+    stream_deadline_s: StreamDeadline = STREAM_DEADLINE_S,
     json_lines: JsonFlag = False,
 ) -> None:
     """Follow a job to its end with a live progress bar, then print its result.

@@ -3,6 +3,7 @@ caller's bearer token, and the generated stubs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -11,8 +12,6 @@ import grpc
 from google.protobuf.message import Message
 
 from agentmesh.cli.output import Output
-from agentmesh.cli.token import dev_token
-from agentmesh.core.channels import service_config
 from agentmesh.core.settings import ConfigError
 from agentmesh.v1 import agent_pb2_grpc, job_pb2_grpc, memory_pb2_grpc
 
@@ -39,6 +38,25 @@ RETRIED_METHODS: Final = (
 """Methods retried on UNAVAILABLE (the mesh's one retry policy): reads, idempotent
 writes, and creates that carry a request id. WatchJob resumes by itself instead."""
 
+RETRY_POLICY: Final = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+"""The mesh's retry policy, as ``core.channels`` configures it for the services. Not
+imported from there: ``core.channels`` brings the services' interceptors, Redis and
+OpenTelemetry, most of a second on every start of the command. A unit test keeps the
+two equal."""
+
+
+def service_config() -> str:
+    """gRPC service config JSON retrying RETRIED_METHODS on UNAVAILABLE."""
+    names = [{"service": service, "method": method} for service, method in RETRIED_METHODS]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
 Response = TypeVar("Response", bound=Message)
 
 
@@ -62,7 +80,7 @@ class Mesh:
                 self.address,
                 options=[
                     ("grpc.enable_retries", 1),
-                    ("grpc.service_config", service_config(RETRIED_METHODS)),
+                    ("grpc.service_config", service_config()),
                 ],
             )
         return self._channel
@@ -74,6 +92,9 @@ class Mesh:
         if self._metadata is None:
             token = self.token
             if not token:
+                # Imported here: minting brings PyJWT and the services' auth module.
+                from agentmesh.cli.token import dev_token  # noqa: PLC0415
+
                 try:
                     token = dev_token(self.tenant)
                 except ConfigError:  # no dev secret here: call without a token
