@@ -61,7 +61,9 @@ def list_agents(
 @app.command("show")
 def show_agent(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The agent: `echo` or `agents/echo`.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The agent: `echo` or `agents/echo`.")
+    ],
     json_lines: JsonFlag = False,
 ) -> None:
     """Show one agent's card: skills, schemas, model."""

@@ -191,7 +191,9 @@ def _input(value: str) -> struct_pb2.Struct:
 @app.command("create")
 def create_job(
     ctx: typer.Context,
-    text: Annotated[str, typer.Argument(help="The request, as the agent's text input.")],
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="The request, as the agent's text input.")
+    ],
     agent: Annotated[
         str, typer.Option("--agent", help="The agent to run: `echo` or `agents/echo`.")
     ],

@@ -15,7 +15,9 @@ app = typer.Typer(help="Long-term memories, searched by meaning.", no_args_is_he
 @app.command("search")
 def search_memories(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="What to look for, in natural language.")],
+    query: Annotated[
+        str, typer.Argument(metavar="QUERY", help="What to look for, in natural language.")
+    ],
     namespace: Annotated[
         str,
         typer.Option(
