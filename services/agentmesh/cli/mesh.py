@@ -1,0 +1,133 @@
+"""The mesh as the CLI reaches it: one plain gRPC channel to Envoy (or a service), the
+caller's bearer token, and the generated stubs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from agentmesh.cli.output import Output
+from agentmesh.core.settings import ConfigError
+from agentmesh.v1 import agent_pb2_grpc, job_pb2_grpc, memory_pb2_grpc
+
+DEFAULT_ADDRESS: Final = "127.0.0.1:8080"
+"""Envoy's external listener in ``make dev``: it proxies native gRPC too."""
+DEFAULT_TENANT: Final = "dev"
+"""Tenant of the token minted from the dev secret when none is given."""
+CALL_DEADLINE_S: Final = 30.0
+"""Deadline of every unary call."""
+
+RETRIED_METHODS: Final = (
+    ("agentmesh.v1.AgentService", "ListAgents"),
+    ("agentmesh.v1.AgentService", "GetAgent"),
+    ("agentmesh.v1.JobService", "GetJob"),
+    ("agentmesh.v1.JobService", "ListJobs"),
+    ("agentmesh.v1.JobService", "CancelJob"),
+    # The CLI always sends a request_id, which makes a create idempotent.
+    ("agentmesh.v1.JobService", "CreateJob"),
+    ("agentmesh.v1.MemoryService", "GetSession"),
+    ("agentmesh.v1.MemoryService", "ListSessions"),
+    ("agentmesh.v1.MemoryService", "ListMessages"),
+    ("agentmesh.v1.MemoryService", "SearchMemories"),
+)
+"""Methods retried on UNAVAILABLE (the mesh's one retry policy): reads, idempotent
+writes, and creates that carry a request id. WatchJob resumes by itself instead."""
+
+RETRY_POLICY: Final = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+"""The mesh's retry policy, as ``core.channels`` configures it for the services. Not
+imported from there: ``core.channels`` brings the services' interceptors, Redis and
+OpenTelemetry, most of a second on every start of the command. A unit test keeps the
+two equal."""
+
+
+def service_config() -> str:
+    """gRPC service config JSON retrying RETRIED_METHODS on UNAVAILABLE."""
+    names = [{"service": service, "method": method} for service, method in RETRIED_METHODS]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+
+
+Response = TypeVar("Response", bound=Message)
+
+
+@dataclass
+class Mesh:
+    """Connection settings of one invocation, and the channel once a command needs it."""
+
+    address: str
+    token: str | None
+    tenant: str
+    output: Output
+    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    _metadata: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False)
+    sent_token: bool = field(default=False, init=False)
+    """Whether calls carry a token (False when none was given and none could be minted)."""
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                self.address,
+                options=[
+                    ("grpc.enable_retries", 1),
+                    ("grpc.service_config", service_config()),
+                ],
+            )
+        return self._channel
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """``authorization`` for every call: the given token, else one minted for the
+        tenant from the dev secret, else none (the mesh then answers UNAUTHENTICATED)."""
+        if self._metadata is None:
+            token = self.token
+            if not token:
+                # Imported here: minting brings PyJWT and the services' auth module.
+                from agentmesh.cli.token import dev_token  # noqa: PLC0415
+
+                try:
+                    token = dev_token(self.tenant)
+                except ConfigError:  # no dev secret here: call without a token
+                    token = None
+            self.sent_token = bool(token)
+            self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return self._metadata
+
+    def call(self, method: Callable[..., Response], request: Message) -> Response:
+        """A unary call with the token and the deadline."""
+        return method(request, metadata=self.metadata, timeout=CALL_DEADLINE_S)
+
+    @property
+    def agents(self) -> agent_pb2_grpc.AgentServiceStub:
+        return agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    @property
+    def jobs(self) -> job_pb2_grpc.JobServiceStub:
+        return job_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def memory(self) -> memory_pb2_grpc.MemoryServiceStub:
+        return memory_pb2_grpc.MemoryServiceStub(self.channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+@dataclass
+class Invocation:
+    """What one run of the command shares between its layers (Click's ``obj``)."""
+
+    mesh: Mesh | None = None
+    """Set by the root command's options, before any subcommand runs."""
