@@ -351,7 +351,9 @@ def test_idempotent_read_is_retried_on_the_other_replica(
         locker.release()
     session = call.result(timeout=WAIT_S)
     assert session.name == name
-    assert mesh.counter("cluster.memory.upstream_rq_retry") == retries_before + 1
+    # At least the one retry after the reset; on a loaded machine the retried read,
+    # still waiting behind the lock, may also pass its per-try timeout and go again.
+    assert mesh.counter("cluster.memory.upstream_rq_retry") >= retries_before + 1
 
 
 def test_write_without_request_id_is_not_retried_after_a_reset(

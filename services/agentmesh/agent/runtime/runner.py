@@ -404,11 +404,13 @@ class Runner:
         try:
             async for event in self._graph_events(run, config, trace, timeout_s):
                 yield numbered(event)
+            # The graph has ended: that is the run's outcome even if the client leaves
+            # before the last events reach it (a repeat of the run replays them).
+            outcome = "interrupted" if trace.interrupts else "completed"
             trace.count_calls(calls.meter)
             usage = trace.usage()
             if usage.total_tokens:
                 yield numbered(agent_pb2.AgentEvent(usage=usage))
-            outcome = "interrupted" if trace.interrupts else "completed"
             yield numbered(agent_pb2.AgentEvent(final=_result(run_id, run.thread_id, trace)))
         except DomainError as exc:
             outcome = f"error: {exc.reason.lower()}"
