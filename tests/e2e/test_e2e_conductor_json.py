@@ -316,3 +316,59 @@ def test_what_is_not_offered_yet_is_a_501(http: httpx.Client, extra: Json) -> No
     status_of(response, 501, 12)
     # Refused before anything ran: the session was not even created.
     status_of(http.get(f"/v1/sessions/{session}"), 404, 5)
+
+
+def test_the_same_session_id_in_another_tenant_is_a_conversation_of_its_own(
+    http: httpx.Client, stack: DevStack
+) -> None:
+    session = new_session()
+    mine = converse(http, session, say("mine", createSession=True))
+    other = {"authorization": f"Bearer {mint_token(stack.secret, 'initech')}"}
+    with http.stream(
+        "POST",
+        f"/v1/sessions/{session}:converse",
+        json=say("theirs", createSession=True),
+        headers=other,
+        timeout=STREAM_TIMEOUT,
+    ) as response:
+        theirs = list(events_of(response, sse=False))
+
+    # Numbered from 1 again: nothing of the first tenant's conversation shows through.
+    assert sequences(theirs) == list(range(1, len(theirs) + 1))
+    assert theirs[-1]["final"]["parts"][0]["text"] == "theirs"
+    with http.stream(
+        "GET", f"/v1/sessions/{session}:watch", headers=other, timeout=STREAM_TIMEOUT
+    ) as response:
+        events = events_of(response, sse=False)
+        assert [next(events) for _ in theirs] == theirs
+    with http.stream("GET", f"/v1/sessions/{session}:watch", timeout=STREAM_TIMEOUT) as response:
+        events = events_of(response, sse=False)
+        assert [next(events) for _ in mine] == mine
+    messages = http.get(f"/v1/sessions/{session}/messages").json()["messages"]
+    assert [m["parts"][0]["text"] for m in messages] == ["mine", "mine"]
+
+
+def test_bad_requests_are_400s_naming_their_fields(http: httpx.Client) -> None:
+    session = new_session()
+    converse(http, session, say("hi", createSession=True))
+
+    both = http.post(
+        f"/v1/sessions/{session}:converse",
+        json={**say("hi"), "resume": {"interruptId": "x", "answer": "yes"}},
+    )
+    fields = [v["field"] for v in detail(status_of(both, 400, 3), "BadRequest")["fieldViolations"]]
+    assert {"parts", "agent"} <= set(fields)
+    bad_name = http.post(f"/v1/sessions/{session}:converse", json=say("hi", agent="robots/x"))
+    fields = [
+        v["field"] for v in detail(status_of(bad_name, 400, 3), "BadRequest")["fieldViolations"]
+    ]
+    assert fields == ["agent"]
+    negative = http.get(f"/v1/sessions/{session}:watch", params={"afterSequence": "-1"})
+    fields = [
+        v["field"] for v in detail(status_of(negative, 400, 3), "BadRequest")["fieldViolations"]
+    ]
+    assert fields == ["after_sequence"]
+    # An agent the registry does not have: 404 naming it.
+    nobody = http.post(f"/v1/sessions/{session}:converse", json=say("hi", agent="agents/nobody"))
+    info = detail(status_of(nobody, 404, 5), "ErrorInfo")
+    assert info["metadata"]["resource_name"] == "agents/nobody"
