@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from agentmesh.bench import agent, core, job, layers, memory
+from agentmesh.bench import agent, conductor, core, job, layers, memory
 from agentmesh.bench.suite import (
     Bench,
     BenchOptions,
@@ -36,6 +36,7 @@ BENCHES: Final[tuple[Bench, ...]] = (
     memory.BENCH,
     agent.BENCH,
     job.BENCH,
+    conductor.BENCH,
 )
 
 

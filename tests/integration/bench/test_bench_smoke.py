@@ -148,3 +148,40 @@ def test_the_small_job_bench_runs_jobs_to_success(tmp_path: Path) -> None:
     assert 0 < median["db_create_to_start_p50_ms"] <= median["db_create_to_end_p50_ms"]
     assert median["jobs_per_s"] > 0
     assert median["raw_msgs_per_s"] > 0
+
+
+def test_the_small_conductor_bench_measures_turns_beside_the_raw_echo(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentmesh.bench",
+            "--only",
+            "conductor",
+            "--small",
+            "--no-write-docs",
+            "--out-json",
+            str(out),
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())["conductor"]
+    assert result["problems"] == []
+    cases = result["cases"]
+    assert set(cases) == {"raw_echo", "converse_grpc", "converse_json"}
+    for name, row in cases.items():
+        assert row["calls"] == 50, (name, row)
+        assert row["c16_calls"] > 0, (name, row)
+        assert 0 < row["p50_ms"] <= row["p99_ms"], (name, row)
+    for name in ("converse_grpc", "converse_json"):
+        row = cases[name]
+        # The first event (the routing decision) comes before the turn's end.
+        assert 0 < row["first_event_p50_ms"] <= row["p50_ms"], (name, row)
+        assert row["conductor_cpu_us_per_turn"] > 0, (name, row)
