@@ -90,8 +90,20 @@ class ConductorServiceServicer:
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
         the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
-        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
-        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        and no default agent configured), UNIMPLEMENTED (`background`: not
+        offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+
+        Busy sessions (`busy_policy`): a session runs one turn at a time, on
+        whichever Conductor replica. ENQUEUE stores the turn as queued (the
+        stream's first event is `queued`) and starts it after the running turn
+        and the turns queued before it, in arrival order; the stream then carries
+        its events as usual. A queued turn that finds the session paused on an
+        interrupt when its time comes ends with an `error` event
+        (FAILED_PRECONDITION, reason `TURN_PAUSED`). INTERRUPT stops the running
+        turn (its agent run is cancelled and its last event is an `error` with
+        code ABORTED, reason `TURN_INTERRUPTED`) and starts this one at once,
+        before any queued turn. REJECT (the default) refuses with ABORTED while a
+        turn runs or waits in the queue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

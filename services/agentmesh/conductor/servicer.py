@@ -12,6 +12,7 @@ from typing import Final
 from google.protobuf import json_format
 
 from agentmesh.conductor.deps import ConductorDeps
+from agentmesh.conductor.domain.turns import BusyPolicy
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.stores.conversations import last_sequence
 from agentmesh.conductor.turns import TurnRequest
@@ -55,11 +56,6 @@ def _turn_request(
     assert session_id is not None
     if request.background:
         raise Unimplemented("background turns (Converse with `background`)")
-    if request.busy_policy in (
-        conductor_pb2.BUSY_POLICY_ENQUEUE,
-        conductor_pb2.BUSY_POLICY_INTERRUPT,
-    ):
-        raise Unimplemented("the busy policies ENQUEUE and INTERRUPT")
     return TurnRequest(
         session_id=session_id,
         parts=tuple(request.parts),
@@ -69,6 +65,7 @@ def _turn_request(
         resume=resume,
         request_id=request.request_id or None,
         fingerprint=fingerprint(request),
+        busy_policy=BusyPolicy(request.busy_policy or conductor_pb2.BUSY_POLICY_REJECT),
     )
 
 
