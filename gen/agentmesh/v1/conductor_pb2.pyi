@@ -130,7 +130,8 @@ class ConverseRequest(google.protobuf.message.Message):
     """
     background: builtins.bool
     """When true, the turn runs as a Job: the stream sends `job_created` and then
-    progress until the job ends (the client may leave; the job goes on).
+    progress until the job ends (the client may leave; the job goes on). Not
+    allowed with `resume`.
     """
     busy_policy: global___BusyPolicy.ValueType
     """What to do if a turn already runs in the session."""

@@ -36,6 +36,12 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agentmesh.conductor.domain.background import (
+    JOB_ENDS,
+    answer_parts,
+    job_failure,
+    job_request_id,
+)
 from agentmesh.conductor.domain.turns import (
     Admission,
     BusyPolicy,
@@ -71,7 +77,7 @@ from agentmesh.core.context import current_authorization, current_request_id
 from agentmesh.core.errors import Aborted, DomainError, InvalidArgument, to_status_proto
 from agentmesh.core.idempotency import REUSED_FOR_ANOTHER_REQUEST
 from agentmesh.core.names import AGENTS, SESSIONS
-from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
+from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, job_pb2, memory_pb2
 
 _log = structlog.get_logger("agentmesh.conductor.turns")
 
@@ -94,6 +100,8 @@ class TurnRequest:
     resume: common_pb2.ResumeInput | None
     request_id: str | None
     fingerprint: bytes
+    background: bool = False
+    """The turn runs as a Job (asked, or the agent is long-running)."""
     busy_policy: BusyPolicy = BusyPolicy.REJECT
     """What the message does while the session is busy."""
 
@@ -538,6 +546,8 @@ class TurnRunner:
                     decision=decision.name,
                 )
             )
+            if request.background:
+                return await self._background(emit, request, turn_id, agent, metadata)
             call = self._downstream.agents.StreamAgent(
                 agent_pb2.StreamAgentRequest(
                     name=agent,
@@ -566,6 +576,63 @@ class TurnRunner:
                 timeout=self._settings.turn_timeout_s,
             )
         return await self._relay(emit, call)
+
+    async def _background(
+        self,
+        emit: Any,
+        request: TurnRequest,
+        turn_id: str,
+        agent: str,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> _Outcome:
+        """Runs the turn as a Job: creates it (as the caller, once per turn), relays its
+        changes until it ends, and gives its result as the turn's outcome."""
+        jobs = self._downstream.jobs
+        assert jobs is not None  # the servicer refuses background turns without it
+        job = await jobs.CreateJob(
+            job_pb2.CreateJobRequest(
+                job=job_pb2.Job(
+                    agent=agent,
+                    input=request.input,
+                    parts=request.parts,
+                    session=SESSIONS.format(request.session_id),
+                ),
+                request_id=job_request_id(turn_id),
+            ),
+            metadata=metadata,
+            timeout=self._settings.routing_timeout_s,
+        )
+        await emit(job_created=conductor_pb2.JobCreated(job=job.name, snapshot=job))
+        call = jobs.WatchJob(
+            job_pb2.WatchJobRequest(name=job.name),
+            metadata=metadata,
+            timeout=self._settings.turn_timeout_s,
+        )
+        last = job
+        try:
+            async for event in call:
+                await emit(job_event=event)
+                last = event.job
+                if last.state in JOB_ENDS:
+                    break
+        finally:
+            call.cancel()
+        outcome = _Outcome(usage=last.usage)
+        if last.state not in JOB_ENDS:
+            outcome.error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE,
+                message=f"the watch of {job.name} ended before the job; watch the job itself",
+            )
+            return outcome
+        outcome.error = job_failure(last)
+        if outcome.error is None:
+            outcome.result = agent_pb2.RunResult(
+                status=agent_pb2.RUN_STATUS_COMPLETED,
+                parts=answer_parts(last.result),
+                output=last.result,
+                usage=last.usage,
+            )
+        return outcome
 
     async def _relay(self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent]) -> _Outcome:
         outcome = _Outcome()

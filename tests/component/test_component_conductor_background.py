@@ -1,0 +1,121 @@
+"""Background turns through a real Job service and a real worker process (Dramatiq over
+Redis), with real Memory and Agent services and PostgreSQL: the Conductor creates the
+job as the caller, streams ``job_created`` and the job's changes, then the job's result
+as the turn's answer (stored in Memory); the job is the caller's, watchable directly; a
+retried ``request_id`` replays the turn without a second job. Without a Job service a
+background turn is FAILED_PRECONDITION."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agentmesh.core.server import RunningServer
+from agentmesh.v1 import common_pb2, job_pb2, memory_pb2
+from component.conductor_helpers import ConductorStub, converse, kinds, serve_conductor, text
+from component.conftest import Backends, Metadata, credentials
+from component.job_helpers import JobStub, serve_agent, serve_job, worker_process
+from component.memory_helpers import Stub, error_info, uid, unique
+
+
+@dataclass(frozen=True)
+class Mesh:
+    conductor: ConductorStub
+    jobs: JobStub
+    agent_port: int
+
+
+@pytest.fixture(scope="module")
+async def mesh(backends: Backends, memory_server: RunningServer) -> AsyncIterator[Mesh]:
+    work = Path(tempfile.mkdtemp(prefix="agentmesh-background-"))
+    async with (
+        serve_agent(memory_server.port, backends.redis_url) as agent,
+        serve_job(backends, agent.port, AGENTMESH_JOB_WATCH_POLL_S="0.5") as jobs,
+        worker_process(backends, agent.port, work, f"w-{uid(6)}"),
+        serve_conductor(
+            backends,
+            memory_server.port,
+            agent.port,
+            AGENTMESH_CONDUCTOR_WATCH_POLL_S="0.5",
+            AGENTMESH_JOB_ADDR=f"127.0.0.1:{jobs.running.port}",
+        ) as conductor,
+    ):
+        yield Mesh(conductor, jobs.stub, agent.port)
+
+
+def _tenant() -> Metadata:
+    return credentials(f"bg-{uid()}")
+
+
+async def test_a_background_turn_runs_as_the_callers_job_and_answers_with_its_result(
+    mesh: Mesh, memory: Stub
+) -> None:
+    tenant = _tenant()
+    session = f"sessions/{unique()}"
+    request: dict[str, Any] = {
+        "session": session,
+        "create_session": True,
+        "agent": "agents/echo",
+        "parts": text("hello from a job"),
+        "background": True,
+        "request_id": f"req-{uid()}",
+    }
+    events = await converse(mesh.conductor, tenant, timeout_s=90, **request)
+    found = kinds(events)
+    assert found[:2] == ["routing", "job_created"]
+    assert found[-1] == "final"
+    assert set(found[2:-1]) == {"job_event"}
+    created = events[1].job_created
+    assert created.job.startswith("jobs/")
+    assert created.snapshot.session == session
+    assert created.snapshot.agent == "agents/echo"
+    states = [e.job_event.job.state for e in events[2:-1]]
+    assert states[-1] == job_pb2.JOB_STATE_SUCCEEDED
+    final = events[-1].final
+    assert [p.text for p in final.parts] == ["hello from a job"]
+    # The answer is stored in Memory after the user's message.
+    stored = await memory.ListMessages(
+        memory_pb2.ListMessagesRequest(parent=session), metadata=tenant
+    )
+    assert [(m.role, m.parts[0].text) for m in stored.messages] == [
+        (common_pb2.ROLE_USER, "hello from a job"),
+        (common_pb2.ROLE_ASSISTANT, "hello from a job"),
+    ]
+    assert stored.messages[1].name == final.message
+    # The job is the caller's (its credential was forwarded): it can watch it itself;
+    # another tenant cannot see it.
+    job = await mesh.jobs.GetJob(job_pb2.GetJobRequest(name=created.job), metadata=tenant)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await mesh.jobs.GetJob(job_pb2.GetJobRequest(name=created.job), metadata=_tenant())
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    # A retry replays the turn: the same events, no second job.
+    assert await converse(mesh.conductor, tenant, **request) == events
+    listed = await mesh.jobs.ListJobs(
+        job_pb2.ListJobsRequest(filter=f'session = "{session}"'), metadata=tenant
+    )
+    assert [j.name for j in listed.jobs] == [created.job]
+
+
+async def test_without_a_job_service_a_background_turn_is_refused(
+    backends: Backends, memory_server: RunningServer, mesh: Mesh
+) -> None:
+    async with serve_conductor(backends, memory_server.port, mesh.agent_port) as conductor:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await converse(
+                conductor,
+                _tenant(),
+                session=f"sessions/{unique()}",
+                create_session=True,
+                agent="agents/echo",
+                parts=text("later"),
+                background=True,
+            )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(refused.value).reason == "NO_JOB_SERVICE"
