@@ -2,11 +2,14 @@
 Redis), with real Memory and Agent services and PostgreSQL: the Conductor creates the
 job as the caller, streams ``job_created`` and the job's changes, then the job's result
 as the turn's answer (stored in Memory); the job is the caller's, watchable directly; a
-retried ``request_id`` replays the turn without a second job. Without a Job service a
-background turn is FAILED_PRECONDITION."""
+retried ``request_id`` replays the turn without a second job; an agent whose card says
+``long_running`` runs as a job unasked. Without a Job service a background turn is
+FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,11 +19,15 @@ from typing import Any
 import grpc
 import pytest
 
-from agentmesh.core.server import RunningServer
+from agentmesh.agent.agents.echo import echo_agent
+from agentmesh.agent.app import build_agent
+from agentmesh.agent.settings import AgentSettings
+from agentmesh.core.server import RunningServer, start_server
 from agentmesh.v1 import common_pb2, job_pb2, memory_pb2
+from component.agent_helpers import agent_settings
 from component.conductor_helpers import ConductorStub, converse, kinds, serve_conductor, text
 from component.conftest import Backends, Metadata, credentials
-from component.job_helpers import JobStub, serve_agent, serve_job, worker_process
+from component.job_helpers import JobStub, serve_job, worker_process
 from component.memory_helpers import Stub, error_info, uid, unique
 
 
@@ -34,8 +41,17 @@ class Mesh:
 @pytest.fixture(scope="module")
 async def mesh(backends: Backends, memory_server: RunningServer) -> AsyncIterator[Mesh]:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-background-"))
+    # The built-in echo agent, and the same graph on a card that says its runs are long.
+    echo = echo_agent()
+    patient = dataclasses.replace(
+        echo, card=dataclasses.replace(echo.card, agent_id="patient-echo", long_running=True)
+    )
+    settings = agent_settings(memory_port=memory_server.port)
+    agent = await start_server(
+        settings, await build_agent(settings, AgentSettings(), definitions=[echo, patient])
+    )
     async with (
-        serve_agent(memory_server.port, backends.redis_url) as agent,
+        _stopping(agent),
         serve_job(backends, agent.port, AGENTMESH_JOB_WATCH_POLL_S="0.5") as jobs,
         worker_process(backends, agent.port, work, f"w-{uid(6)}"),
         serve_conductor(
@@ -47,6 +63,14 @@ async def mesh(backends: Backends, memory_server: RunningServer) -> AsyncIterato
         ) as conductor,
     ):
         yield Mesh(conductor, jobs.stub, agent.port)
+
+
+@contextlib.asynccontextmanager
+async def _stopping(running: RunningServer) -> AsyncIterator[RunningServer]:
+    try:
+        yield running
+    finally:
+        await running.stop(0)
 
 
 def _tenant() -> Metadata:
@@ -119,3 +143,19 @@ async def test_without_a_job_service_a_background_turn_is_refused(
             )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(refused.value).reason == "NO_JOB_SERVICE"
+
+
+async def test_an_agent_whose_card_says_long_running_runs_as_a_job_unasked(mesh: Mesh) -> None:
+    events = await converse(
+        mesh.conductor,
+        _tenant(),
+        timeout_s=90,
+        session=f"sessions/{unique()}",
+        create_session=True,
+        agent="agents/patient-echo",
+        parts=text("take your time"),
+    )
+    assert kinds(events)[:2] == ["routing", "job_created"]
+    assert kinds(events)[-1] == "final"
+    assert events[1].job_created.snapshot.agent == "agents/patient-echo"
+    assert [p.text for p in events[-1].final.parts] == ["take your time"]
