@@ -8,6 +8,8 @@ PostgreSQL and Redis:
 - INTERRUPT: a message sent to the other replica stops the running turn (its stream
   ends with ABORTED ``TURN_INTERRUPTED``, its row is STOPPED, the Agent records its run
   cancelled) and runs at once.
+- A queued message whose time comes while the session is paused on an interrupt ends
+  with FAILED_PRECONDITION ``TURN_PAUSED``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, error_details_pb2
 
 from agentmesh.core.server import RunningServer
@@ -77,15 +80,23 @@ class _Stream:
     def __init__(self, stub: ConductorStub, tenant: Metadata, **fields: Any) -> None:
         self.call = stub.Converse(conductor_pb2.ConverseRequest(**fields), metadata=tenant)
         self.first: asyncio.Future[conductor_pb2.ConverseEvent] = asyncio.Future()
+        self.seen: list[conductor_pb2.ConverseEvent] = []
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> list[conductor_pb2.ConverseEvent]:
-        events: list[conductor_pb2.ConverseEvent] = []
         async for event in self.call:
-            if not events:
+            if not self.seen:
                 self.first.set_result(event)
-            events.append(event)
-        return events
+            self.seen.append(event)
+        return self.seen
+
+    async def agent_started(self) -> None:
+        """Waits until the stream relayed an event of the agent's run."""
+
+        async def relayed() -> bool:
+            return "agent_event" in {e.WhichOneof("event") for e in self.seen}
+
+        await eventually(relayed, "an event of the agent's run", 60.0)
 
     async def events(self) -> list[conductor_pb2.ConverseEvent]:
         async with asyncio.timeout(90):
@@ -171,6 +182,7 @@ async def test_an_interrupt_on_the_other_replica_stops_the_running_turn_and_runs
         mesh.a, tenant, session=session, create_session=True, agent=SLOW, parts=text("long")
     )
     assert (await _first(running)).WhichOneof("event") == "routing"
+    await running.agent_started()  # the slow agent's run is under way
     interrupting = _Stream(
         mesh.b,
         tenant,
@@ -220,3 +232,48 @@ async def test_an_interrupt_on_the_other_replica_stops_the_running_turn_and_runs
     # The session goes on: the next message runs.
     after = _Stream(mesh.a, tenant, session=session, agent="agents/echo", parts=text("after"))
     assert kinds(await after.events())[-1] == "final"
+
+
+async def test_a_queued_message_that_finds_the_session_paused_ends_with_turn_paused(
+    mesh: Mesh,
+) -> None:
+    mesh.release.unlink(missing_ok=True)
+    tenant = _tenant()
+    session = f"sessions/{unique()}"
+    running = _Stream(
+        mesh.a, tenant, session=session, create_session=True, agent=SLOW, parts=text("long")
+    )
+    assert (await _first(running)).WhichOneof("event") == "routing"
+    action = struct_pb2.Struct()
+    action.update({"action": "refund order 1234"})
+    pausing = _Stream(
+        mesh.b,
+        tenant,
+        session=session,
+        agent="agents/approval",
+        parts=text("please refund order 1234"),
+        input=action,
+        busy_policy=conductor_pb2.BUSY_POLICY_ENQUEUE,
+    )
+    assert (await _first(pausing)).WhichOneof("event") == "queued"
+    behind = _Stream(
+        mesh.a,
+        tenant,
+        session=session,
+        agent="agents/echo",
+        parts=text("hello?"),
+        busy_policy=conductor_pb2.BUSY_POLICY_ENQUEUE,
+    )
+    assert (await _first(behind)).WhichOneof("event") == "queued"
+    mesh.release.touch()
+    assert kinds(await running.events())[-1] == "final"
+    assert kinds(await pausing.events())[-1] == "interrupt"
+    refused = await behind.events()
+    assert kinds(refused) == ["queued", "error"]
+    assert refused[-1].error.code == code_pb2.FAILED_PRECONDITION
+    reasons = []
+    for detail in refused[-1].error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    assert reasons == ["TURN_PAUSED"]
