@@ -9,7 +9,8 @@ PostgreSQL and Redis:
   ends with ABORTED ``TURN_INTERRUPTED``, its row is STOPPED, the Agent records its run
   cancelled) and runs at once.
 - A queued message whose time comes while the session is paused on an interrupt ends
-  with FAILED_PRECONDITION ``TURN_PAUSED``.
+  with FAILED_PRECONDITION ``TURN_PAUSED``; one whose replica died (its place lapsed)
+  blocks nothing and ends UNAVAILABLE, so a retry of it replays that end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, error_details_pb2
 
+from agentmesh.core.idempotency import fingerprint
 from agentmesh.core.server import RunningServer
 from agentmesh.v1 import conductor_pb2, memory_pb2
 from component.agent_helpers import agent_process
@@ -277,3 +279,55 @@ async def test_a_queued_message_that_finds_the_session_paused_ends_with_turn_pau
         if detail.Unpack(info):
             reasons.append(info.reason)
     assert reasons == ["TURN_PAUSED"]
+
+
+async def test_a_queued_turn_whose_replica_died_ends_unavailable_and_blocks_nothing(
+    mesh: Mesh, backends: Backends
+) -> None:
+    name = f"busy-{uid()}"
+    tenant = credentials(name)
+    session = f"sessions/{unique()}"
+    session_id = session.removeprefix("sessions/")
+    await _Stream(
+        mesh.a, tenant, session=session, create_session=True, agent="agents/echo", parts=text("1")
+    ).events()
+    # A turn queued by a replica that died: its place lapsed, nobody keeps it.
+    request = conductor_pb2.ConverseRequest(
+        session=session,
+        agent="agents/echo",
+        parts=text("lost"),
+        busy_policy=conductor_pb2.BUSY_POLICY_ENQUEUE,
+        request_id=f"req-{uid()}",
+    )
+    conn = await asyncpg.connect(backends.conductor_url)
+    try:
+        await conn.execute(
+            "INSERT INTO conductor.turns (tenant, session, id, request_id, fingerprint, agent,"
+            " thread_id, state, queue_position, queue_expire_time)"
+            " VALUES ($1, $2, 'tlost', $3, $4, 'echo', 'conv.lost', 5, 1,"
+            " now() - interval '1 second')",
+            name,
+            session_id,
+            request.request_id,
+            fingerprint(request),
+        )
+        # The next message runs at once; the lapsed turn is ended.
+        after = await _Stream(
+            mesh.b, tenant, session=session, agent="agents/echo", parts=text("2")
+        ).events()
+        assert kinds(after)[-1] == "final"
+        state = await conn.fetchval(
+            "SELECT state FROM conductor.turns WHERE tenant = $1 AND session = $2 AND id = 'tlost'",
+            name,
+            session_id,
+        )
+    finally:
+        await conn.close()
+    assert state == 4  # FAILED
+    # A retry of the lost turn's request replays its end instead of waiting.
+    retry = mesh.a.Converse(request, metadata=tenant)
+    async with asyncio.timeout(60):
+        replay = [event async for event in retry]
+    assert kinds(replay) == ["error"]
+    assert replay[0].error.code == code_pb2.UNAVAILABLE
+    assert replay[0].turn_id == "tlost"

@@ -66,6 +66,7 @@ from agentmesh.conductor.stores.conversations import (
     enqueue_turn,
     find_turn,
     keep_queued,
+    lapsed_queued,
     lock_conversation,
     queue_of,
     start_queued,
@@ -192,11 +193,14 @@ class TurnRunner:
         announce: list[int] = []
         async with self._pool.acquire() as conn, conn.transaction():
             row = await lock_conversation(conn, tenant, session_id)
+            announce += await self._drop_lapsed(conn, tenant, session_id)
             if request.request_id is not None:
                 earlier = await find_turn(conn, tenant, session_id, request.request_id)
                 if earlier is not None:
                     if bytes(earlier["fingerprint"]) != request.fingerprint:
                         raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
+                    # A lapsed turn ended above is announced to nobody: the streams
+                    # of a dead replica are gone, and this replay reads the table.
                     return Started(earlier["id"], None)
             queued, _ = await queue_of(conn, tenant, session_id)
             conversation = _conversation(row, queued)
@@ -284,6 +288,28 @@ class TurnRunner:
             conn, tenant, session_id, stopped, TurnState.STOPPED, was=TurnState.RUNNING
         )
         return int(stored["sequence"]) if stored is not None else 0
+
+    async def _drop_lapsed(
+        self, conn: asyncpg.Connection, tenant: str, session_id: str
+    ) -> list[int]:
+        """Ends the session's queued turns whose replica stopped keeping their places
+        (an UNAVAILABLE error event, FAILED), so a retry of one replays its end instead
+        of waiting; returns the events' sequences. Under the conversation lock."""
+        sequences: list[int] = []
+        for lapsed in await lapsed_queued(conn, tenant, session_id):
+            error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE,
+                message="the Conductor replica that queued the turn stopped; send the"
+                " message again",
+            )
+            event = conductor_pb2.ConverseEvent(turn_id=lapsed, error=error)
+            stored = await append_event(conn, tenant, session_id, lapsed, event.SerializeToString())
+            await close_turn(
+                conn, tenant, session_id, lapsed, TurnState.FAILED, was=TurnState.QUEUED
+            )
+            if stored is not None:
+                sequences.append(int(stored["sequence"]))
+        return sequences
 
     async def _announce(self, tenant: str, session_id: str, sequence: int) -> None:
         """Wakes the session's streams and waiting turns, here and on other replicas."""

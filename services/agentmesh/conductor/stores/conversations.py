@@ -126,6 +126,19 @@ async def queue_of(
     return int(row["queued"]), row["head"]
 
 
+async def lapsed_queued(conn: asyncpg.Connection, tenant: str, session_id: str) -> list[str]:
+    """The session's queued turns whose places lapsed (their replica stopped keeping
+    them), oldest first. Call it under :func:`lock_conversation`."""
+    rows = await conn.fetch(
+        "SELECT id FROM conductor.turns WHERE tenant = $1 AND session = $2 AND state = $3"
+        " AND queue_expire_time <= now() ORDER BY queue_position",
+        tenant,
+        session_id,
+        int(TurnState.QUEUED),
+    )
+    return [row["id"] for row in rows]
+
+
 async def keep_queued(
     conn: asyncpg.Connection, tenant: str, session_id: str, turn_id: str, *, claim_s: float
 ) -> TurnState | None:
