@@ -3,13 +3,16 @@ Redis), with real Memory and Agent services and PostgreSQL: the Conductor create
 job as the caller, streams ``job_created`` and the job's changes, then the job's result
 as the turn's answer (stored in Memory); the job is the caller's, watchable directly; a
 retried ``request_id`` replays the turn without a second job; an agent whose card says
-``long_running`` runs as a job unasked. Without a Job service a background turn is
+``long_running`` runs as a job unasked; a background turn interrupted by a newer message
+cancels its job. Without a Job service a background turn is
 FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import importlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,17 +21,18 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import code_pb2
 
 from agentmesh.agent.agents.echo import echo_agent
 from agentmesh.agent.app import build_agent
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.core.server import RunningServer, start_server
-from agentmesh.v1 import common_pb2, job_pb2, memory_pb2
-from component.agent_helpers import agent_settings
+from agentmesh.v1 import common_pb2, conductor_pb2, job_pb2, memory_pb2
+from component.agent_helpers import FIXTURES, agent_settings
 from component.conductor_helpers import ConductorStub, converse, kinds, serve_conductor, text
 from component.conftest import Backends, Metadata, credentials
 from component.job_helpers import JobStub, serve_job, worker_process
-from component.memory_helpers import Stub, error_info, uid, unique
+from component.memory_helpers import Stub, error_info, eventually, uid, unique
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,26 @@ class Mesh:
     conductor: ConductorStub
     jobs: JobStub
     agent_port: int
+    release: Path
 
 
 @pytest.fixture(scope="module")
 async def mesh(backends: Backends, memory_server: RunningServer) -> AsyncIterator[Mesh]:
     work = Path(tempfile.mkdtemp(prefix="agentmesh-background-"))
-    # The built-in echo agent, and the same graph on a card that says its runs are long.
+    # The built-in echo agent, the same graph on a card that says its runs are long, and
+    # the slow test agent (its second step waits for the release file).
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.setenv("AGENTMESH_TEST_COUNTER_FILE", str(work / "counter"))
+    monkeypatch.setenv("AGENTMESH_TEST_RELEASE_FILE", str(work / "release"))
+    slow = importlib.import_module("agentmesh_test_agents").slow_agent
     echo = echo_agent()
     patient = dataclasses.replace(
         echo, card=dataclasses.replace(echo.card, agent_id="patient-echo", long_running=True)
     )
     settings = agent_settings(memory_port=memory_server.port)
     agent = await start_server(
-        settings, await build_agent(settings, AgentSettings(), definitions=[echo, patient])
+        settings, await build_agent(settings, AgentSettings(), definitions=[echo, patient, slow])
     )
     async with (
         _stopping(agent),
@@ -62,7 +73,8 @@ async def mesh(backends: Backends, memory_server: RunningServer) -> AsyncIterato
             AGENTMESH_JOB_ADDR=f"127.0.0.1:{jobs.running.port}",
         ) as conductor,
     ):
-        yield Mesh(conductor, jobs.stub, agent.port)
+        yield Mesh(conductor, jobs.stub, agent.port, work / "release")
+    monkeypatch.undo()
 
 
 @contextlib.asynccontextmanager
@@ -71,6 +83,13 @@ async def _stopping(running: RunningServer) -> AsyncIterator[RunningServer]:
         yield running
     finally:
         await running.stop(0)
+
+
+async def _read(call: Any) -> conductor_pb2.ConverseEvent:
+    """The stream's next event (it must have one)."""
+    event = await call.read()
+    assert isinstance(event, conductor_pb2.ConverseEvent), "the stream ended"
+    return event
 
 
 def _tenant() -> Metadata:
@@ -159,3 +178,56 @@ async def test_an_agent_whose_card_says_long_running_runs_as_a_job_unasked(mesh:
     assert kinds(events)[-1] == "final"
     assert events[1].job_created.snapshot.agent == "agents/patient-echo"
     assert [p.text for p in events[-1].final.parts] == ["take your time"]
+
+
+async def test_an_interrupted_background_turn_cancels_its_job(mesh: Mesh) -> None:
+    mesh.release.unlink(missing_ok=True)
+    tenant = _tenant()
+    session = f"sessions/{unique()}"
+    call = mesh.conductor.Converse(
+        conductor_pb2.ConverseRequest(
+            session=session,
+            create_session=True,
+            agent="agents/slow-test",
+            parts=text("long"),
+            background=True,
+        ),
+        metadata=tenant,
+    )
+    async with asyncio.timeout(60):
+        seen = [await _read(call) for _ in range(2)]
+    assert kinds(seen) == ["routing", "job_created"]
+    job = seen[1].job_created.job
+
+    async def running() -> bool:
+        got = await mesh.jobs.GetJob(job_pb2.GetJobRequest(name=job), metadata=tenant)
+        return got.state == job_pb2.JOB_STATE_RUNNING
+
+    await eventually(running, "the job running", 60.0)
+    now = await converse(
+        mesh.conductor,
+        tenant,
+        session=session,
+        agent="agents/echo",
+        parts=text("now"),
+        busy_policy=conductor_pb2.BUSY_POLICY_INTERRUPT,
+    )
+    assert kinds(now)[-1] == "final"
+    async with asyncio.timeout(60):
+        last = await _read(call)
+        while last.WhichOneof("event") != "error":
+            last = await _read(call)
+    assert last.error.code == code_pb2.ABORTED
+
+    async def cancelled() -> bool:
+        got = await mesh.jobs.GetJob(job_pb2.GetJobRequest(name=job), metadata=tenant)
+        return got.state in (job_pb2.JOB_STATE_CANCELLING, job_pb2.JOB_STATE_CANCELLED)
+
+    await eventually(cancelled, "the job cancelled", 60.0)
+    mesh.release.touch()  # the run may go on to its step's end; the job stays cancelled
+
+    async def ended() -> bool:
+        got = await mesh.jobs.GetJob(job_pb2.GetJobRequest(name=job), metadata=tenant)
+        return got.state == job_pb2.JOB_STATE_CANCELLED
+
+    await eventually(ended, "the job CANCELLED", 60.0)

@@ -184,6 +184,8 @@ class TurnRunner:
         self._downstream = downstream
         self._changes = changes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: dict[str, str] = {}
+        """The job of each background turn running here, by turn id."""
 
     async def start(self, tenant: str, request: TurnRequest, route: Route | None) -> Started:
         """Starts the turn ``request`` asks for (``route``: who takes a new turn; None
@@ -480,10 +482,12 @@ class TurnRunner:
                 await emit(final=final)
                 state = TurnState.COMPLETED
         except _StoppedError:
+            await self._cancel_job(turn_id)
             return  # the turn that stopped it ended it
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if stopped.is_set() and current is not None and not current.cancelling():
+                await self._cancel_job(turn_id)
                 return  # the turn that stopped it ended it
             with contextlib.suppress(Exception):
                 await asyncio.shield(
@@ -502,14 +506,33 @@ class TurnRunner:
             try:
                 await emit(error=_status_of(exc))
             except _StoppedError:
+                await self._cancel_job(turn_id)
                 return
             except Exception:
                 _log.exception("turn error not stored", turn_id=turn_id)
         finally:
+            self._jobs.pop(turn_id, None)
             watch.cancel()
             if not steps.done():
                 steps.cancel()
         await self._end(tenant, session_id, turn_id, state, paused)
+
+    async def _cancel_job(self, turn_id: str) -> None:
+        """Cancels the job of background turn ``turn_id``, stopped by a newer message
+        (a turn that ends otherwise leaves its job alone: the client may watch it)."""
+        job = self._jobs.get(turn_id)
+        if job is None or self._downstream.jobs is None:
+            return
+        try:
+            await self._downstream.jobs.CancelJob(
+                job_pb2.CancelJobRequest(
+                    name=job, reason=f"turn {turn_id} was interrupted by a newer message"
+                ),
+                metadata=(("authorization", current_authorization() or ""),),
+                timeout=self._settings.routing_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            _log.warning("job of an interrupted turn not cancelled", job=job, code=exc.code().name)
 
     async def _end(
         self,
@@ -628,6 +651,7 @@ class TurnRunner:
             metadata=metadata,
             timeout=self._settings.routing_timeout_s,
         )
+        self._jobs[turn_id] = job.name
         await emit(job_created=conductor_pb2.JobCreated(job=job.name, snapshot=job))
         call = jobs.WatchJob(
             job_pb2.WatchJobRequest(name=job.name),

@@ -4429,10 +4429,10 @@ class ConductorServiceStub:
         its events as usual. A queued turn that finds the session paused on an
         interrupt when its time comes ends with an `error` event
         (FAILED_PRECONDITION, reason `TURN_PAUSED`). INTERRUPT stops the running
-        turn (its agent run is cancelled and its last event is an `error` with
-        code ABORTED, reason `TURN_INTERRUPTED`) and starts this one at once,
-        before any queued turn. REJECT (the default) refuses with ABORTED while a
-        turn runs or waits in the queue.
+        turn (its agent run, or a background turn's job, is cancelled and its
+        last event is an `error` with code ABORTED, reason `TURN_INTERRUPTED`)
+        and starts this one at once, before any queued turn. REJECT (the default)
+        refuses with ABORTED while a turn runs or waits in the queue.
         """
 
         yield from self._channel.unary_stream(
@@ -4525,10 +4525,10 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         its events as usual. A queued turn that finds the session paused on an
         interrupt when its time comes ends with an `error` event
         (FAILED_PRECONDITION, reason `TURN_PAUSED`). INTERRUPT stops the running
-        turn (its agent run is cancelled and its last event is an `error` with
-        code ABORTED, reason `TURN_INTERRUPTED`) and starts this one at once,
-        before any queued turn. REJECT (the default) refuses with ABORTED while a
-        turn runs or waits in the queue.
+        turn (its agent run, or a background turn's job, is cancelled and its
+        last event is an `error` with code ABORTED, reason `TURN_INTERRUPTED`)
+        and starts this one at once, before any queued turn. REJECT (the default)
+        refuses with ABORTED while a turn runs or waits in the queue.
         """
 
         async for response in self._unary_stream(
