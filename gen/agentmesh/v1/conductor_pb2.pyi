@@ -36,9 +36,13 @@ class _BusyPolicyEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._Enu
     BUSY_POLICY_REJECT: _BusyPolicy.ValueType  # 1
     """Refuse with ABORTED; the client retries later."""
     BUSY_POLICY_ENQUEUE: _BusyPolicy.ValueType  # 2
-    """Queue the message; it starts when the running turn ends."""
+    """Queue the message; it starts when the running turn and the turns queued
+    before it have ended (the stream sends `queued` first).
+    """
     BUSY_POLICY_INTERRUPT: _BusyPolicy.ValueType  # 3
-    """Stop the running turn and start this one."""
+    """Stop the running turn (it ends with an ABORTED `error` event, reason
+    `TURN_INTERRUPTED`) and start this one.
+    """
 
 class BusyPolicy(_BusyPolicy, metaclass=_BusyPolicyEnumTypeWrapper):
     """What to do when a message arrives while a turn of the session still runs."""
@@ -48,9 +52,13 @@ BUSY_POLICY_UNSPECIFIED: BusyPolicy.ValueType  # 0
 BUSY_POLICY_REJECT: BusyPolicy.ValueType  # 1
 """Refuse with ABORTED; the client retries later."""
 BUSY_POLICY_ENQUEUE: BusyPolicy.ValueType  # 2
-"""Queue the message; it starts when the running turn ends."""
+"""Queue the message; it starts when the running turn and the turns queued
+before it have ended (the stream sends `queued` first).
+"""
 BUSY_POLICY_INTERRUPT: BusyPolicy.ValueType  # 3
-"""Stop the running turn and start this one."""
+"""Stop the running turn (it ends with an ABORTED `error` event, reason
+`TURN_INTERRUPTED`) and start this one.
+"""
 global___BusyPolicy = BusyPolicy
 
 class _RoutingStrategy:
@@ -122,7 +130,8 @@ class ConverseRequest(google.protobuf.message.Message):
     """
     background: builtins.bool
     """When true, the turn runs as a Job: the stream sends `job_created` and then
-    progress until the job ends (the client may leave; the job goes on).
+    progress until the job ends (the client may leave; the job goes on). Not
+    allowed with `resume`.
     """
     busy_policy: global___BusyPolicy.ValueType
     """What to do if a turn already runs in the session."""
@@ -257,6 +266,26 @@ class JobCreated(google.protobuf.message.Message):
 global___JobCreated = JobCreated
 
 @typing.final
+class TurnQueued(google.protobuf.message.Message):
+    """A turn waits for the session's running turn (busy policy ENQUEUE)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    AHEAD_FIELD_NUMBER: builtins.int
+    ahead: builtins.int
+    """Turns of the session ahead of this one when it was queued (the running
+    one included).
+    """
+    def __init__(
+        self,
+        *,
+        ahead: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ahead", b"ahead"]) -> None: ...
+
+global___TurnQueued = TurnQueued
+
+@typing.final
 class FinalMessage(google.protobuf.message.Message):
     """The assistant message that ends a turn."""
 
@@ -308,6 +337,7 @@ class ConverseEvent(google.protobuf.message.Message):
     INTERRUPT_FIELD_NUMBER: builtins.int
     FINAL_FIELD_NUMBER: builtins.int
     ERROR_FIELD_NUMBER: builtins.int
+    QUEUED_FIELD_NUMBER: builtins.int
     session: builtins.str
     """The session, `sessions/{session}`."""
     sequence: builtins.int
@@ -355,6 +385,12 @@ class ConverseEvent(google.protobuf.message.Message):
     def error(self) -> google.rpc.status_pb2.Status:
         """The turn failed; the last event of a failed turn."""
 
+    @property
+    def queued(self) -> global___TurnQueued:
+        """The turn waits in the session's queue (busy policy ENQUEUE); its first
+        event when it did not start at once.
+        """
+
     def __init__(
         self,
         *,
@@ -369,9 +405,10 @@ class ConverseEvent(google.protobuf.message.Message):
         interrupt: agentmesh.v1.common_pb2.Interrupt | None = ...,
         final: global___FinalMessage | None = ...,
         error: google.rpc.status_pb2.Status | None = ...,
+        queued: global___TurnQueued | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "routing", b"routing", "time", b"time"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "routing", b"routing", "sequence", b"sequence", "session", b"session", "time", b"time", "turn_id", b"turn_id"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["event", b"event"]) -> typing.Literal["routing", "agent_event", "job_created", "job_event", "interrupt", "final", "error"] | None: ...
+    def HasField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "queued", b"queued", "routing", b"routing", "time", b"time"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["agent_event", b"agent_event", "error", b"error", "event", b"event", "final", b"final", "interrupt", b"interrupt", "job_created", b"job_created", "job_event", b"job_event", "queued", b"queued", "routing", b"routing", "sequence", b"sequence", "session", b"session", "time", b"time", "turn_id", b"turn_id"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["event", b"event"]) -> typing.Literal["routing", "agent_event", "job_created", "job_event", "interrupt", "final", "error", "queued"] | None: ...
 
 global___ConverseEvent = ConverseEvent

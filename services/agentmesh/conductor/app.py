@@ -8,7 +8,12 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from agentmesh.conductor.deps import ConductorDeps
-from agentmesh.conductor.downstream import AGENT_RETRIES, MEMORY_RETRIES, Downstream
+from agentmesh.conductor.downstream import (
+    AGENT_RETRIES,
+    JOB_RETRIES,
+    MEMORY_RETRIES,
+    Downstream,
+)
 from agentmesh.conductor.routing import Router
 from agentmesh.conductor.servicer import ConductorServicer
 from agentmesh.conductor.settings import ConductorSettings
@@ -32,7 +37,8 @@ async def build_conductor(
 ) -> ServiceSpec:
     """Wires the Conductor service: PostgreSQL (turns and their events), Redis (change
     notifications of conversations), Memory (``AGENTMESH_MEMORY_ADDR``: sessions,
-    messages, decisions) and Agent (``AGENTMESH_AGENT_ADDR``: cards and runs).
+    messages, decisions), Agent (``AGENTMESH_AGENT_ADDR``: cards and runs) and, when
+    set, Job (``AGENTMESH_JOB_ADDR``: background turns).
 
     With a model (``AGENTMESH_LLM_DEFAULT_MODEL`` or ``AGENTMESH_CONDUCTOR_ROUTING_MODEL``)
     an LLM supervisor picks the agent of a turn that names none; similarity over
@@ -53,7 +59,14 @@ async def build_conductor(
     agent_channel = open_channel(
         settings.agent_addr or "", settings, idempotent_methods=AGENT_RETRIES
     )
-    downstream = Downstream(memory_channel, agent_channel, card_ttl_s=conductor.agent_card_ttl_s)
+    job_channel = (
+        open_channel(settings.job_addr, settings, idempotent_methods=JOB_RETRIES)
+        if settings.job_addr
+        else None
+    )
+    downstream = Downstream(
+        memory_channel, agent_channel, card_ttl_s=conductor.agent_card_ttl_s, job=job_channel
+    )
     changes = ChangeFeed(redis_client, CONVERSATION_CHANGES)
     deps = ConductorDeps(
         settings=conductor,
@@ -77,6 +90,8 @@ async def build_conductor(
         await changes.stop()
         await memory_channel.close(None)
         await agent_channel.close(None)
+        if job_channel is not None:
+            await job_channel.close(None)
         await pool.close()
         await database_probe.close()
         await redis_client.aclose()

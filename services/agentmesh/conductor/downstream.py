@@ -21,7 +21,15 @@ from google.protobuf import json_format
 from agentmesh.core.errors import NotFound, Unavailable
 from agentmesh.core.json_schema import compile_schema
 from agentmesh.core.names import AGENTS, SESSIONS
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc, common_pb2, memory_pb2, memory_pb2_grpc
+from agentmesh.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    job_pb2,
+    job_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+)
 
 _MEMORY: Final = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"]
 _AGENT: Final = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -33,12 +41,17 @@ MEMORY_RETRIES: Final = tuple(
 carry request ids or message ids, so the turn retries nothing behind their back."""
 AGENT_RETRIES: Final = ((_AGENT.full_name, "GetAgent"), (_AGENT.full_name, "ListAgents"))
 """Agent methods the channel may retry on UNAVAILABLE."""
+_JOB: Final = job_pb2.DESCRIPTOR.services_by_name["JobService"]
+JOB_RETRIES: Final = ((_JOB.full_name, "CreateJob"), (_JOB.full_name, "GetJob"))
+"""Job methods the channel may retry on UNAVAILABLE (CreateJob always carries the
+turn's request id)."""
 CARDS_PAGE_SIZE: Final = 100
 
 
 @dataclass(frozen=True)
 class _Card:
     validator: Any
+    long_running: bool
     expires: float
 
 
@@ -58,6 +71,7 @@ class Downstream:
         agent: grpc.aio.Channel,
         *,
         card_ttl_s: float,
+        job: grpc.aio.Channel | None = None,
     ) -> None:
         # mypy-protobuf types the runtime stubs as the AsyncStubs on aio channels.
         self.memory = cast(
@@ -66,6 +80,12 @@ class Downstream:
         self.agents = cast(
             "agent_pb2_grpc.AgentServiceAsyncStub", agent_pb2_grpc.AgentServiceStub(agent)
         )
+        self.jobs = (
+            cast("job_pb2_grpc.JobServiceAsyncStub", job_pb2_grpc.JobServiceStub(job))
+            if job is not None
+            else None
+        )
+        """The Job service (background turns); None: not configured."""
         self._card_ttl_s = card_ttl_s
         self._cards: dict[str, _Card] = {}
 
@@ -93,9 +113,16 @@ class Downstream:
     async def validator(self, agent_id: str) -> Any:
         """The agent's input validator (None: no schema); NOT_FOUND for an agent the
         Agent service does not serve."""
+        return (await self._card(agent_id)).validator
+
+    async def long_running(self, agent_id: str) -> bool:
+        """Whether the agent's card says its runs are long (they run as Jobs)."""
+        return (await self._card(agent_id)).long_running
+
+    async def _card(self, agent_id: str) -> _Card:
         card = self._cards.get(agent_id)
         if card is not None and card.expires > time.monotonic():
-            return card.validator
+            return card
         try:
             agent = await self.agents.GetAgent(
                 agent_pb2.GetAgentRequest(name=AGENTS.format(agent_id))
@@ -105,8 +132,9 @@ class Downstream:
                 raise NotFound(AGENTS.resource_type, AGENTS.format(agent_id)) from None
             raise _unavailable("agent", exc) from None
         validator = compile_schema(json_format.MessageToDict(agent.input_schema))
-        self._cards[agent_id] = _Card(validator, time.monotonic() + self._card_ttl_s)
-        return validator
+        card = _Card(validator, agent.long_running, time.monotonic() + self._card_ttl_s)
+        self._cards[agent_id] = card
+        return card
 
     async def append_message(
         self,

@@ -6,19 +6,22 @@ running one in ``turns.py``, reading events as a stream in ``watch.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Final
 
 from google.protobuf import json_format
 
 from agentmesh.conductor.deps import ConductorDeps
+from agentmesh.conductor.domain.background import runs_in_background
+from agentmesh.conductor.domain.turns import BusyPolicy
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.stores.conversations import last_sequence
 from agentmesh.conductor.turns import TurnRequest
 from agentmesh.conductor.watch import follow
 from agentmesh.core.context import current_tenant
 from agentmesh.core.contract import ServicerContext
-from agentmesh.core.errors import OutOfRange, Unimplemented
+from agentmesh.core.errors import FailedPrecondition, OutOfRange
 from agentmesh.core.idempotency import fingerprint
 from agentmesh.core.json_schema import schema_violations, whole_numbers
 from agentmesh.core.names import AGENTS, SESSIONS
@@ -53,13 +56,6 @@ def _turn_request(
         text = _check_message(request, settings, violations)
     violations.raise_if_any()
     assert session_id is not None
-    if request.background:
-        raise Unimplemented("background turns (Converse with `background`)")
-    if request.busy_policy in (
-        conductor_pb2.BUSY_POLICY_ENQUEUE,
-        conductor_pb2.BUSY_POLICY_INTERRUPT,
-    ):
-        raise Unimplemented("the busy policies ENQUEUE and INTERRUPT")
     return TurnRequest(
         session_id=session_id,
         parts=tuple(request.parts),
@@ -69,6 +65,8 @@ def _turn_request(
         resume=resume,
         request_id=request.request_id or None,
         fingerprint=fingerprint(request),
+        background=request.background,
+        busy_policy=BusyPolicy(request.busy_policy or conductor_pb2.BUSY_POLICY_REJECT),
     )
 
 
@@ -81,6 +79,7 @@ def _check_resume(
         (bool(request.parts), "parts"),
         (bool(request.agent), "agent"),
         (request.HasField("input"), "input"),
+        (request.background, "background"),
     ):
         if given:
             violations.add(name, _NOT_WITH_RESUME)
@@ -135,6 +134,16 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
                 structured = whole_numbers(json_format.MessageToDict(turn.input))
                 schema_violations(structured, validator, violations, field="input")
                 violations.raise_if_any()
+                long_running = await deps.downstream.long_running(route.agent_id)
+                if runs_in_background(turn.background, long_running):
+                    if deps.downstream.jobs is None:
+                        raise FailedPrecondition(
+                            "NO_JOB_SERVICE",
+                            "this turn runs as a Job and the Conductor has no Job service"
+                            " (AGENTMESH_JOB_ADDR)",
+                            [("BACKGROUND", request.session, "send it without `background`")],
+                        )
+                    turn = dataclasses.replace(turn, background=True)
             started = await deps.turns.start(tenant, turn, route)
             async for event in follow(
                 deps.pool,

@@ -9,12 +9,21 @@ stream, a retry's replay and WatchConversation all read the events from the tabl
 Memory and streamed, the agent's events relayed, then one ending event: ``final``
 (the answer appended to Memory), ``interrupt`` (the session pauses until a resume) or
 ``error``.
+
+A busy session (``domain/turns.py`` ``on_busy``): a queued turn waits in a task of the
+replica that took it, woken by the session's change notifications, until it heads the
+queue and nothing runs; then it runs like any turn. A turn stopped by a newer message
+(busy policy INTERRUPT) gets its ending event and its STOPPED state from the replica
+that stopped it, in the same transaction that starts the newer turn; the task running
+it, on whichever replica, learns it from the same change notification (or its next
+event, which the store refuses) and cancels its agent run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
@@ -27,12 +36,23 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agentmesh.conductor.domain.background import (
+    JOB_ENDS,
+    answer_parts,
+    job_failure,
+    job_request_id,
+)
 from agentmesh.conductor.domain.turns import (
+    Admission,
+    BusyPolicy,
     Conversation,
     Resumption,
     TurnState,
     admit,
     expired,
+    may_start_queued,
+    on_busy,
+    queue_claim_s,
     thread_id,
 )
 from agentmesh.conductor.downstream import Downstream
@@ -41,17 +61,24 @@ from agentmesh.conductor.stores.conversations import (
     NewTurn,
     Paused,
     append_event,
+    close_turn,
     end_turn,
+    enqueue_turn,
     find_turn,
+    keep_queued,
+    lapsed_queued,
     lock_conversation,
+    queue_of,
+    start_queued,
     start_turn,
+    turn_state,
 )
 from agentmesh.core.changes import ChangeFeed, Topic
 from agentmesh.core.context import current_authorization, current_request_id
-from agentmesh.core.errors import DomainError, InvalidArgument, to_status_proto
+from agentmesh.core.errors import Aborted, DomainError, InvalidArgument, to_status_proto
 from agentmesh.core.idempotency import REUSED_FOR_ANOTHER_REQUEST
 from agentmesh.core.names import AGENTS, SESSIONS
-from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
+from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, job_pb2, memory_pb2
 
 _log = structlog.get_logger("agentmesh.conductor.turns")
 
@@ -74,6 +101,10 @@ class TurnRequest:
     resume: common_pb2.ResumeInput | None
     request_id: str | None
     fingerprint: bytes
+    background: bool = False
+    """The turn runs as a Job (asked, or the agent is long-running)."""
+    busy_policy: BusyPolicy = BusyPolicy.REJECT
+    """What the message does while the session is busy."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,22 @@ class _Outcome:
     result: agent_pb2.RunResult | None = None
     error: status_pb2.Status | None = None
     usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
+
+
+class _StoppedError(Exception):
+    """The turn no longer runs: a newer message stopped it (busy policy INTERRUPT)."""
+
+
+def _conversation(row: asyncpg.Record, queued_turns: int) -> Conversation:
+    return Conversation(
+        running_turn=row["running_turn"],
+        running_expired=expired(row["running_expire_time"], row["now"]),
+        paused_turn=row["paused_turn"],
+        paused_interrupt_id=row["paused_interrupt_id"],
+        paused_agent=row["paused_agent"],
+        paused_thread_id=row["paused_thread_id"],
+        queued_turns=queued_turns,
+    )
 
 
 def _status_of(exc: BaseException) -> status_pb2.Status:
@@ -137,53 +184,78 @@ class TurnRunner:
         self._downstream = downstream
         self._changes = changes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: dict[str, str] = {}
+        """The job of each background turn running here, by turn id."""
 
     async def start(self, tenant: str, request: TurnRequest, route: Route | None) -> Started:
         """Starts the turn ``request`` asks for (``route``: who takes a new turn; None
         for a resume), or finds the turn its ``request_id`` started before."""
         session_id = request.session_id
+        session = SESSIONS.format(session_id)
+        announce: list[int] = []
         async with self._pool.acquire() as conn, conn.transaction():
             row = await lock_conversation(conn, tenant, session_id)
+            announce += await self._drop_lapsed(conn, tenant, session_id)
             if request.request_id is not None:
                 earlier = await find_turn(conn, tenant, session_id, request.request_id)
                 if earlier is not None:
                     if bytes(earlier["fingerprint"]) != request.fingerprint:
                         raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
+                    # A lapsed turn ended above is announced to nobody: the streams
+                    # of a dead replica are gone, and this replay reads the table.
                     return Started(earlier["id"], None)
-            conversation = Conversation(
-                running_turn=row["running_turn"],
-                running_expired=expired(row["running_expire_time"], row["now"]),
-                paused_turn=row["paused_turn"],
-                paused_interrupt_id=row["paused_interrupt_id"],
-                paused_agent=row["paused_agent"],
-                paused_thread_id=row["paused_thread_id"],
-            )
-            resumption = admit(
-                SESSIONS.format(session_id),
-                conversation,
-                resume_interrupt_id=request.resume.interrupt_id if request.resume else None,
+            queued, _ = await queue_of(conn, tenant, session_id)
+            conversation = _conversation(row, queued)
+            admission = on_busy(
+                session, conversation, request.busy_policy, resume=request.resume is not None
             )
             turn_id = "t" + uuid.uuid4().hex
+            if admission is Admission.INTERRUPT:
+                assert conversation.running_turn is not None
+                announce.append(await self._stop(conn, tenant, session_id, conversation, turn_id))
+                conversation = dataclasses.replace(conversation, running_turn=None)
+            resumption = None
+            if admission is not Admission.ENQUEUE:
+                resumption = admit(
+                    session,
+                    conversation,
+                    resume_interrupt_id=request.resume.interrupt_id if request.resume else None,
+                )
             if resumption is not None:
                 agent_id, thread = resumption.agent_id, resumption.thread_id
             else:
                 assert route is not None
                 agent_id, thread = route.agent_id, thread_id(session_id, route.agent_id)
-            await start_turn(
-                conn,
-                tenant,
-                session_id,
-                NewTurn(
-                    turn_id=turn_id,
-                    request_id=request.request_id,
-                    fingerprint=request.fingerprint,
-                    agent_id=agent_id,
-                    thread_id=thread,
-                    resumes=resumption.paused_turn if resumption else None,
-                ),
-                claim_s=self._settings.turn_timeout_s,
+            new = NewTurn(
+                turn_id=turn_id,
+                request_id=request.request_id,
+                fingerprint=request.fingerprint,
+                agent_id=agent_id,
+                thread_id=thread,
+                resumes=resumption.paused_turn if resumption else None,
             )
-        work = self._run(tenant, request, turn_id, agent_id, thread, route, resumption)
+            if admission is Admission.ENQUEUE:
+                claim_s = queue_claim_s(self._settings.watch_poll_s)
+                await enqueue_turn(conn, tenant, session_id, new, claim_s=claim_s)
+                ahead = queued + (1 if conversation.running else 0)
+                event = conductor_pb2.ConverseEvent(
+                    turn_id=turn_id, queued=conductor_pb2.TurnQueued(ahead=ahead)
+                )
+                stored = await append_event(
+                    conn, tenant, session_id, turn_id, event.SerializeToString()
+                )
+                assert stored is not None  # the turn was just stored QUEUED
+                announce.append(stored["sequence"])
+            else:
+                await start_turn(
+                    conn, tenant, session_id, new, claim_s=self._settings.turn_timeout_s
+                )
+        for sequence in announce:
+            await self._announce(tenant, session_id, sequence)
+        if admission is Admission.ENQUEUE:
+            work = self._wait_then_run(tenant, request, turn_id, agent_id, thread, route)
+        else:
+            work = self._run(tenant, request, turn_id, agent_id, thread, route, resumption)
         task = asyncio.create_task(work, name=f"turn-{turn_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -196,14 +268,177 @@ class TurnRunner:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def _stop(
+        self,
+        conn: asyncpg.Connection,
+        tenant: str,
+        session_id: str,
+        conversation: Conversation,
+        by_turn: str,
+    ) -> int:
+        """Ends the running turn for ``by_turn`` (busy policy INTERRUPT): its ending
+        event, then STOPPED; returns the event's sequence. Under the conversation lock."""
+        stopped = conversation.running_turn
+        assert stopped is not None
+        error = Aborted(
+            "TURN_INTERRUPTED",
+            f"turn {stopped} was stopped: turn {by_turn} interrupted it (busy policy INTERRUPT)",
+        )
+        event = conductor_pb2.ConverseEvent(turn_id=stopped, error=_status_of(error))
+        stored = await append_event(conn, tenant, session_id, stopped, event.SerializeToString())
+        await close_turn(
+            conn, tenant, session_id, stopped, TurnState.STOPPED, was=TurnState.RUNNING
+        )
+        return int(stored["sequence"]) if stored is not None else 0
+
+    async def _drop_lapsed(
+        self, conn: asyncpg.Connection, tenant: str, session_id: str
+    ) -> list[int]:
+        """Ends the session's queued turns whose replica stopped keeping their places
+        (an UNAVAILABLE error event, FAILED), so a retry of one replays its end instead
+        of waiting; returns the events' sequences. Under the conversation lock."""
+        sequences: list[int] = []
+        for lapsed in await lapsed_queued(conn, tenant, session_id):
+            error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE,
+                message="the Conductor replica that queued the turn stopped; send the"
+                " message again",
+            )
+            event = conductor_pb2.ConverseEvent(turn_id=lapsed, error=error)
+            stored = await append_event(conn, tenant, session_id, lapsed, event.SerializeToString())
+            await close_turn(
+                conn, tenant, session_id, lapsed, TurnState.FAILED, was=TurnState.QUEUED
+            )
+            if stored is not None:
+                sequences.append(int(stored["sequence"]))
+        return sequences
+
+    async def _announce(self, tenant: str, session_id: str, sequence: int) -> None:
+        """Wakes the session's streams and waiting turns, here and on other replicas."""
+        self._changes.notify_local(tenant, session_id)
+        await CONVERSATION_CHANGES.publish(self._redis, tenant, session_id, sequence)
+
+    # -- waiting in the queue ------------------------------------------------------------
+
+    async def _wait_then_run(
+        self,
+        tenant: str,
+        request: TurnRequest,
+        turn_id: str,
+        agent_id: str,
+        thread: str,
+        route: Route | None,
+    ) -> None:
+        """Waits until queued turn ``turn_id`` heads the session's queue with nothing
+        running, then runs it; ends it with an error event when the session is paused
+        then, or when the Conductor stops first."""
+        session_id = request.session_id
+        try:
+            refused = await self._wait_turn(tenant, session_id, turn_id)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._drop_queued(tenant, session_id, turn_id, None))
+            raise
+        except Exception as exc:
+            _log.exception("queued turn lost", turn_id=turn_id)
+            await self._drop_queued(tenant, session_id, turn_id, _status_of(exc))
+            return
+        if refused is not None:
+            await self._drop_queued(tenant, session_id, turn_id, refused)
+            return
+        await self._run(tenant, request, turn_id, agent_id, thread, route, None)
+
+    async def _wait_turn(
+        self, tenant: str, session_id: str, turn_id: str
+    ) -> status_pb2.Status | None:
+        """Waits for queued turn ``turn_id``'s time and makes it RUNNING; or the error it
+        ends with instead (the session is paused on an interrupt)."""
+        poll_s = self._settings.watch_poll_s
+        claim_s = queue_claim_s(poll_s)
+        session = SESSIONS.format(session_id)
+        async with self._changes.subscription(tenant, session_id) as changed:
+            while True:
+                changed.clear()
+                async with self._pool.acquire() as conn, conn.transaction():
+                    row = await lock_conversation(conn, tenant, session_id)
+                    state = await keep_queued(conn, tenant, session_id, turn_id, claim_s=claim_s)
+                    if state is not TurnState.QUEUED:
+                        raise RuntimeError(f"queued turn {turn_id} is {state!r}")
+                    queued, head = await queue_of(conn, tenant, session_id)
+                    conversation = _conversation(row, queued)
+                    if may_start_queued(conversation, turn_id, head):
+                        try:
+                            admit(session, conversation, resume_interrupt_id=None)
+                        except DomainError as exc:
+                            return _status_of(exc)
+                        await start_queued(
+                            conn,
+                            tenant,
+                            session_id,
+                            turn_id,
+                            claim_s=self._settings.turn_timeout_s,
+                        )
+                        return None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_s):
+                        await changed.wait()
+
+    async def _drop_queued(
+        self, tenant: str, session_id: str, turn_id: str, error: status_pb2.Status | None
+    ) -> None:
+        """Ends a queued turn that will not run with ``error`` (None: the Conductor
+        stopped) and FAILED, and wakes the turns queued after it."""
+        if error is None:
+            error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE,
+                message="the Conductor stopped while the turn waited; send the message again",
+            )
+        event = conductor_pb2.ConverseEvent(turn_id=turn_id, error=error)
+        try:
+            stored = await append_event(
+                self._pool, tenant, session_id, turn_id, event.SerializeToString()
+            )
+            await close_turn(
+                self._pool, tenant, session_id, turn_id, TurnState.FAILED, was=TurnState.QUEUED
+            )
+            await self._announce(tenant, session_id, stored["sequence"] if stored else 0)
+        except Exception:  # its place lapses after the queue claim
+            _log.exception("queued turn end not stored", turn_id=turn_id)
+
     # -- running a turn ----------------------------------------------------------------
 
     async def _emit(
         self, tenant: str, session_id: str, turn_id: str, event: conductor_pb2.ConverseEvent
     ) -> None:
         row = await append_event(self._pool, tenant, session_id, turn_id, event.SerializeToString())
-        self._changes.notify_local(tenant, session_id)
-        await CONVERSATION_CHANGES.publish(self._redis, tenant, session_id, row["sequence"])
+        if row is None:
+            raise _StoppedError(turn_id)
+        await self._announce(tenant, session_id, row["sequence"])
+
+    async def _watch_stop(
+        self,
+        tenant: str,
+        session_id: str,
+        turn_id: str,
+        steps: asyncio.Task[_Outcome],
+        stopped: asyncio.Event,
+    ) -> None:
+        """Cancels ``steps`` (the agent's run) once a newer turn stopped ``turn_id``: checked
+        on every change notification of the session, and every poll."""
+        async with self._changes.subscription(tenant, session_id) as changed:
+            while not steps.done():
+                changed.clear()
+                try:
+                    state = await turn_state(self._pool, tenant, session_id, turn_id)
+                except Exception:  # checked again at the next change or poll
+                    _log.warning("turn state not read", turn_id=turn_id, exc_info=True)
+                    state = TurnState.RUNNING
+                if state is TurnState.STOPPED:
+                    stopped.set()
+                    steps.cancel()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.watch_poll_s):
+                        await changed.wait()
 
     async def _run(
         self,
@@ -223,11 +458,18 @@ class TurnRunner:
             )
 
         state, paused = TurnState.FAILED, None
+        stopped = asyncio.Event()
+        steps = asyncio.create_task(
+            self._steps(emit, request, turn_id, agent_id, thread, route, resumption),
+            name=f"turn-steps-{turn_id}",
+        )
+        watch = asyncio.create_task(
+            self._watch_stop(tenant, session_id, turn_id, steps, stopped),
+            name=f"turn-watch-{turn_id}",
+        )
         try:
             async with asyncio.timeout(self._settings.turn_timeout_s):
-                outcome = await self._steps(
-                    emit, request, turn_id, agent_id, thread, route, resumption
-                )
+                outcome = await steps
             if outcome.interrupt is not None:
                 await emit(interrupt=outcome.interrupt)
                 state = TurnState.INTERRUPTED
@@ -239,7 +481,14 @@ class TurnRunner:
                 final = await self._answer(session_id, turn_id, agent_id, outcome)
                 await emit(final=final)
                 state = TurnState.COMPLETED
+        except _StoppedError:
+            await self._cancel_job(turn_id)
+            return  # the turn that stopped it ended it
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if stopped.is_set() and current is not None and not current.cancelling():
+                await self._cancel_job(turn_id)
+                return  # the turn that stopped it ended it
             with contextlib.suppress(Exception):
                 await asyncio.shield(
                     emit(
@@ -256,9 +505,34 @@ class TurnRunner:
                 _log.exception("turn failed", turn_id=turn_id)
             try:
                 await emit(error=_status_of(exc))
+            except _StoppedError:
+                await self._cancel_job(turn_id)
+                return
             except Exception:
                 _log.exception("turn error not stored", turn_id=turn_id)
+        finally:
+            self._jobs.pop(turn_id, None)
+            watch.cancel()
+            if not steps.done():
+                steps.cancel()
         await self._end(tenant, session_id, turn_id, state, paused)
+
+    async def _cancel_job(self, turn_id: str) -> None:
+        """Cancels the job of background turn ``turn_id``, stopped by a newer message
+        (a turn that ends otherwise leaves its job alone: the client may watch it)."""
+        job = self._jobs.get(turn_id)
+        if job is None or self._downstream.jobs is None:
+            return
+        try:
+            await self._downstream.jobs.CancelJob(
+                job_pb2.CancelJobRequest(
+                    name=job, reason=f"turn {turn_id} was interrupted by a newer message"
+                ),
+                metadata=(("authorization", current_authorization() or ""),),
+                timeout=self._settings.routing_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            _log.warning("job of an interrupted turn not cancelled", job=job, code=exc.code().name)
 
     async def _end(
         self,
@@ -272,6 +546,8 @@ class TurnRunner:
             await end_turn(self._pool, tenant, session_id, turn_id, state, paused)
         except Exception:  # the claim then lapses after the turn timeout
             _log.exception("turn end not stored", turn_id=turn_id)
+            return
+        await self._announce(tenant, session_id, 0)  # wakes the turns queued after it
 
     async def _steps(
         self,
@@ -319,6 +595,8 @@ class TurnRunner:
                     decision=decision.name,
                 )
             )
+            if request.background:
+                return await self._background(emit, request, turn_id, agent, metadata)
             call = self._downstream.agents.StreamAgent(
                 agent_pb2.StreamAgentRequest(
                     name=agent,
@@ -348,8 +626,81 @@ class TurnRunner:
             )
         return await self._relay(emit, call)
 
+    async def _background(
+        self,
+        emit: Any,
+        request: TurnRequest,
+        turn_id: str,
+        agent: str,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> _Outcome:
+        """Runs the turn as a Job: creates it (as the caller, once per turn), relays its
+        changes until it ends, and gives its result as the turn's outcome."""
+        jobs = self._downstream.jobs
+        assert jobs is not None  # the servicer refuses background turns without it
+        job = await jobs.CreateJob(
+            job_pb2.CreateJobRequest(
+                job=job_pb2.Job(
+                    agent=agent,
+                    input=request.input,
+                    parts=request.parts,
+                    session=SESSIONS.format(request.session_id),
+                ),
+                request_id=job_request_id(turn_id),
+            ),
+            metadata=metadata,
+            timeout=self._settings.routing_timeout_s,
+        )
+        self._jobs[turn_id] = job.name
+        await emit(job_created=conductor_pb2.JobCreated(job=job.name, snapshot=job))
+        call = jobs.WatchJob(
+            job_pb2.WatchJobRequest(name=job.name),
+            metadata=metadata,
+            timeout=self._settings.turn_timeout_s,
+        )
+        last = job
+        try:
+            async for event in call:
+                await emit(job_event=event)
+                last = event.job
+                if last.state in JOB_ENDS:
+                    break
+        finally:
+            call.cancel()
+        outcome = _Outcome(usage=last.usage)
+        if last.state not in JOB_ENDS:
+            outcome.error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE,
+                message=f"the watch of {job.name} ended before the job; watch the job itself",
+            )
+            return outcome
+        outcome.error = job_failure(last)
+        if outcome.error is None:
+            outcome.result = agent_pb2.RunResult(
+                status=agent_pb2.RUN_STATUS_COMPLETED,
+                parts=answer_parts(last.result),
+                output=last.result,
+                usage=last.usage,
+            )
+        return outcome
+
     async def _relay(self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent]) -> _Outcome:
         outcome = _Outcome()
+        try:
+            await self._relay_events(emit, call, outcome)
+        finally:
+            cancel = getattr(call, "cancel", None)
+            if cancel is not None:
+                cancel()  # no-op once the run ended; else the agent's run stops
+        if outcome.interrupt is None and outcome.error is None and outcome.result is None:
+            outcome.error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE, message="the agent's stream ended without an outcome"
+            )
+        return outcome
+
+    async def _relay_events(
+        self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent], outcome: _Outcome
+    ) -> None:
         async for event in call:
             await emit(agent_event=event)
             kind = event.WhichOneof("event")
@@ -365,11 +716,6 @@ class TurnRunner:
                     outcome.error = event.final.error
                 elif event.final.status == agent_pb2.RUN_STATUS_INTERRUPTED:
                     outcome.interrupt = outcome.interrupt or event.final.interrupt
-        if outcome.interrupt is None and outcome.error is None and outcome.result is None:
-            outcome.error = status_pb2.Status(
-                code=code_pb2.UNAVAILABLE, message="the agent's stream ended without an outcome"
-            )
-        return outcome
 
     async def _answer(
         self, session_id: str, turn_id: str, agent_id: str, outcome: _Outcome

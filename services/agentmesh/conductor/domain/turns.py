@@ -3,7 +3,9 @@ whether a session takes a new turn now, and which events end a turn.
 
 A session has at most one turn running (its claim expires, so a dead replica blocks
 the session only for a while) and at most one turn paused on an interrupt; while one
-is paused, the session takes only the resume of that interrupt.
+is paused, the session takes only the resume of that interrupt. A message arriving
+while the session is busy is refused, queued after the turns ahead, or stops the
+running turn, as its busy policy says (:func:`on_busy`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,29 @@ class TurnState(enum.IntEnum):
     COMPLETED = 2
     INTERRUPTED = 3
     FAILED = 4
+    QUEUED = 5
+    """Waits for the turns ahead of it in the session (busy policy ENQUEUE)."""
+    STOPPED = 6
+    """Stopped by a newer message (busy policy INTERRUPT)."""
+
+
+class BusyPolicy(enum.IntEnum):
+    """What a message does while its session is busy (``agentmesh.v1.BusyPolicy``)."""
+
+    REJECT = 1
+    ENQUEUE = 2
+    INTERRUPT = 3
+
+
+class Admission(enum.Enum):
+    """How a message enters its session."""
+
+    START = "start"
+    """The turn starts now."""
+    ENQUEUE = "enqueue"
+    """The turn waits in the session's queue."""
+    INTERRUPT = "interrupt"
+    """The running turn stops; this one starts now."""
 
 
 ENDING_EVENTS: Final = frozenset({"final", "interrupt", "error"})
@@ -55,6 +80,13 @@ class Conversation:
     paused_interrupt_id: str | None
     paused_agent: str | None
     paused_thread_id: str | None
+    queued_turns: int = 0
+    """Turns waiting in the session's queue (their claims live)."""
+
+    @property
+    def running(self) -> bool:
+        """A turn runs, its claim live."""
+        return self.running_turn is not None and not self.running_expired
 
 
 @dataclass(frozen=True)
@@ -73,7 +105,7 @@ def admit(
     continue for a resume; ABORTED while another turn runs, FAILED_PRECONDITION for a
     message while a turn is paused or a resume that does not answer the pending
     interrupt."""
-    if conversation.running_turn is not None and not conversation.running_expired:
+    if conversation.running:
         raise Aborted(
             "TURN_RUNNING",
             f"{session} is taking turn {conversation.running_turn}; retry when it ends"
@@ -110,3 +142,36 @@ def admit(
 def expired(expire_time: datetime | None, now: datetime) -> bool:
     """Whether a running turn's claim ending at ``expire_time`` has lapsed at ``now``."""
     return expire_time is not None and expire_time <= now
+
+
+def on_busy(
+    session: str, conversation: Conversation, policy: BusyPolicy, *, resume: bool
+) -> Admission:
+    """How a message with busy ``policy`` enters ``session``: START when nothing runs or
+    waits (and always for a resume, which :func:`admit` checks); else ENQUEUE for
+    ENQUEUE; INTERRUPT for INTERRUPT while a turn runs (START when turns only wait:
+    this one goes first); ABORTED for REJECT."""
+    busy = conversation.running or conversation.queued_turns > 0
+    if resume or not busy:
+        return Admission.START
+    if policy is BusyPolicy.ENQUEUE:
+        return Admission.ENQUEUE
+    if policy is BusyPolicy.INTERRUPT:
+        return Admission.INTERRUPT if conversation.running else Admission.START
+    ahead = conversation.running_turn if conversation.running else "queued turns"
+    raise Aborted(
+        "TURN_RUNNING",
+        f"{session} is taking turn {ahead}; retry when it ends (watch the session to see"
+        " it end), or send the message with busy policy ENQUEUE or INTERRUPT",
+    )
+
+
+def may_start_queued(conversation: Conversation, turn_id: str, head: str | None) -> bool:
+    """Whether queued turn ``turn_id`` starts now: nothing runs and it heads the queue."""
+    return not conversation.running and head == turn_id
+
+
+def queue_claim_s(poll_s: float) -> float:
+    """How long a queued turn keeps its place without its replica refreshing it: a few
+    of the waits between its checks (each check refreshes it)."""
+    return 3 * poll_s + 5.0

@@ -82,6 +82,147 @@ async def start_turn(
 ) -> None:
     """Stores ``turn`` RUNNING and gives it the session's claim for ``claim_s`` (a resume
     also takes the session's pause away). Call it under :func:`lock_conversation`."""
+    await _claim_session(conn, tenant, session_id, turn.turn_id, turn.resumes, claim_s)
+    await _insert_turn(conn, tenant, session_id, turn, TurnState.RUNNING)
+
+
+async def enqueue_turn(
+    conn: asyncpg.Connection, tenant: str, session_id: str, turn: NewTurn, *, claim_s: float
+) -> None:
+    """Stores ``turn`` QUEUED, last in the session's queue, keeping its place for
+    ``claim_s``. Call it under :func:`lock_conversation`."""
+    await _insert_turn(conn, tenant, session_id, turn, TurnState.QUEUED)
+    await conn.execute(
+        """
+        UPDATE conductor.turns
+        SET queue_position = (SELECT coalesce(max(queue_position), 0) + 1 FROM conductor.turns
+                              WHERE tenant = $1 AND session = $2),
+            queue_expire_time = now() + make_interval(secs => $4)
+        WHERE tenant = $1 AND session = $2 AND id = $3
+        """,
+        tenant,
+        session_id,
+        turn.turn_id,
+        float(claim_s),
+    )
+
+
+async def queue_of(
+    conn: asyncpg.Connection, tenant: str, session_id: str
+) -> tuple[int, str | None]:
+    """The session's live queued turns (their places' claims not lapsed): how many, and
+    the first one's id (None: none)."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS queued,
+               (array_agg(id ORDER BY queue_position))[1] AS head
+        FROM conductor.turns
+        WHERE tenant = $1 AND session = $2 AND state = $3 AND queue_expire_time > now()
+        """,
+        tenant,
+        session_id,
+        int(TurnState.QUEUED),
+    )
+    return int(row["queued"]), row["head"]
+
+
+async def lapsed_queued(conn: asyncpg.Connection, tenant: str, session_id: str) -> list[str]:
+    """The session's queued turns whose places lapsed (their replica stopped keeping
+    them), oldest first. Call it under :func:`lock_conversation`."""
+    rows = await conn.fetch(
+        "SELECT id FROM conductor.turns WHERE tenant = $1 AND session = $2 AND state = $3"
+        " AND queue_expire_time <= now() ORDER BY queue_position",
+        tenant,
+        session_id,
+        int(TurnState.QUEUED),
+    )
+    return [row["id"] for row in rows]
+
+
+async def keep_queued(
+    conn: asyncpg.Connection, tenant: str, session_id: str, turn_id: str, *, claim_s: float
+) -> TurnState | None:
+    """Keeps the queued turn's place for ``claim_s`` more; returns the turn's state
+    (None: no such turn)."""
+    state = await conn.fetchval(
+        """
+        UPDATE conductor.turns
+        SET queue_expire_time = CASE WHEN state = $4
+                                     THEN now() + make_interval(secs => $5)
+                                     ELSE queue_expire_time END
+        WHERE tenant = $1 AND session = $2 AND id = $3
+        RETURNING state
+        """,
+        tenant,
+        session_id,
+        turn_id,
+        int(TurnState.QUEUED),
+        float(claim_s),
+    )
+    return None if state is None else TurnState(state)
+
+
+async def start_queued(
+    conn: asyncpg.Connection, tenant: str, session_id: str, turn_id: str, *, claim_s: float
+) -> None:
+    """Makes queued turn ``turn_id`` RUNNING with the session's claim for ``claim_s``.
+    Call it under :func:`lock_conversation`."""
+    await _claim_session(conn, tenant, session_id, turn_id, None, claim_s)
+    await conn.execute(
+        "UPDATE conductor.turns SET state = $4, queue_expire_time = NULL"
+        " WHERE tenant = $1 AND session = $2 AND id = $3",
+        tenant,
+        session_id,
+        turn_id,
+        int(TurnState.RUNNING),
+    )
+
+
+async def close_turn(
+    db: asyncpg.Pool | asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    turn_id: str,
+    state: TurnState,
+    *,
+    was: TurnState,
+) -> bool:
+    """Marks turn ``turn_id`` ended in ``state`` if it is still ``was`` (a running turn
+    stopped by a newer one, a queued turn that may not run); whether it was. The
+    session's claim is the caller's to move."""
+    closed = await db.fetchval(
+        "UPDATE conductor.turns SET state = $4, end_time = now(), queue_expire_time = NULL"
+        " WHERE tenant = $1 AND session = $2 AND id = $3 AND state = $5 RETURNING id",
+        tenant,
+        session_id,
+        turn_id,
+        int(state),
+        int(was),
+    )
+    return closed is not None
+
+
+async def turn_state(
+    db: asyncpg.Pool | asyncpg.Connection, tenant: str, session_id: str, turn_id: str
+) -> TurnState | None:
+    """The state of the tenant's session's turn ``turn_id`` (None: no such turn)."""
+    state = await db.fetchval(
+        "SELECT state FROM conductor.turns WHERE tenant = $1 AND session = $2 AND id = $3",
+        tenant,
+        session_id,
+        turn_id,
+    )
+    return None if state is None else TurnState(state)
+
+
+async def _claim_session(
+    conn: asyncpg.Connection,
+    tenant: str,
+    session_id: str,
+    turn_id: str,
+    resumes: str | None,
+    claim_s: float,
+) -> None:
     await conn.execute(
         """
         UPDATE conductor.conversations
@@ -95,10 +236,15 @@ async def start_turn(
         """,
         tenant,
         session_id,
-        turn.turn_id,
+        turn_id,
         float(claim_s),
-        turn.resumes,
+        resumes,
     )
+
+
+async def _insert_turn(
+    conn: asyncpg.Connection, tenant: str, session_id: str, turn: NewTurn, state: TurnState
+) -> None:
     await conn.execute(
         "INSERT INTO conductor.turns (tenant, session, id, request_id, fingerprint, agent,"
         " thread_id, resumes, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -110,7 +256,7 @@ async def start_turn(
         turn.agent_id,
         turn.thread_id,
         turn.resumes,
-        int(TurnState.RUNNING),
+        int(state),
     )
 
 
@@ -120,14 +266,18 @@ async def append_event(
     session_id: str,
     turn_id: str,
     event: bytes,
-) -> asyncpg.Record:
+) -> asyncpg.Record | None:
     """Stores one event of the turn with the session's next sequence; returns its
-    ``sequence`` and ``time``."""
-    return await db.fetchrow(
+    ``sequence`` and ``time``, or None when the turn no longer runs or waits (a newer
+    turn stopped it): its events end there."""
+    row: asyncpg.Record | None = await db.fetchrow(
         """
         WITH numbered AS (
             UPDATE conductor.conversations SET last_sequence = last_sequence + 1
             WHERE tenant = $1 AND session = $2
+              AND EXISTS (SELECT 1 FROM conductor.turns
+                          WHERE tenant = $1 AND session = $2 AND id = $3
+                            AND state IN ($5, $6))
             RETURNING last_sequence
         )
         INSERT INTO conductor.events (tenant, session, sequence, turn_id, event)
@@ -138,7 +288,10 @@ async def append_event(
         session_id,
         turn_id,
         event,
+        int(TurnState.RUNNING),
+        int(TurnState.QUEUED),
     )
+    return row
 
 
 async def end_turn(

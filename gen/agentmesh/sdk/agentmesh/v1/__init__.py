@@ -122,6 +122,7 @@ __all__ = (
     "TokenUsage",
     "ToolCall",
     "ToolResult",
+    "TurnQueued",
     "TypedValue",
     "UndeleteSessionRequest",
     "UpdateMemoryRequest",
@@ -169,12 +170,14 @@ class BusyPolicy(betterproto2.Enum):
 
     ENQUEUE = 2
     """
-    Queue the message; it starts when the running turn ends.
+    Queue the message; it starts when the running turn and the turns queued
+    before it have ended (the stream sends `queued` first).
     """
 
     INTERRUPT = 3
     """
-    Stop the running turn and start this one.
+    Stop the running turn (it ends with an ABORTED `error` event, reason
+    `TURN_INTERRUPTED`) and start this one.
     """
 
     @classmethod
@@ -1079,6 +1082,14 @@ class ConverseEvent(betterproto2.Message):
     The turn failed; the last event of a failed turn.
     """
 
+    queued: "TurnQueued | None" = betterproto2.field(
+        17, betterproto2.TYPE_MESSAGE, optional=True, group="event"
+    )
+    """
+    The turn waits in the session's queue (busy policy ENQUEUE); its first
+    event when it did not start at once.
+    """
+
 
 default_message_pool.register_message("agentmesh.v1", "ConverseEvent", ConverseEvent)
 
@@ -1129,7 +1140,8 @@ class ConverseRequest(betterproto2.Message):
     background: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
     """
     When true, the turn runs as a Job: the stream sends `job_created` and then
-    progress until the job ends (the client may leave; the job goes on).
+    progress until the job ends (the client may leave; the job goes on). Not
+    allowed with `resume`.
     """
 
     busy_policy: "BusyPolicy" = betterproto2.field(
@@ -3871,6 +3883,22 @@ default_message_pool.register_message("agentmesh.v1", "ToolResult", ToolResult)
 
 
 @dataclass(eq=False, repr=False)
+class TurnQueued(betterproto2.Message):
+    """
+    A turn waits for the session's running turn (busy policy ENQUEUE).
+    """
+
+    ahead: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    Turns of the session ahead of this one when it was queued (the running
+    one included).
+    """
+
+
+default_message_pool.register_message("agentmesh.v1", "TurnQueued", TurnQueued)
+
+
+@dataclass(eq=False, repr=False)
 class TypedValue(betterproto2.Message):
     """
     ================================================================= checkpoints
@@ -4381,8 +4409,30 @@ class ConductorServiceStub:
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
         the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
-        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
-        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        and no default agent configured; `NO_JOB_SERVICE`: a background turn and
+        no Job service configured), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+
+        Background turns (`background`, or an agent whose card says
+        `long_running`): after `routing` the Conductor creates a Job for the agent
+        (as the caller, its `request_id` derived from the turn, so a retried turn
+        creates no second job) and sends `job_created`, then every change of the
+        job as `job_event` until the job ends, then `final` (the job's result as
+        the answer: its `text` as a text part, else the whole result as a data
+        part) or `error` (the job failed or was cancelled). A job waiting for input
+        (INPUT_REQUIRED) is relayed and followed on: answer it with
+        JobService.ResumeJob. The client may leave and watch the job itself.
+
+        Busy sessions (`busy_policy`): a session runs one turn at a time, on
+        whichever Conductor replica. ENQUEUE stores the turn as queued (the
+        stream's first event is `queued`) and starts it after the running turn
+        and the turns queued before it, in arrival order; the stream then carries
+        its events as usual. A queued turn that finds the session paused on an
+        interrupt when its time comes ends with an `error` event
+        (FAILED_PRECONDITION, reason `TURN_PAUSED`). INTERRUPT stops the running
+        turn (its agent run, or a background turn's job, is cancelled and its
+        last event is an `error` with code ABORTED, reason `TURN_INTERRUPTED`)
+        and starts this one at once, before any queued turn. REJECT (the default)
+        refuses with ABORTED while a turn runs or waits in the queue.
         """
 
         yield from self._channel.unary_stream(
@@ -4455,8 +4505,30 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         message while a turn waits for a resume; `NO_PAUSED_TURN`: a resume with
         no paused turn; `INTERRUPT_MISMATCH`: a resume of another interrupt than
         the pending one; `NO_ROUTE`: no agent named, no agent card similar enough
-        and no default agent configured), UNIMPLEMENTED (`background`, and `busy_policy` ENQUEUE or
-        INTERRUPT: not offered yet), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+        and no default agent configured; `NO_JOB_SERVICE`: a background turn and
+        no Job service configured), RESOURCE_EXHAUSTED (quota, with RetryInfo).
+
+        Background turns (`background`, or an agent whose card says
+        `long_running`): after `routing` the Conductor creates a Job for the agent
+        (as the caller, its `request_id` derived from the turn, so a retried turn
+        creates no second job) and sends `job_created`, then every change of the
+        job as `job_event` until the job ends, then `final` (the job's result as
+        the answer: its `text` as a text part, else the whole result as a data
+        part) or `error` (the job failed or was cancelled). A job waiting for input
+        (INPUT_REQUIRED) is relayed and followed on: answer it with
+        JobService.ResumeJob. The client may leave and watch the job itself.
+
+        Busy sessions (`busy_policy`): a session runs one turn at a time, on
+        whichever Conductor replica. ENQUEUE stores the turn as queued (the
+        stream's first event is `queued`) and starts it after the running turn
+        and the turns queued before it, in arrival order; the stream then carries
+        its events as usual. A queued turn that finds the session paused on an
+        interrupt when its time comes ends with an `error` event
+        (FAILED_PRECONDITION, reason `TURN_PAUSED`). INTERRUPT stops the running
+        turn (its agent run, or a background turn's job, is cancelled and its
+        last event is an `error` with code ABORTED, reason `TURN_INTERRUPTED`)
+        and starts this one at once, before any queued turn. REJECT (the default)
+        refuses with ABORTED while a turn runs or waits in the queue.
         """
 
         async for response in self._unary_stream(
