@@ -1,7 +1,8 @@
 """`chat` follows a turn across dropped streams: before the first event it repeats
 Converse (same request id, so the Conductor replays), after it watches the conversation
 from the last sequence seen; no event is shown twice, other turns are left out, and it
-gives up only on errors that say so or after bounded failed reconnections."""
+gives up only on errors that say so or after bounded failed reconnections. A streamed
+answer is written token by token and not printed again by the turn's final event."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections.abc import Iterable, Iterator
 import grpc
 import pytest
 
-from agentmesh.cli.chat import answer_value
+from agentmesh.cli.chat import Printer, answer_value
 from agentmesh.cli.errors import CliError
+from agentmesh.cli.output import Output
 from agentmesh.cli.turn import follow_turn
 from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2
 
@@ -43,7 +45,9 @@ def delta(sequence: int, text: str, turn: str = "t1") -> conductor_pb2.ConverseE
     return conductor_pb2.ConverseEvent(
         sequence=sequence,
         turn_id=turn,
-        agent_event=agent_pb2.AgentEvent(message_delta=agent_pb2.MessageDelta(text=text)),
+        agent_event=agent_pb2.AgentEvent(
+            agent="agents/echo", message_delta=agent_pb2.MessageDelta(text=text)
+        ),
     )
 
 
@@ -153,3 +157,13 @@ def test_an_answer_is_json_when_it_parses_and_text_otherwise() -> None:
     assert answer_value("true").bool_value is True
     assert answer_value('{"approved": false}').struct_value["approved"] is False
     assert common_pb2.ResumeInput(answer=answer_value("42")).answer.number_value == 42
+
+
+def test_a_streamed_answer_is_written_as_it_comes_and_not_repeated_at_the_end(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    printer = Printer(Output(json_lines=False), verbose=False)
+    for event in (routing(1), delta(2, "hel"), delta(3, "lo"), final(4)):
+        printer.event(event)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["→ agents/echo (UNSPECIFIED)", "agents/echo: hello"]
