@@ -5,6 +5,7 @@ interrupt answered at the prompt, /exit."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -75,6 +76,52 @@ def test_without_an_agent_the_conductor_routes_arithmetic_to_the_calculator(
     assert scored[0][1] == "agents/calculator", lines
     assert '  tool calculator {"expression": "17 * 23"}' in lines, lines
     assert "agents/calculator: 17 * 23 = 391" in lines, lines
+
+
+def test_a_script_answers_an_interrupt_with_its_id(cli_env: dict[str, str]) -> None:
+    session = _session()
+    paused = agentmesh(
+        cli_env,
+        "chat",
+        "--session",
+        session,
+        "--agent",
+        "approval",
+        "--input",
+        '{"action": "delete the report"}',
+        "-m",
+        "delete the report",
+    )
+    assert paused.code == 0, paused.err
+    asks, payload = paused.out.splitlines()[-2:]
+    assert asks == "agents/approval asks: Approve: delete the report?"
+    assert json.loads(payload) == {
+        "question": "Approve: delete the report?",
+        "action": "delete the report",
+        "answers": ["yes", "no"],
+    }
+    # stderr names the interrupt and the command that answers it.
+    found = re.search(rf"agentmesh chat --session {session} --interrupt (\S+)", paused.err)
+    assert found, paused.err
+    interrupt_id = found.group(1)
+
+    # A message while the turn waits is refused, with the reason.
+    refused = agentmesh(cli_env, "chat", "--session", session, "-m", "hello?")
+    assert refused.code == 1
+    assert "FAILED_PRECONDITION" in refused.err
+    assert "TURN_PAUSED" in refused.err
+
+    answered = agentmesh(
+        cli_env, "chat", "--session", session, "--interrupt", interrupt_id, "--answer", "no"
+    )
+    assert answered.code == 0, answered.err
+    lines = answered.out.splitlines()
+    assert lines[0].startswith("→ agents/approval (EXPLICIT): continues turn "), lines
+    assert lines[-1] == "agents/approval: Not approved: delete the report. Nothing was done."
+
+    usage = agentmesh(cli_env, "chat", "--answer", "yes")
+    assert usage.code == 2
+    assert "--interrupt" in usage.err
 
 
 class Terminal:

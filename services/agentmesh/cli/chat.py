@@ -320,6 +320,19 @@ def chat(
         str,
         typer.Option("--input", help="Structured input with the (first) message: a JSON object."),
     ] = "",
+    interrupt: Annotated[
+        str,
+        typer.Option(
+            "--interrupt",
+            help="Answer this pending interrupt (its id): with --answer, or at the prompt.",
+        ),
+    ] = "",
+    answer: Annotated[
+        str,
+        typer.Option(
+            "--answer", help="With --interrupt: this answer (JSON, or text), one turn, exit."
+        ),
+    ] = "",
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show routing scores and token usage.")
     ] = False,
@@ -334,7 +347,16 @@ def chat(
     json_lines: JsonFlag = False,
 ) -> None:
     """Talk with the agents: each message is routed to an agent (or --agent) and the
-    answer streams back. Interactive unless --message is given."""
+    answer streams back. Interactive unless --message (or --answer) is given."""
+    if answer and not interrupt:
+        raise typer.BadParameter("needs --interrupt, the id of the interrupt it answers")
+    if interrupt and not session:
+        raise typer.BadParameter("needs --session, the session whose turn waits")
+    if interrupt and (message or agent or input_):
+        raise typer.BadParameter(
+            "not with --message, --agent or --input: an answer continues the paused turn",
+            param_hint="--interrupt",
+        )
     mesh = mesh_of(ctx, json_lines)
     out = mesh.output
     structured = parse_input(input_, "--input") if input_ else None
@@ -349,14 +371,17 @@ def chat(
         create=True,
     )
     target = resource_name("agents", agent) if agent else ""
-    if not message:
-        _interactive(conversation, Prompt(out, target, structured))
+    prompt = Prompt(out, target, structured)
+    if interrupt:
+        prompt.interrupt = common_pb2.Interrupt(id=interrupt)
+    if not (message or answer):
+        _interactive(conversation, prompt)
         return
-    request = conductor_pb2.ConverseRequest(parts=[common_pb2.Part(text=message)], agent=target)
-    if structured is not None:
-        request.input.CopyFrom(structured)
-    last = conversation.turn(request)
+    last = conversation.turn(prompt.request(answer or message))
     if last.WhichOneof("event") == "interrupt" and not out.json_lines:
-        out.note(f"the turn waits for an answer: agentmesh chat --session {session}")
+        out.note(
+            f"the turn waits for an answer: agentmesh chat --session {session}"
+            f" --interrupt {last.interrupt.id} [--answer ANSWER]"
+        )
     if last.WhichOneof("event") == "error":
         raise typer.Exit(EXIT_FAILED)
