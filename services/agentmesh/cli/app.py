@@ -9,7 +9,7 @@ from typing import Annotated, cast
 import grpc
 import typer
 
-from agentmesh.cli import agents, jobs, memories, sessions
+from agentmesh.cli import agents, chat, jobs, memories, sessions
 from agentmesh.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError, code_of, describe
 from agentmesh.cli.mesh import DEFAULT_ADDRESS, DEFAULT_TENANT, Invocation, Mesh
 from agentmesh.cli.output import Output
@@ -57,7 +57,7 @@ def root(
         typer.Option("--json", help="One JSON object per line (protobuf's JSON mapping)."),
     ] = False,
 ) -> None:
-    """Talk to an agentmesh mesh from a terminal: agents, jobs, sessions, memories."""
+    """Talk to an agentmesh mesh from a terminal: chat, agents, jobs, sessions, memories."""
     if not token:
         from agentmesh.cli.token import check_tenant  # noqa: PLC0415 (see token_command)
 
@@ -90,8 +90,7 @@ app.add_typer(agents.app, name="agents")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(memories.app, name="memories")
-# `agentmesh chat SESSION` (a conversation through the Conductor's Converse stream) joins
-# here as `app.add_typer(chat.app, name="chat")` once the Conductor serves it.
+app.command("chat")(chat.chat)
 
 
 def _hint(mesh: Mesh | None, error: grpc.RpcError) -> str:

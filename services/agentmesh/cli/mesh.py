@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from agentmesh.cli.output import Output
 from agentmesh.core.settings import ConfigError
-from agentmesh.v1 import agent_pb2_grpc, job_pb2_grpc, memory_pb2_grpc
+from agentmesh.v1 import agent_pb2_grpc, conductor_pb2_grpc, job_pb2_grpc, memory_pb2_grpc
 
 DEFAULT_ADDRESS: Final = "127.0.0.1:8080"
 """Envoy's external listener in ``make dev``: it proxies native gRPC too."""
@@ -114,6 +114,10 @@ class Mesh:
     @property
     def jobs(self) -> job_pb2_grpc.JobServiceStub:
         return job_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def conductor(self) -> conductor_pb2_grpc.ConductorServiceStub:
+        return conductor_pb2_grpc.ConductorServiceStub(self.channel)
 
     @property
     def memory(self) -> memory_pb2_grpc.MemoryServiceStub:

@@ -63,6 +63,14 @@ class Output:
         else:
             print(text, flush=True)
 
+    def write(self, text: str, style: str | None = None) -> None:
+        """Text with no line end (a streamed answer, token by token), shown at once."""
+        if self.rich:
+            self.console.print(text, style=style, markup=False, end="")
+            self.console.file.flush()
+        else:
+            print(text, end="", flush=True)
+
     def note(self, text: str) -> None:
         """A remark for the person, on stderr (never mixed into the data on stdout)."""
         if self.errors.is_terminal:
