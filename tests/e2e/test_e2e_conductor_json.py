@@ -303,21 +303,6 @@ def test_a_retried_request_id_replays_the_same_events(http: httpx.Client, sse: b
     assert "request_id" in [v["field"] for v in violations]
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [{"background": True}, {"busyPolicy": "BUSY_POLICY_ENQUEUE"}],
-    ids=["background", "enqueue"],
-)
-def test_what_is_not_offered_yet_is_a_501(http: httpx.Client, extra: Json) -> None:
-    session = new_session()
-    response = http.post(
-        f"/v1/sessions/{session}:converse", json=say("later", createSession=True, **extra)
-    )
-    status_of(response, 501, 12)
-    # Refused before anything ran: the session was not even created.
-    status_of(http.get(f"/v1/sessions/{session}"), 404, 5)
-
-
 def test_the_same_session_id_in_another_tenant_is_a_conversation_of_its_own(
     http: httpx.Client, stack: DevStack
 ) -> None:
