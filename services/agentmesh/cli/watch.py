@@ -21,7 +21,10 @@ TERMINAL_STATES: Final = frozenset(
     {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 )
 
-RESUMABLE_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RESUMABLE_CODES: Final = frozenset(
+    # INTERNAL: a stream Envoy reset at its deadline ("Stream removed", RST_STREAM).
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
+)
 """Stream failures that say nothing about the job: open a new stream."""
 
 MAX_FAILED_RESUMES: Final = 8

@@ -107,7 +107,14 @@ def test_the_small_agent_bench_measures_every_case(tmp_path: Path) -> None:
     result = json.loads(out.read_text())["agent"]
     assert result["problems"] == []
     cases = result["cases"]
-    assert set(cases) == {"raw_echo", "invoke_stateless", "invoke_threaded", "stream"}
+    assert set(cases) == {
+        "raw_echo",
+        "invoke_stateless",
+        "invoke_threaded",
+        "stream",
+        "json_stateless",
+        "json_threaded",
+    }
     for name, row in cases.items():
         assert row["calls"] == 100, (name, row)
         assert row["c16_calls"] > 0, (name, row)
