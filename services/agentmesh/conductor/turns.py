@@ -17,6 +17,11 @@ queue and nothing runs; then it runs like any turn. A turn stopped by a newer me
 that stopped it, in the same transaction that starts the newer turn; the task running
 it, on whichever replica, learns it from the same change notification (or its next
 event, which the store refuses) and cancels its agent run.
+
+One module over the usual size on purpose (for now): ``TurnRunner`` is the one owner of
+a turn's task, and starting, queueing, relaying, stopping and ending share its state
+(the running task, the stop signal, the sequence of written events). Its next split is
+by path: background turns (a Job relayed) into a module of their own.
 """
 
 from __future__ import annotations
