@@ -295,17 +295,29 @@ class FinalMessage(google.protobuf.message.Message):
     AGENT_FIELD_NUMBER: builtins.int
     PARTS_FIELD_NUMBER: builtins.int
     USAGE_FIELD_NUMBER: builtins.int
+    AGENTS_FIELD_NUMBER: builtins.int
     message: builtins.str
     """The stored message, `sessions/{session}/messages/{message}`."""
     agent: builtins.str
-    """The agent that answered, `agents/{agent}`."""
+    """The agent that answered, `agents/{agent}`; the last one when agents
+    handed the turn on.
+    """
     @property
     def parts(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.Part]:
-        """The content."""
+        """The content: the answers of every agent that answered in the turn, in
+        order.
+        """
 
     @property
     def usage(self) -> agentmesh.v1.common_pb2.TokenUsage:
-        """Tokens the turn used."""
+        """Tokens the turn used (every agent's runs)."""
+
+    @property
+    def agents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Every agent that ran in the turn, in order, `agents/{agent}`: more than one
+        when an agent handed the turn to another (each hand-off is a `routing`
+        event with strategy HANDOFF).
+        """
 
     def __init__(
         self,
@@ -314,9 +326,10 @@ class FinalMessage(google.protobuf.message.Message):
         agent: builtins.str = ...,
         parts: collections.abc.Iterable[agentmesh.v1.common_pb2.Part] | None = ...,
         usage: agentmesh.v1.common_pb2.TokenUsage | None = ...,
+        agents: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["usage", b"usage"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["agent", b"agent", "message", b"message", "parts", b"parts", "usage", b"usage"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["agent", b"agent", "agents", b"agents", "message", b"message", "parts", b"parts", "usage", b"usage"]) -> None: ...
 
 global___FinalMessage = FinalMessage
 

@@ -103,6 +103,18 @@ class ConductorServiceServicer:
         (INPUT_REQUIRED) is relayed and followed on: answer it with
         JobService.ResumeJob. The client may leave and watch the job itself.
 
+        Hand-offs: an agent whose run ends on a hand-off (its last step a
+        `transfer_to_<agent>` tool, relayed as a `handoff` agent event, with
+        nothing said after it) to another agent the Agent service serves passes
+        the turn on: a `routing` event with strategy HANDOFF (recorded in Memory's
+        audit trail like any routing decision), then that agent's events. It runs
+        on its own thread of the session with the user's message and a note of
+        who handed over, why and what was said. A turn takes at most the
+        Conductor's `max_handoffs`; past that, or to an agent that cannot take
+        the turn's input, the turn ends with the answers so far. The `final`
+        event carries every agent's answer in order as one reply (stored as one
+        assistant message), `agents` lists them. Background turns run one agent.
+
         Busy sessions (`busy_policy`): a session runs one turn at a time, on
         whichever Conductor replica. ENQUEUE stores the turn as queued (the
         stream's first event is `queued`) and starts it after the running turn

@@ -37,7 +37,7 @@ from agentmesh.conductor.domain.routing import (
 )
 from agentmesh.conductor.downstream import Downstream
 from agentmesh.conductor.settings import ConductorSettings
-from agentmesh.conductor.turns import Route
+from agentmesh.conductor.turn_model import Route
 from agentmesh.core.errors import Unavailable
 from agentmesh.core.json_schema import compile_schema, schema_violations, whole_numbers
 from agentmesh.core.names import AGENTS

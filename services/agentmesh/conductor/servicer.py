@@ -17,7 +17,7 @@ from agentmesh.conductor.domain.background import runs_in_background
 from agentmesh.conductor.domain.turns import BusyPolicy
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.stores.conversations import last_sequence
-from agentmesh.conductor.turns import TurnRequest
+from agentmesh.conductor.turn_model import TurnRequest
 from agentmesh.conductor.watch import follow
 from agentmesh.core.context import current_tenant
 from agentmesh.core.contract import ServicerContext

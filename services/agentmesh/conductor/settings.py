@@ -70,6 +70,10 @@ class ConductorSettings:
     routing_max_agents: int = 100
     """Agent cards routing considers at most (the first of ListAgents)."""
 
+    max_handoffs: int = 3
+    """Hand-offs one turn takes at most (an agent whose run ends handing the turn to
+    another agent); past it the turn ends with the answers so far. 0: none."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConductorSettings:
         """Loads ``AGENTMESH_CONDUCTOR_*`` from ``environ`` (default: ``os.environ``)."""
@@ -89,4 +93,5 @@ class ConductorSettings:
             ("routing_lexical_weight", 0 <= self.routing_lexical_weight <= 1, "expected 0-1"),
             ("routing_timeout_s", 0.1 <= self.routing_timeout_s <= 600, "expected 0.1-600"),
             ("routing_max_agents", 1 <= self.routing_max_agents <= 1000, "expected 1-1000"),
+            ("max_handoffs", 0 <= self.max_handoffs <= 20, "expected 0-20"),
         ]

@@ -5,10 +5,10 @@ client leaves.
 The task stores each event as it is produced (``stores/conversations.py``: the
 session's next sequence), then announces it (``core/changes.py``); the client's
 stream, a retry's replay and WatchConversation all read the events from the table
-(``watch.py``). Order: the user's message to Memory, the routing decision recorded in
-Memory and streamed, the agent's events relayed, then one ending event: ``final``
-(the answer appended to Memory), ``interrupt`` (the session pauses until a resume) or
-``error``.
+(``watch.py``). What the turn does is ``steps.py``'s (routing, the agents' runs and
+their hand-offs, or a background turn's Job); this module ends it with one ending
+event: ``final`` (the answer appended to Memory), ``interrupt`` (the session pauses
+until a resume) or ``error``.
 
 A busy session (``domain/turns.py`` ``on_busy``): a queued turn waits in a task of the
 replica that took it, woken by the session's change notifications, until it heads the
@@ -17,11 +17,6 @@ queue and nothing runs; then it runs like any turn. A turn stopped by a newer me
 that stopped it, in the same transaction that starts the newer turn; the task running
 it, on whichever replica, learns it from the same change notification (or its next
 event, which the store refuses) and cancels its agent run.
-
-One module over the usual size on purpose (for now): ``TurnRunner`` is the one owner of
-a turn's task, and starting, queueing, relaying, stopping and ending share its state
-(the running task, the stop signal, the sequence of written events). Its next split is
-by path: background turns (a Job relayed) into a module of their own.
 """
 
 from __future__ import annotations
@@ -30,26 +25,16 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import structlog
-from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
-from grpc_status import rpc_status
 
-from agentmesh.conductor.domain.background import (
-    JOB_ENDS,
-    answer_parts,
-    job_failure,
-    job_request_id,
-)
 from agentmesh.conductor.domain.turns import (
     Admission,
-    BusyPolicy,
     Conversation,
     Resumption,
     TurnState,
@@ -62,6 +47,7 @@ from agentmesh.conductor.domain.turns import (
 )
 from agentmesh.conductor.downstream import Downstream
 from agentmesh.conductor.settings import ConductorSettings
+from agentmesh.conductor.steps import TurnSteps
 from agentmesh.conductor.stores.conversations import (
     NewTurn,
     Paused,
@@ -78,49 +64,18 @@ from agentmesh.conductor.stores.conversations import (
     start_turn,
     turn_state,
 )
+from agentmesh.conductor.turn_model import Outcome, Route, TurnRequest, status_of
 from agentmesh.core.changes import ChangeFeed, Topic
-from agentmesh.core.context import current_authorization, current_request_id
-from agentmesh.core.errors import Aborted, DomainError, InvalidArgument, to_status_proto
+from agentmesh.core.context import current_authorization
+from agentmesh.core.errors import Aborted, DomainError, InvalidArgument
 from agentmesh.core.idempotency import REUSED_FOR_ANOTHER_REQUEST
-from agentmesh.core.names import AGENTS, SESSIONS
-from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, job_pb2, memory_pb2
+from agentmesh.core.names import SESSIONS
+from agentmesh.v1 import conductor_pb2, job_pb2
 
 _log = structlog.get_logger("agentmesh.conductor.turns")
 
 CONVERSATION_CHANGES: Final = Topic("agentmesh:conductor:changed:", "conversation")
 """Where a stored event of a session is announced (its sequence), keyed by session id."""
-MAX_SUMMARY_CHARS: Final = 512
-
-
-@dataclass(frozen=True)
-class TurnRequest:
-    """A validated Converse request."""
-
-    session_id: str
-    parts: tuple[common_pb2.Part, ...]
-    text: str
-    """The user's message as text (for the decision's summary)."""
-    agent_id: str | None
-    """The agent named; None: the Conductor decides."""
-    input: struct_pb2.Struct
-    resume: common_pb2.ResumeInput | None
-    request_id: str | None
-    fingerprint: bytes
-    background: bool = False
-    """The turn runs as a Job (asked, or the agent is long-running)."""
-    busy_policy: BusyPolicy = BusyPolicy.REJECT
-    """What the message does while the session is busy."""
-
-
-@dataclass(frozen=True)
-class Route:
-    """Who takes a new turn and why."""
-
-    agent_id: str
-    strategy: conductor_pb2.RoutingStrategy.ValueType
-    reason: str
-    candidates: tuple[common_pb2.ScoredCandidate, ...] = ()
-    """The agents considered with their scores, best first (none when named)."""
 
 
 @dataclass(frozen=True)
@@ -129,14 +84,6 @@ class Started:
 
     turn_id: str
     task: asyncio.Task[None] | None
-
-
-@dataclass
-class _Outcome:
-    interrupt: common_pb2.Interrupt | None = None
-    result: agent_pb2.RunResult | None = None
-    error: status_pb2.Status | None = None
-    usage: common_pb2.TokenUsage = field(default_factory=common_pb2.TokenUsage)
 
 
 class _StoppedError(Exception):
@@ -153,23 +100,6 @@ def _conversation(row: asyncpg.Record, queued_turns: int) -> Conversation:
         paused_thread_id=row["paused_thread_id"],
         queued_turns=queued_turns,
     )
-
-
-def _status_of(exc: BaseException) -> status_pb2.Status:
-    """The google.rpc.Status an error of the turn is told as."""
-    request_id = current_request_id() or ""
-    if isinstance(exc, DomainError):
-        return to_status_proto(exc, request_id)
-    if isinstance(exc, grpc.aio.AioRpcError):
-        status: status_pb2.Status | None = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        if status is not None:
-            return status
-        return status_pb2.Status(code=exc.code().value[0], message=exc.details() or "")
-    if isinstance(exc, TimeoutError):
-        return status_pb2.Status(
-            code=code_pb2.DEADLINE_EXCEEDED, message="the turn ran longer than the Conductor allows"
-        )
-    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
 class TurnRunner:
@@ -289,7 +219,7 @@ class TurnRunner:
             "TURN_INTERRUPTED",
             f"turn {stopped} was stopped: turn {by_turn} interrupted it (busy policy INTERRUPT)",
         )
-        event = conductor_pb2.ConverseEvent(turn_id=stopped, error=_status_of(error))
+        event = conductor_pb2.ConverseEvent(turn_id=stopped, error=status_of(error))
         stored = await append_event(conn, tenant, session_id, stopped, event.SerializeToString())
         await close_turn(
             conn, tenant, session_id, stopped, TurnState.STOPPED, was=TurnState.RUNNING
@@ -345,7 +275,7 @@ class TurnRunner:
             raise
         except Exception as exc:
             _log.exception("queued turn lost", turn_id=turn_id)
-            await self._drop_queued(tenant, session_id, turn_id, _status_of(exc))
+            await self._drop_queued(tenant, session_id, turn_id, status_of(exc))
             return
         if refused is not None:
             await self._drop_queued(tenant, session_id, turn_id, refused)
@@ -374,7 +304,7 @@ class TurnRunner:
                         try:
                             admit(session, conversation, resume_interrupt_id=None)
                         except DomainError as exc:
-                            return _status_of(exc)
+                            return status_of(exc)
                         await start_queued(
                             conn,
                             tenant,
@@ -424,7 +354,7 @@ class TurnRunner:
         tenant: str,
         session_id: str,
         turn_id: str,
-        steps: asyncio.Task[_Outcome],
+        steps: asyncio.Task[Outcome],
         stopped: asyncio.Event,
     ) -> None:
         """Cancels ``steps`` (the agent's run) once a newer turn stopped ``turn_id``: checked
@@ -464,9 +394,16 @@ class TurnRunner:
 
         state, paused = TurnState.FAILED, None
         stopped = asyncio.Event()
+        turn = TurnSteps(
+            self._settings,
+            self._downstream,
+            emit,
+            request,
+            turn_id,
+            on_job=lambda job: self._jobs.__setitem__(turn_id, job),
+        )
         steps = asyncio.create_task(
-            self._steps(emit, request, turn_id, agent_id, thread, route, resumption),
-            name=f"turn-steps-{turn_id}",
+            turn.run(agent_id, thread, route, resumption), name=f"turn-steps-{turn_id}"
         )
         watch = asyncio.create_task(
             self._watch_stop(tenant, session_id, turn_id, steps, stopped),
@@ -478,12 +415,12 @@ class TurnRunner:
             if outcome.interrupt is not None:
                 await emit(interrupt=outcome.interrupt)
                 state = TurnState.INTERRUPTED
-                paused = Paused(outcome.interrupt.id, agent_id, thread)
+                paused = Paused(outcome.interrupt.id, outcome.agent_id, outcome.thread)
             elif outcome.error is not None:
                 await emit(error=outcome.error)
             else:
                 assert outcome.result is not None
-                final = await self._answer(session_id, turn_id, agent_id, outcome)
+                final = await turn.answer(outcome)
                 await emit(final=final)
                 state = TurnState.COMPLETED
         except _StoppedError:
@@ -509,7 +446,7 @@ class TurnRunner:
             if not isinstance(exc, DomainError | grpc.aio.AioRpcError | TimeoutError):
                 _log.exception("turn failed", turn_id=turn_id)
             try:
-                await emit(error=_status_of(exc))
+                await emit(error=status_of(exc))
             except _StoppedError:
                 await self._cancel_job(turn_id)
                 return
@@ -553,198 +490,3 @@ class TurnRunner:
             _log.exception("turn end not stored", turn_id=turn_id)
             return
         await self._announce(tenant, session_id, 0)  # wakes the turns queued after it
-
-    async def _steps(
-        self,
-        emit: Any,
-        request: TurnRequest,
-        turn_id: str,
-        agent_id: str,
-        thread: str,
-        route: Route | None,
-        resumption: Resumption | None,
-    ) -> _Outcome:
-        session = SESSIONS.format(request.session_id)
-        agent = AGENTS.format(agent_id)
-        options = agent_pb2.RunOptions(session=session)
-        # Explicit: grpc.aio files an interceptor under its first matching call type
-        # only, so the channel's forwarding interceptor covers unary calls, not streams.
-        metadata = (("authorization", current_authorization() or ""),)
-        call: AsyncIterable[agent_pb2.AgentEvent]
-        if resumption is None:
-            assert route is not None
-            await self._downstream.append_message(
-                request.session_id, f"{turn_id}-user", common_pb2.ROLE_USER, request.parts
-            )
-            decision = await self._downstream.record_decision(
-                memory_pb2.Decision(
-                    agent=agent,
-                    session=session,
-                    input_summary=request.text[:MAX_SUMMARY_CHARS],
-                    reasoning=route.reason,
-                    candidates=route.candidates,
-                    chosen_action=agent,
-                    outcome="routed",
-                    metadata=_struct(
-                        by="conductor", turn_id=turn_id, strategy=_strategy_name(route.strategy)
-                    ),
-                ),
-                request_id=turn_id,
-            )
-            await emit(
-                routing=conductor_pb2.RoutingDecision(
-                    strategy=route.strategy,
-                    agent=agent,
-                    candidates=route.candidates,
-                    reason=route.reason,
-                    decision=decision.name,
-                )
-            )
-            if request.background:
-                return await self._background(emit, request, turn_id, agent, metadata)
-            call = self._downstream.agents.StreamAgent(
-                agent_pb2.StreamAgentRequest(
-                    name=agent,
-                    thread_id=thread,
-                    input=request.input,
-                    parts=request.parts,
-                    options=options,
-                ),
-                metadata=metadata,
-                timeout=self._settings.turn_timeout_s,
-            )
-        else:
-            assert request.resume is not None
-            await emit(
-                routing=conductor_pb2.RoutingDecision(
-                    strategy=conductor_pb2.ROUTING_STRATEGY_EXPLICIT,
-                    agent=agent,
-                    reason=f"continues turn {resumption.paused_turn}, paused on an interrupt",
-                )
-            )
-            call = self._downstream.agents.ResumeAgent(
-                agent_pb2.ResumeAgentRequest(
-                    name=agent, thread_id=thread, resume=request.resume, options=options
-                ),
-                metadata=metadata,
-                timeout=self._settings.turn_timeout_s,
-            )
-        return await self._relay(emit, call)
-
-    async def _background(
-        self,
-        emit: Any,
-        request: TurnRequest,
-        turn_id: str,
-        agent: str,
-        metadata: tuple[tuple[str, str], ...],
-    ) -> _Outcome:
-        """Runs the turn as a Job: creates it (as the caller, once per turn), relays its
-        changes until it ends, and gives its result as the turn's outcome."""
-        jobs = self._downstream.jobs
-        assert jobs is not None  # the servicer refuses background turns without it
-        job = await jobs.CreateJob(
-            job_pb2.CreateJobRequest(
-                job=job_pb2.Job(
-                    agent=agent,
-                    input=request.input,
-                    parts=request.parts,
-                    session=SESSIONS.format(request.session_id),
-                ),
-                request_id=job_request_id(turn_id),
-            ),
-            metadata=metadata,
-            timeout=self._settings.routing_timeout_s,
-        )
-        self._jobs[turn_id] = job.name
-        await emit(job_created=conductor_pb2.JobCreated(job=job.name, snapshot=job))
-        call = jobs.WatchJob(
-            job_pb2.WatchJobRequest(name=job.name),
-            metadata=metadata,
-            timeout=self._settings.turn_timeout_s,
-        )
-        last = job
-        try:
-            async for event in call:
-                await emit(job_event=event)
-                last = event.job
-                if last.state in JOB_ENDS:
-                    break
-        finally:
-            call.cancel()
-        outcome = _Outcome(usage=last.usage)
-        if last.state not in JOB_ENDS:
-            outcome.error = status_pb2.Status(
-                code=code_pb2.UNAVAILABLE,
-                message=f"the watch of {job.name} ended before the job; watch the job itself",
-            )
-            return outcome
-        outcome.error = job_failure(last)
-        if outcome.error is None:
-            outcome.result = agent_pb2.RunResult(
-                status=agent_pb2.RUN_STATUS_COMPLETED,
-                parts=answer_parts(last.result),
-                output=last.result,
-                usage=last.usage,
-            )
-        return outcome
-
-    async def _relay(self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent]) -> _Outcome:
-        outcome = _Outcome()
-        try:
-            await self._relay_events(emit, call, outcome)
-        finally:
-            cancel = getattr(call, "cancel", None)
-            if cancel is not None:
-                cancel()  # no-op once the run ended; else the agent's run stops
-        if outcome.interrupt is None and outcome.error is None and outcome.result is None:
-            outcome.error = status_pb2.Status(
-                code=code_pb2.UNAVAILABLE, message="the agent's stream ended without an outcome"
-            )
-        return outcome
-
-    async def _relay_events(
-        self, emit: Any, call: AsyncIterable[agent_pb2.AgentEvent], outcome: _Outcome
-    ) -> None:
-        async for event in call:
-            await emit(agent_event=event)
-            kind = event.WhichOneof("event")
-            if kind == "interrupt":
-                outcome.interrupt = event.interrupt
-            elif kind == "usage":
-                outcome.usage = event.usage
-            elif kind == "error":
-                outcome.error = event.error
-            elif kind == "final":
-                outcome.result = event.final
-                if event.final.status == agent_pb2.RUN_STATUS_FAILED:
-                    outcome.error = event.final.error
-                elif event.final.status == agent_pb2.RUN_STATUS_INTERRUPTED:
-                    outcome.interrupt = outcome.interrupt or event.final.interrupt
-
-    async def _answer(
-        self, session_id: str, turn_id: str, agent_id: str, outcome: _Outcome
-    ) -> conductor_pb2.FinalMessage:
-        """The turn's final message, appended to Memory as the assistant's (an answer
-        without content is not stored: Memory keeps no empty messages)."""
-        assert outcome.result is not None
-        agent = AGENTS.format(agent_id)
-        parts = list(outcome.result.parts)
-        usage = outcome.result.usage if outcome.result.HasField("usage") else outcome.usage
-        name = ""
-        if parts:
-            stored = await self._downstream.append_message(
-                session_id, f"{turn_id}-answer", common_pb2.ROLE_ASSISTANT, parts, agent=agent
-            )
-            name = stored.name
-        return conductor_pb2.FinalMessage(message=name, agent=agent, parts=parts, usage=usage)
-
-
-def _strategy_name(strategy: conductor_pb2.RoutingStrategy.ValueType) -> str:
-    return conductor_pb2.RoutingStrategy.Name(strategy)
-
-
-def _struct(**values: Any) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message

@@ -1,5 +1,7 @@
 """``agents/handoff-test``: two agents in one graph that hand off the way
-langgraph-swarm does, without an LLM.
+langgraph-swarm does, without an LLM. And agents of the mesh that hand the turn to
+one another (``relay_agent``): ``triage-test`` to ``billing-test``, ``ping-test`` and
+``pong-test`` to each other without end.
 
 Each agent is a subgraph node of the parent graph. ``alice`` answers first and calls
 its ``transfer_to_bob`` tool, which returns ``Command(goto="bob",
@@ -13,11 +15,12 @@ from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langchain_core.tools import BaseTool, InjectedToolCallId, tool
-from langgraph.graph import START, StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolNode, tools_condition
 from langgraph.types import Command
 
+from agentmesh.agent.agents.handoff import handoff_tool
 from agentmesh.agent.definition import define_agent
 from agentmesh.agent.runtime.events import last_user_text
 
@@ -97,3 +100,46 @@ handoff_agent = define_agent(
     description="Alice hands the question to Bob through a transfer_to_bob tool.",
     graph=_swarm,
 )
+
+
+def _relay(agent_id: str, to: str | None) -> Any:
+    """One node that answers, then (``to``) calls the hand-off tool to ``to``; the graph
+    ends after the tool, as ``create_react_agent`` does for a ``return_direct`` tool."""
+
+    def speak(state: SwarmState) -> dict[str, Any]:
+        question = last_user_text(state.get("messages", []))
+        if to is None:
+            return {"messages": [AIMessage(content=f"{agent_id}: took {question!r}")]}
+        call = {"id": f"call-{to}", "name": f"transfer_to_{to}", "args": {"reason": "its field"}}
+        return {
+            "messages": [
+                AIMessage(content=f"{agent_id}: passing to {to}.", name=agent_id, tool_calls=[call])
+            ]
+        }
+
+    builder = StateGraph(SwarmState)
+    builder.add_node("model", speak)
+    builder.add_edge(START, "model")
+    if to is not None:
+        builder.add_node("tools", ToolNode([handoff_tool(to)]))
+        builder.add_conditional_edges("model", tools_condition)
+        builder.add_edge("tools", END)
+    return builder
+
+
+def relay_agent(agent_id: str, to: str | None) -> Any:
+    """Agent ``agent_id`` that hands every turn to ``to`` (None: answers itself)."""
+    return define_agent(
+        id=agent_id,
+        display_name=agent_id,
+        description=f"Test agent that hands over to {to}." if to else "Test agent that answers.",
+        graph=_relay(agent_id, to),
+    )
+
+
+triage_agent = relay_agent("triage-test", "billing-test")
+billing_agent = relay_agent("billing-test", None)
+ping_agent = relay_agent("ping-test", "pong-test")
+pong_agent = relay_agent("pong-test", "ping-test")
+stray_agent = relay_agent("stray-test", "absent-test")
+"""Hands off to an agent nobody serves: its answer stands."""

@@ -1611,17 +1611,26 @@ class FinalMessage(betterproto2.Message):
 
     agent: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
-    The agent that answered, `agents/{agent}`.
+    The agent that answered, `agents/{agent}`; the last one when agents
+    handed the turn on.
     """
 
     parts: "list[Part]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
     """
-    The content.
+    The content: the answers of every agent that answered in the turn, in
+    order.
     """
 
     usage: "TokenUsage | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
     """
-    Tokens the turn used.
+    Tokens the turn used (every agent's runs).
+    """
+
+    agents: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Every agent that ran in the turn, in order, `agents/{agent}`: more than one
+    when an agent handed the turn to another (each hand-off is a `routing`
+    event with strategy HANDOFF).
     """
 
 
@@ -4422,6 +4431,18 @@ class ConductorServiceStub:
         (INPUT_REQUIRED) is relayed and followed on: answer it with
         JobService.ResumeJob. The client may leave and watch the job itself.
 
+        Hand-offs: an agent whose run ends on a hand-off (its last step a
+        `transfer_to_<agent>` tool, relayed as a `handoff` agent event, with
+        nothing said after it) to another agent the Agent service serves passes
+        the turn on: a `routing` event with strategy HANDOFF (recorded in Memory's
+        audit trail like any routing decision), then that agent's events. It runs
+        on its own thread of the session with the user's message and a note of
+        who handed over, why and what was said. A turn takes at most the
+        Conductor's `max_handoffs`; past that, or to an agent that cannot take
+        the turn's input, the turn ends with the answers so far. The `final`
+        event carries every agent's answer in order as one reply (stored as one
+        assistant message), `agents` lists them. Background turns run one agent.
+
         Busy sessions (`busy_policy`): a session runs one turn at a time, on
         whichever Conductor replica. ENQUEUE stores the turn as queued (the
         stream's first event is `queued`) and starts it after the running turn
@@ -4517,6 +4538,18 @@ class ConductorServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         part) or `error` (the job failed or was cancelled). A job waiting for input
         (INPUT_REQUIRED) is relayed and followed on: answer it with
         JobService.ResumeJob. The client may leave and watch the job itself.
+
+        Hand-offs: an agent whose run ends on a hand-off (its last step a
+        `transfer_to_<agent>` tool, relayed as a `handoff` agent event, with
+        nothing said after it) to another agent the Agent service serves passes
+        the turn on: a `routing` event with strategy HANDOFF (recorded in Memory's
+        audit trail like any routing decision), then that agent's events. It runs
+        on its own thread of the session with the user's message and a note of
+        who handed over, why and what was said. A turn takes at most the
+        Conductor's `max_handoffs`; past that, or to an agent that cannot take
+        the turn's input, the turn ends with the answers so far. The `final`
+        event carries every agent's answer in order as one reply (stored as one
+        assistant message), `agents` lists them. Background turns run one agent.
 
         Busy sessions (`busy_policy`): a session runs one turn at a time, on
         whichever Conductor replica. ENQUEUE stores the turn as queued (the

@@ -1,0 +1,298 @@
+"""What a running turn does, from its routing event to its outcome: the user's
+message to Memory, the routing decision recorded and streamed, then the chosen
+agent's run relayed (or its Job, for a background turn), and the runs of the agents
+it hands the turn to (``domain/handoffs.py``), each hand-off a routing event and a
+decision of its own. The turn runner (``turns.py``) owns the task this runs in and
+tells the outcome as the turn's ending event; :meth:`TurnSteps.answer` makes the
+reply of a turn that completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, Final
+
+import structlog
+from google.protobuf import json_format, struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from agentmesh.conductor.background import run_as_job
+from agentmesh.conductor.domain.handoffs import (
+    HandoffWatch,
+    aggregate,
+    handoff_parts,
+    handoff_target,
+    may_hand_off,
+    usage_sum,
+)
+from agentmesh.conductor.domain.turns import Resumption, thread_id
+from agentmesh.conductor.downstream import Downstream
+from agentmesh.conductor.settings import ConductorSettings
+from agentmesh.conductor.turn_model import Outcome, Route, TurnRequest
+from agentmesh.core.context import current_authorization
+from agentmesh.core.errors import NotFound
+from agentmesh.core.json_schema import schema_violations, whole_numbers
+from agentmesh.core.names import AGENTS, SESSIONS
+from agentmesh.core.validation import Violations
+from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
+
+_log = structlog.get_logger("agentmesh.conductor.steps")
+
+MAX_SUMMARY_CHARS: Final = 512
+Emit = Callable[..., Awaitable[None]]
+
+
+class TurnSteps:
+    """The steps of one turn (``turn_id`` of ``request``), each event told to ``emit``."""
+
+    def __init__(
+        self,
+        settings: ConductorSettings,
+        downstream: Downstream,
+        emit: Emit,
+        request: TurnRequest,
+        turn_id: str,
+        *,
+        on_job: Callable[[str], Any],
+    ) -> None:
+        self._settings = settings
+        self._downstream = downstream
+        self._emit = emit
+        self._request = request
+        self._turn_id = turn_id
+        self._on_job = on_job
+        self._session = SESSIONS.format(request.session_id)
+        # Explicit: grpc.aio files an interceptor under its first matching call type
+        # only, so the channel's forwarding interceptor covers unary calls, not streams.
+        self._metadata = (("authorization", current_authorization() or ""),)
+
+    async def run(
+        self, agent_id: str, thread: str, route: Route | None, resumption: Resumption | None
+    ) -> Outcome:
+        """Runs the turn: a new one taken by ``route``'s agent on ``thread``, or the
+        continuation of ``resumption``'s paused run."""
+        request = self._request
+        outcome = Outcome(agent_id, thread, agents=[agent_id])
+        call: AsyncIterable[agent_pb2.AgentEvent]
+        if resumption is None:
+            assert route is not None
+            await self._downstream.append_message(
+                request.session_id, f"{self._turn_id}-user", common_pb2.ROLE_USER, request.parts
+            )
+            await self._route(
+                agent_id,
+                route.strategy,
+                route.reason,
+                route.candidates,
+                request_id=self._turn_id,
+            )
+            if request.background:
+                return await run_as_job(
+                    self._downstream,
+                    self._emit,
+                    request,
+                    self._turn_id,
+                    outcome,
+                    metadata=self._metadata,
+                    timeout_s=self._settings.turn_timeout_s,
+                    call_timeout_s=self._settings.routing_timeout_s,
+                    on_job=self._on_job,
+                )
+            call = self._stream(agent_id, thread, request.parts)
+        else:
+            assert request.resume is not None
+            await self._emit(
+                routing=conductor_pb2.RoutingDecision(
+                    strategy=conductor_pb2.ROUTING_STRATEGY_EXPLICIT,
+                    agent=AGENTS.format(agent_id),
+                    reason=f"continues turn {resumption.paused_turn}, paused on an interrupt",
+                )
+            )
+            call = self._downstream.agents.ResumeAgent(
+                agent_pb2.ResumeAgentRequest(
+                    name=AGENTS.format(agent_id),
+                    thread_id=thread,
+                    resume=request.resume,
+                    options=agent_pb2.RunOptions(session=self._session),
+                ),
+                metadata=self._metadata,
+                timeout=self._settings.turn_timeout_s,
+            )
+        while True:
+            closing = await self._relay(call, outcome)
+            target = await self._handoff_to(outcome, closing)
+            if target is None:
+                return outcome
+            assert closing is not None
+            assert outcome.result is not None
+            said = list(outcome.result.parts)
+            await self._route(
+                target,
+                conductor_pb2.ROUTING_STRATEGY_HANDOFF,
+                closing.reason or f"{AGENTS.format(outcome.agent_id)} handed the turn over",
+                (),
+                request_id=f"{self._turn_id}-handoff-{len(outcome.agents)}",
+                from_agent=AGENTS.format(outcome.agent_id),
+            )
+            parts = handoff_parts(
+                request.parts, AGENTS.format(outcome.agent_id), closing.reason, said
+            )
+            outcome.answers.append(said)
+            outcome.earlier_usage.append(outcome.run_usage)
+            outcome.agent_id = target
+            outcome.thread = thread_id(request.session_id, target)
+            outcome.agents.append(target)
+            outcome.result, outcome.usage = None, common_pb2.TokenUsage()
+            call = self._stream(target, outcome.thread, parts)
+
+    async def answer(self, outcome: Outcome) -> conductor_pb2.FinalMessage:
+        """The reply of a turn that completed: every agent's answer in order, appended
+        to Memory as one assistant message (none when it has no content: Memory keeps
+        no empty messages)."""
+        assert outcome.result is not None
+        agent = AGENTS.format(outcome.agent_id)
+        parts = aggregate([*outcome.answers, list(outcome.result.parts)])
+        name = ""
+        if parts:
+            stored = await self._downstream.append_message(
+                self._request.session_id,
+                f"{self._turn_id}-answer",
+                common_pb2.ROLE_ASSISTANT,
+                parts,
+                agent=agent,
+            )
+            name = stored.name
+        return conductor_pb2.FinalMessage(
+            message=name,
+            agent=agent,
+            parts=parts,
+            usage=usage_sum([*outcome.earlier_usage, outcome.run_usage]),
+            agents=[AGENTS.format(a) for a in outcome.agents],
+        )
+
+    async def _route(
+        self,
+        agent_id: str,
+        strategy: conductor_pb2.RoutingStrategy.ValueType,
+        reason: str,
+        candidates: tuple[common_pb2.ScoredCandidate, ...],
+        *,
+        request_id: str,
+        from_agent: str = "",
+    ) -> None:
+        """Records who takes the turn (or, ``from_agent`` handing it over, its next
+        step) in Memory, then streams it."""
+        agent = AGENTS.format(agent_id)
+        metadata = _struct(
+            by="conductor",
+            turn_id=self._turn_id,
+            strategy=conductor_pb2.RoutingStrategy.Name(strategy),
+        )
+        if from_agent:
+            metadata.update({"from_agent": from_agent})
+        decision = await self._downstream.record_decision(
+            memory_pb2.Decision(
+                agent=agent,
+                session=self._session,
+                input_summary=self._request.text[:MAX_SUMMARY_CHARS],
+                reasoning=reason,
+                candidates=candidates,
+                chosen_action=agent,
+                outcome="handed over"
+                if strategy == conductor_pb2.ROUTING_STRATEGY_HANDOFF
+                else "routed",
+                metadata=metadata,
+            ),
+            request_id=request_id,
+        )
+        await self._emit(
+            routing=conductor_pb2.RoutingDecision(
+                strategy=strategy,
+                agent=agent,
+                candidates=candidates,
+                reason=reason,
+                decision=decision.name,
+            )
+        )
+
+    def _stream(
+        self, agent_id: str, thread: str, parts: Any
+    ) -> AsyncIterable[agent_pb2.AgentEvent]:
+        return self._downstream.agents.StreamAgent(
+            agent_pb2.StreamAgentRequest(
+                name=AGENTS.format(agent_id),
+                thread_id=thread,
+                input=self._request.input,
+                parts=parts,
+                options=agent_pb2.RunOptions(session=self._session),
+            ),
+            metadata=self._metadata,
+            timeout=self._settings.turn_timeout_s,
+        )
+
+    async def _handoff_to(self, outcome: Outcome, closing: agent_pb2.Handoff | None) -> str | None:
+        """The agent a run that completed on ``closing`` hands the turn to; None when
+        the turn ends here (no hand-off, an interrupt or error, the limit reached, or
+        an agent that cannot take the turn)."""
+        if closing is None or outcome.result is None or outcome.error or outcome.interrupt:
+            return None
+        target = handoff_target(closing, outcome.agent_id)
+        if target is None:
+            return None
+        if not may_hand_off(len(outcome.agents) - 1, self._settings.max_handoffs):
+            _log.info(
+                "hand-off past the limit not taken",
+                turn_id=self._turn_id,
+                to_agent=target,
+                max_handoffs=self._settings.max_handoffs,
+            )
+            return None
+        try:
+            validator = await self._downstream.validator(target)
+        except NotFound:
+            return None  # not an agent served here: a hand-off inside the agent's graph
+        violations = Violations()
+        value = whole_numbers(json_format.MessageToDict(self._request.input))
+        schema_violations(value, validator, violations, field="input")
+        if violations:
+            _log.info("hand-off to an agent refusing the input not taken", to_agent=target)
+            return None
+        return target
+
+    async def _relay(
+        self, call: AsyncIterable[agent_pb2.AgentEvent], outcome: Outcome
+    ) -> agent_pb2.Handoff | None:
+        """Relays one run's events into ``outcome``; returns the hand-off it ended on."""
+        watch = HandoffWatch()
+        try:
+            async for event in call:
+                await self._emit(agent_event=event)
+                watch.see(event)
+                kind = event.WhichOneof("event")
+                if kind == "interrupt":
+                    outcome.interrupt = event.interrupt
+                elif kind == "usage":
+                    outcome.usage = event.usage
+                elif kind == "error":
+                    outcome.error = event.error
+                elif kind == "final":
+                    outcome.result = event.final
+                    if event.final.status == agent_pb2.RUN_STATUS_FAILED:
+                        outcome.error = event.final.error
+                    elif event.final.status == agent_pb2.RUN_STATUS_INTERRUPTED:
+                        outcome.interrupt = outcome.interrupt or event.final.interrupt
+        finally:
+            cancel = getattr(call, "cancel", None)
+            if cancel is not None:
+                cancel()  # no-op once the run ended; else the agent's run stops
+        if outcome.interrupt is None and outcome.error is None and outcome.result is None:
+            outcome.error = status_pb2.Status(
+                code=code_pb2.UNAVAILABLE, message="the agent's stream ended without an outcome"
+            )
+        return watch.closing
+
+
+def _struct(**values: Any) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
