@@ -9,6 +9,7 @@ Memory's audit trail, visible to its tenant only."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import cast
 
@@ -186,6 +187,8 @@ async def test_the_supervisor_model_picks_from_the_cards_and_similarity_covers_i
         openai_wire.completion(
             '{"agent": "summarizer", "reason": "the user wants a summary", "confidence": 0.9}'
         ),
+        # The review of the summarizer's answer: it is enough.
+        openai_wire.completion('{"agent": "FINISH", "reason": "summarized"}'),
         openai_wire.error(400, "model not found"),
     )
     async with _conductor(
@@ -209,3 +212,57 @@ async def test_the_supervisor_model_picks_from_the_cards_and_similarity_covers_i
         assert fallback.strategy == conductor_pb2.ROUTING_STRATEGY_SIMILARITY
         assert fallback.agent == "agents/calculator"
         assert fallback.reason.startswith("the supervisor model failed")
+
+
+async def test_the_supervisor_reviews_the_answer_and_may_hand_the_turn_on(
+    backends: Backends,
+    memory_server: RunningServer,
+    agent_server: RunningServer,
+    memory: Stub,
+    provider: ScriptedServer,
+) -> None:
+    """langgraph-supervisor's loop: the model picks echo, reads echo's answer and hands
+    the turn to the summarizer, reads both answers and finishes; one reply of both, two
+    decisions. A review that fails ends the turn with the answer it has."""
+    tenant = credentials(f"route-{uid()}")
+    provider.script(
+        openai_wire.completion('{"agent": "echo", "reason": "repeat it first"}'),
+        openai_wire.completion(
+            '{"agent": "summarizer", "reason": "now the gist", "confidence": 0.7}'
+        ),
+        openai_wire.completion('{"agent": "FINISH", "reason": "both done"}'),
+        openai_wire.completion('{"agent": "echo", "reason": "repeat it"}'),
+        openai_wire.error(500, "overloaded"),
+    )
+    message = "Cats purr when content. Dogs wag their tails. Birds sing at dawn."
+    async with _conductor(
+        backends, memory_server.port, agent_server.port, **_llm(provider)
+    ) as stub:
+        session, routing, events = await _turn(stub, tenant, message)
+        assert routing.strategy == conductor_pb2.ROUTING_STRATEGY_SUPERVISOR
+        routings = [e.routing for e in events if e.WhichOneof("event") == "routing"]
+        assert [(r.strategy, r.agent) for r in routings] == [
+            (conductor_pb2.ROUTING_STRATEGY_SUPERVISOR, "agents/echo"),
+            (conductor_pb2.ROUTING_STRATEGY_HANDOFF, "agents/summarizer"),
+        ]
+        assert "now the gist" in routings[1].reason
+        assert routings[1].candidates[0].score == pytest.approx(0.7)
+        final = events[-1].final
+        assert list(final.agents) == ["agents/echo", "agents/summarizer"]
+        assert final.parts[0].text == message
+        assert len(final.parts) == 2
+        # The review read the message and echo's answer, and may pick FINISH.
+        review = provider.requests[1].json()
+        assert message in review["messages"][1]["content"]
+        assert "Answer of echo:" in review["messages"][1]["content"]
+        assert "FINISH" in json.dumps(review)
+        second = provider.requests[2].json()["messages"][1]["content"]
+        assert "Answer of summarizer:" in second
+        decisions = await _decisions(memory, session, tenant)
+        assert sorted(d.chosen_action for d in decisions) == ["agents/echo", "agents/summarizer"]
+
+        # The review fails: the turn ends with echo's answer.
+        _, routing, events = await _turn(stub, tenant, "say this back")
+        assert routing.agent == "agents/echo"
+        assert list(events[-1].final.agents) == ["agents/echo"]
+        assert [p.text for p in events[-1].final.parts] == ["say this back"]

@@ -68,6 +68,7 @@ async def build_conductor(
         memory_channel, agent_channel, card_ttl_s=conductor.agent_card_ttl_s, job=job_channel
     )
     changes = ChangeFeed(redis_client, CONVERSATION_CHANGES)
+    router = Router(conductor, downstream, ChatModels(llm))
     deps = ConductorDeps(
         settings=conductor,
         process=settings,
@@ -76,8 +77,8 @@ async def build_conductor(
         downstream=downstream,
         changes=changes,
         watches=TenantLimiter(conductor.tenant_watches, what="conversation stream"),
-        turns=TurnRunner(conductor, pool, redis_client, downstream, changes),
-        router=Router(conductor, downstream, ChatModels(llm)),
+        turns=TurnRunner(conductor, pool, redis_client, downstream, changes, router),
+        router=router,
     )
     servicer = ConductorServicer(deps)
     changes.start()

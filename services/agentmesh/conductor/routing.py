@@ -30,6 +30,8 @@ from agentmesh.conductor.domain.routing import (
     choose,
     phrases_of,
     rank,
+    review_choice,
+    review_prompt,
     supervisor_choice,
     supervisor_prompt,
     supervisor_schema,
@@ -168,6 +170,44 @@ class Router:
                 choice.agent_id, choice.strategy, failure + choice.reason, choice.candidates
             )
         return _route(choice)
+
+    async def review(
+        self,
+        tenant: str,
+        text: str,
+        structured: struct_pb2.Struct,
+        answers: Sequence[tuple[str, str]],
+    ) -> Route | None:
+        """After a turn the supervisor routed has ``answers`` (agent id, text): the agent
+        the supervisor model hands the turn to next (strategy HANDOFF), or None when it
+        picks FINISH, when there is no model, or when the model fails."""
+        if not self._model or not self._settings.supervisor_review:
+            return None
+        cards = await self._candidates(tenant, structured)
+        if not cards:
+            return None
+        assert self._models is not None
+        ids = [card.agent_id for card in cards]
+        system, user = review_prompt([card.summary for card in cards], text, answers)
+        try:
+            model = await self._models.aget(self._model)
+            async with asyncio.timeout(self._settings.routing_timeout_s):
+                answer = await invoke_structured(
+                    model,
+                    [SystemMessage(content=system), HumanMessage(content=user)],
+                    supervisor_schema(ids, finish=True),
+                    attempts=self._models.settings.structured_attempts,
+                )
+        except Exception as exc:  # whatever the model did: the turn ends as it is
+            _log.warning("supervisor review failed; the turn ends", error=str(exc)[:500])
+            return None
+        choice = review_choice(answer, ids)
+        if choice is None:
+            return None
+        route = _route(choice)
+        return Route(
+            route.agent_id, conductor_pb2.ROUTING_STRATEGY_HANDOFF, route.reason, route.candidates
+        )
 
     async def _candidates(self, tenant: str, structured: struct_pb2.Struct) -> list[_Card]:
         """The cards that can take the turn: a model for those that need one, an input

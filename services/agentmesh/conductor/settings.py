@@ -70,6 +70,11 @@ class ConductorSettings:
     routing_max_agents: int = 100
     """Agent cards routing considers at most (the first of ListAgents)."""
 
+    supervisor_review: bool = True
+    """After the agent the supervisor model picked has answered, the model reviews the
+    answer and may hand the turn to another agent (one more model call per supervised
+    turn and hand-off). False: the supervisor only picks the first agent."""
+
     max_handoffs: int = 3
     """Hand-offs one turn takes at most (an agent whose run ends handing the turn to
     another agent); past it the turn ends with the answers so far. 0: none."""

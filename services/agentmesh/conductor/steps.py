@@ -9,8 +9,8 @@ reply of a turn that completed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
 
 import structlog
 from google.protobuf import json_format, struct_pb2
@@ -39,7 +39,21 @@ from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
 _log = structlog.get_logger("agentmesh.conductor.steps")
 
 MAX_SUMMARY_CHARS: Final = 512
+SUPERVISED: Final = conductor_pb2.ROUTING_STRATEGY_SUPERVISOR
 Emit = Callable[..., Awaitable[None]]
+
+
+class Reviewer(Protocol):
+    """The supervisor's review of a supervised turn's answers (``routing.Router``)."""
+
+    async def review(
+        self,
+        tenant: str,
+        text: str,
+        structured: struct_pb2.Struct,
+        answers: Sequence[tuple[str, str]],
+    ) -> Route | None:
+        """The agent that continues the turn, or None: the turn ends."""
 
 
 class TurnSteps:
@@ -50,12 +64,16 @@ class TurnSteps:
         settings: ConductorSettings,
         downstream: Downstream,
         emit: Emit,
+        tenant: str,
         request: TurnRequest,
         turn_id: str,
         *,
         on_job: Callable[[str], Any],
+        reviewer: Reviewer | None = None,
     ) -> None:
         self._settings = settings
+        self._tenant = tenant
+        self._reviewer = reviewer
         self._downstream = downstream
         self._emit = emit
         self._request = request
@@ -118,32 +136,31 @@ class TurnSteps:
                 metadata=self._metadata,
                 timeout=self._settings.turn_timeout_s,
             )
+        supervised = route is not None and route.strategy == SUPERVISED
         while True:
             closing = await self._relay(call, outcome)
-            target = await self._handoff_to(outcome, closing)
-            if target is None:
+            step = await self._next(outcome, closing, supervised=supervised)
+            if step is None:
                 return outcome
-            assert closing is not None
-            assert outcome.result is not None
-            said = list(outcome.result.parts)
+            said = list(outcome.result.parts) if outcome.result is not None else []
+            answered_by = AGENTS.format(outcome.agent_id)
+            handed_by = answered_by if closing is not None else "the supervisor"
             await self._route(
-                target,
-                conductor_pb2.ROUTING_STRATEGY_HANDOFF,
-                closing.reason or f"{AGENTS.format(outcome.agent_id)} handed the turn over",
-                (),
+                step.agent_id,
+                step.strategy,
+                step.reason,
+                step.candidates,
                 request_id=f"{self._turn_id}-handoff-{len(outcome.agents)}",
-                from_agent=AGENTS.format(outcome.agent_id),
+                from_agent=answered_by,
             )
-            parts = handoff_parts(
-                request.parts, AGENTS.format(outcome.agent_id), closing.reason, said
-            )
+            parts = handoff_parts(request.parts, handed_by, step.reason, answered_by, said)
             outcome.answers.append(said)
             outcome.earlier_usage.append(outcome.run_usage)
-            outcome.agent_id = target
-            outcome.thread = thread_id(request.session_id, target)
-            outcome.agents.append(target)
+            outcome.agent_id = step.agent_id
+            outcome.thread = thread_id(request.session_id, step.agent_id)
+            outcome.agents.append(step.agent_id)
             outcome.result, outcome.usage = None, common_pb2.TokenUsage()
-            call = self._stream(target, outcome.thread, parts)
+            call = self._stream(step.agent_id, outcome.thread, parts)
 
     async def answer(self, outcome: Outcome) -> conductor_pb2.FinalMessage:
         """The reply of a turn that completed: every agent's answer in order, appended
@@ -230,34 +247,58 @@ class TurnSteps:
             timeout=self._settings.turn_timeout_s,
         )
 
-    async def _handoff_to(self, outcome: Outcome, closing: agent_pb2.Handoff | None) -> str | None:
-        """The agent a run that completed on ``closing`` hands the turn to; None when
-        the turn ends here (no hand-off, an interrupt or error, the limit reached, or
-        an agent that cannot take the turn)."""
-        if closing is None or outcome.result is None or outcome.error or outcome.interrupt:
-            return None
-        target = handoff_target(closing, outcome.agent_id)
-        if target is None:
+    async def _next(
+        self, outcome: Outcome, closing: agent_pb2.Handoff | None, *, supervised: bool
+    ) -> Route | None:
+        """Who takes the turn after a run: the agent the run handed off to (``closing``),
+        else, in a turn the supervisor routed, the agent its review picks; None when the
+        turn ends here (an interrupt or error, the limit reached, FINISH, an agent that
+        cannot take the turn)."""
+        if outcome.result is None or outcome.error or outcome.interrupt:
             return None
         if not may_hand_off(len(outcome.agents) - 1, self._settings.max_handoffs):
-            _log.info(
-                "hand-off past the limit not taken",
-                turn_id=self._turn_id,
-                to_agent=target,
-                max_handoffs=self._settings.max_handoffs,
-            )
+            if closing is not None:
+                _log.info("hand-off past the limit not taken", turn_id=self._turn_id)
             return None
+        if closing is not None:
+            target = handoff_target(closing, outcome.agent_id)
+            if target is None:
+                return None
+            reason = closing.reason or f"{AGENTS.format(outcome.agent_id)} handed the turn over"
+            step: Route | None = Route(target, conductor_pb2.ROUTING_STRATEGY_HANDOFF, reason)
+        elif supervised and self._reviewer is not None:
+            step = await self._reviewer.review(
+                self._tenant, self._request.text, self._request.input, self._answers(outcome)
+            )
+        else:
+            return None
+        if step is None or not await self._takes_input(step.agent_id):
+            return None
+        return step
+
+    def _answers(self, outcome: Outcome) -> list[tuple[str, str]]:
+        """Each run's answer so far as (agent id, text), for the supervisor's review."""
+        assert outcome.result is not None
+        answers = [*outcome.answers, list(outcome.result.parts)]
+        return [
+            (agent, " ".join(p.text for p in parts if p.text))
+            for agent, parts in zip(outcome.agents, answers, strict=True)
+        ]
+
+    async def _takes_input(self, agent_id: str) -> bool:
+        """Whether the Agent service serves ``agent_id`` and its schema takes the turn's
+        input (a hand-off to an agent it does not serve is one inside the agent's own
+        graph)."""
         try:
-            validator = await self._downstream.validator(target)
+            validator = await self._downstream.validator(agent_id)
         except NotFound:
-            return None  # not an agent served here: a hand-off inside the agent's graph
+            return False
         violations = Violations()
         value = whole_numbers(json_format.MessageToDict(self._request.input))
         schema_violations(value, validator, violations, field="input")
         if violations:
-            _log.info("hand-off to an agent refusing the input not taken", to_agent=target)
-            return None
-        return target
+            _log.info("hand-off to an agent refusing the input not taken", to_agent=agent_id)
+        return not violations
 
     async def _relay(
         self, call: AsyncIterable[agent_pb2.AgentEvent], outcome: Outcome

@@ -47,7 +47,7 @@ from agentmesh.conductor.domain.turns import (
 )
 from agentmesh.conductor.downstream import Downstream
 from agentmesh.conductor.settings import ConductorSettings
-from agentmesh.conductor.steps import TurnSteps
+from agentmesh.conductor.steps import Reviewer, TurnSteps
 from agentmesh.conductor.stores.conversations import (
     NewTurn,
     Paused,
@@ -112,8 +112,11 @@ class TurnRunner:
         redis: Any,
         downstream: Downstream,
         changes: ChangeFeed,
+        reviewer: Reviewer | None = None,
     ) -> None:
         self._settings = settings
+        self._reviewer = reviewer
+        """Reviews supervised turns' answers (the router), None: no reviews."""
         self._pool = pool
         self._redis = redis
         self._downstream = downstream
@@ -398,9 +401,11 @@ class TurnRunner:
             self._settings,
             self._downstream,
             emit,
+            tenant,
             request,
             turn_id,
             on_job=lambda job: self._jobs.__setitem__(turn_id, job),
+            reviewer=self._reviewer,
         )
         steps = asyncio.create_task(
             turn.run(agent_id, thread, route, resumption), name=f"turn-steps-{turn_id}"

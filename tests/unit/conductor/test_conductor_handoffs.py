@@ -63,15 +63,15 @@ def test_hand_offs_stop_at_the_limit() -> None:
 def test_the_next_agent_gets_the_message_and_a_note_of_the_handoff() -> None:
     user = [common_pb2.Part(text="my invoice is wrong")]
     said = [common_pb2.Part(text=" This is for billing. "), common_pb2.Part(text="")]
-    parts = handoff_parts(user, "agents/triage", "invoice question", said)
+    parts = handoff_parts(user, "the supervisor", "invoice question", "agents/triage", said)
     assert parts[0] == user[0]
     assert parts[1].text == (
-        "agents/triage handed this message over to you (invoice question)."
-        " It said: This is for billing."
+        "the supervisor handed this message over to you (invoice question)."
+        " agents/triage said: This is for billing."
     )
-    bare = handoff_parts(user, "agents/triage", " ", [])
+    bare = handoff_parts(user, "agents/triage", " ", "agents/triage", [])
     assert bare[1].text == "agents/triage handed this message over to you."
-    long = handoff_parts(user, "agents/triage", "", [common_pb2.Part(text="x" * 10_000)])
+    long = handoff_parts(user, "a", "", "a", [common_pb2.Part(text="x" * 10_000)])
     assert len(long[1].text) == MAX_CONTEXT_CHARS
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import pytest
 
 from agentmesh.conductor.domain.routing import (
+    FINISH,
     MAX_PHRASE_CHARS,
     MAX_PHRASES,
+    MAX_REVIEW_ANSWER_CHARS,
     NUMBER_TERM,
     CardSummary,
     Profile,
@@ -19,6 +21,8 @@ from agentmesh.conductor.domain.routing import (
     overlap,
     phrases_of,
     rank,
+    review_choice,
+    review_prompt,
     supervisor_choice,
     supervisor_prompt,
     supervisor_schema,
@@ -185,3 +189,23 @@ def test_the_supervisor_is_asked_to_pick_one_of_the_cards() -> None:
 def test_routing_settings_are_range_checked(name: str, value: str) -> None:
     with pytest.raises(ConfigError):
         ConductorSettings.from_env({f"AGENTMESH_CONDUCTOR_{name}": value})
+
+
+def test_the_review_reads_every_answer_and_may_finish() -> None:
+    cards = [CardSummary("echo", "Repeats.", ()), CardSummary("summarizer", "Sums up.", ())]
+    system, user = review_prompt(
+        cards, "gist please", [("echo", "gist please"), ("summarizer", "x" * 5000)]
+    )
+    assert "FINISH" in system
+    assert "- summarizer: Sums up." in system
+    assert user.startswith("User's message: gist please")
+    assert "Answer of echo: gist please" in user
+    assert "x" * MAX_REVIEW_ANSWER_CHARS in user
+    assert "x" * (MAX_REVIEW_ANSWER_CHARS + 1) not in user
+    finish = {"agent": FINISH, "reason": "done"}
+    assert schema_validator(supervisor_schema(["echo"], finish=True)).is_valid(finish)
+    assert not schema_validator(supervisor_schema(["echo"])).is_valid(finish)
+    assert review_choice({"agent": FINISH, "reason": "done"}, ["echo"]) is None
+    choice = review_choice({"agent": "echo", "reason": "more", "confidence": 0.5}, ["echo"])
+    assert choice is not None
+    assert (choice.agent_id, choice.candidates[0].score) == ("echo", 0.5)

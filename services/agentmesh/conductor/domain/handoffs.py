@@ -58,17 +58,19 @@ def may_hand_off(taken: int, limit: int) -> bool:
 
 def handoff_parts(
     user_parts: Sequence[common_pb2.Part],
-    from_agent: str,
+    handed_by: str,
     reason: str,
+    answered_by: str,
     said: Sequence[common_pb2.Part],
 ) -> list[common_pb2.Part]:
     """What the next agent is given: the user's message, then a note of who handed the
-    turn over (``from_agent``, a name), why, and what that agent said (its text)."""
-    note = f"{from_agent} handed this message over to you"
+    turn over (``handed_by``: an agent's name, or the supervisor), why, and what the
+    agent that answered last (``answered_by``) said (its text)."""
+    note = f"{handed_by} handed this message over to you"
     note += f" ({reason.strip()})." if reason.strip() else "."
     text = " ".join(part.text.strip() for part in said if part.text.strip())
     if text:
-        note += f" It said: {text}"
+        note += f" {answered_by} said: {text}"
     return [*user_parts, common_pb2.Part(text=note[:MAX_CONTEXT_CHARS])]
 
 

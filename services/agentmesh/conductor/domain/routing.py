@@ -15,6 +15,10 @@ against an agent as its best phrase, each phrase's score a blend of two signals:
 Both are in [0, 1] (negative cosines count as 0), so the blend is too. The best agent
 at or above the threshold wins (SIMILARITY); below it the default agent takes the turn
 (DEFAULT), and the scores are still recorded.
+
+Supervisor: a model reads the cards and picks the agent (SUPERVISOR); after a turn
+it picked for has an answer, it reviews the answers so far and picks FINISH or the
+agent that adds to them (a hand-off), as langgraph-supervisor's loop does.
 """
 
 from __future__ import annotations
@@ -211,13 +215,13 @@ SUPERVISOR_INSTRUCTIONS: Final = (
 )
 
 
-def supervisor_schema(agent_ids: Sequence[str]) -> dict[str, Any]:
-    """The JSON Schema of the supervisor's answer: one of ``agent_ids``, a reason and a
-    confidence."""
+def supervisor_schema(agent_ids: Sequence[str], *, finish: bool = False) -> dict[str, Any]:
+    """The JSON Schema of the supervisor's answer: one of ``agent_ids`` (or, ``finish``
+    for a review, ``FINISH``), a reason and a confidence."""
     return {
         "type": "object",
         "properties": {
-            "agent": {"type": "string", "enum": list(agent_ids)},
+            "agent": {"type": "string", "enum": [*agent_ids, *([FINISH] if finish else [])]},
             "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         },
@@ -226,16 +230,52 @@ def supervisor_schema(agent_ids: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def supervisor_prompt(cards: Sequence[CardSummary], message: str) -> tuple[str, str]:
-    """The supervisor's system prompt (instructions and the agents) and user prompt (the
-    message, cut to ``MAX_PROMPT_MESSAGE_CHARS``)."""
-    lines = [SUPERVISOR_INSTRUCTIONS, "", "Agents:"]
+def _agent_lines(cards: Sequence[CardSummary]) -> list[str]:
+    lines = ["Agents:"]
     for card in cards:
         lines.append(f"- {card.agent_id}: {card.description[:MAX_PHRASE_CHARS]}")
         for description, examples in card.skills:
             shown = "; ".join(e[:MAX_PHRASE_CHARS] for e in examples)
             lines.append(f"  - skill: {description[:MAX_PHRASE_CHARS]} (e.g. {shown})")
+    return lines
+
+
+def supervisor_prompt(cards: Sequence[CardSummary], message: str) -> tuple[str, str]:
+    """The supervisor's system prompt (instructions and the agents) and user prompt (the
+    message, cut to ``MAX_PROMPT_MESSAGE_CHARS``)."""
+    lines = [SUPERVISOR_INSTRUCTIONS, "", *_agent_lines(cards)]
     return "\n".join(lines), message[:MAX_PROMPT_MESSAGE_CHARS]
+
+
+FINISH: Final = "FINISH"
+"""The supervisor's review answer that ends the turn with the answers so far."""
+MAX_REVIEW_ANSWER_CHARS: Final = 2000
+"""The start of each answer the supervisor's review reads."""
+REVIEW_INSTRUCTIONS: Final = (
+    "You supervise a multi-agent system. Agents have answered the user's message; their"
+    " answers follow it. If together they answer the message, pick FINISH. Otherwise"
+    " pick the one agent, from the agents listed, that should add to the answer. Give a"
+    " one-sentence reason and your confidence between 0 and 1."
+)
+
+
+def review_prompt(
+    cards: Sequence[CardSummary], message: str, answers: Sequence[tuple[str, str]]
+) -> tuple[str, str]:
+    """The supervisor's review prompts: instructions and the agents; the user's message
+    and each answer so far (``answers``: agent id and text), each cut."""
+    system = "\n".join([REVIEW_INSTRUCTIONS, "", *_agent_lines(cards)])
+    user = [f"User's message: {message[:MAX_PROMPT_MESSAGE_CHARS]}", ""]
+    for agent_id, text in answers:
+        user.append(f"Answer of {agent_id}: {text[:MAX_REVIEW_ANSWER_CHARS]}")
+    return system, "\n".join(user)
+
+
+def review_choice(answer: Mapping[str, Any], agent_ids: Sequence[str]) -> Choice | None:
+    """The review's validated answer: None for FINISH, else the agent to continue."""
+    if answer["agent"] == FINISH:
+        return None
+    return supervisor_choice(answer, agent_ids)
 
 
 def supervisor_choice(answer: Mapping[str, Any], agent_ids: Sequence[str]) -> Choice:
