@@ -91,24 +91,31 @@ class Downstream:
 
     async def ensure_session(self, session_id: str, *, create: bool) -> None:
         """NOT_FOUND unless the caller's tenant has the session; with ``create``, a
-        missing session is created (a concurrent create of the same id is fine)."""
+        missing session is created (a concurrent create of the same id is fine). One
+        Memory call either way: with ``create`` the create comes first (ALREADY_EXISTS:
+        the session is there), so a new session costs no lookup before it."""
         name = SESSIONS.format(session_id)
+        if create:
+            try:
+                await self.memory.CreateSession(
+                    memory_pb2.CreateSessionRequest(
+                        session=memory_pb2.Session(), session_id=session_id
+                    )
+                )
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    return  # there already (or deleted and not purged: the append says)
+                refused = exc
         try:
             await self.memory.GetSession(memory_pb2.GetSessionRequest(name=name))
             return
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise _unavailable("memory", exc) from None
-        if not create:
-            raise NotFound(SESSIONS.resource_type, name)
-        try:
-            await self.memory.CreateSession(
-                memory_pb2.CreateSessionRequest(session=memory_pb2.Session(), session_id=session_id)
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                return  # created meanwhile (or deleted and not purged: the append says)
-            raise _unavailable("memory", exc) from None
+        if create:  # the create failed otherwise (a quota), and the session is not there
+            raise _unavailable("memory", refused) from None
+        raise NotFound(SESSIONS.resource_type, name)
 
     async def validator(self, agent_id: str) -> Any:
         """The agent's input validator (None: no schema); NOT_FOUND for an agent the

@@ -9,6 +9,7 @@ reply of a turn that completed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol
 
@@ -94,15 +95,16 @@ class TurnSteps:
         call: AsyncIterable[agent_pb2.AgentEvent]
         if resumption is None:
             assert route is not None
-            await self._downstream.append_message(
+            # The user's message and the decision side by side: one round trip, not two.
+            user = self._downstream.append_message(
                 request.session_id, f"{self._turn_id}-user", common_pb2.ROLE_USER, request.parts
             )
-            await self._route(
-                agent_id,
-                route.strategy,
-                route.reason,
-                route.candidates,
-                request_id=self._turn_id,
+            decision = self._record(
+                agent_id, route.strategy, route.reason, route.candidates, request_id=self._turn_id
+            )
+            _, recorded = await asyncio.gather(user, decision)
+            await self._tell_route(
+                agent_id, route.strategy, route.reason, route.candidates, recorded
             )
             if request.background:
                 return await run_as_job(
@@ -199,7 +201,25 @@ class TurnSteps:
     ) -> None:
         """Records who takes the turn (or, ``from_agent`` handing it over, its next
         step) in Memory, then streams it."""
+        decision = await self._record(
+            agent_id, strategy, reason, candidates, request_id=request_id, from_agent=from_agent
+        )
+        await self._tell_route(agent_id, strategy, reason, candidates, decision)
+
+    async def _record(
+        self,
+        agent_id: str,
+        strategy: conductor_pb2.RoutingStrategy.ValueType,
+        reason: str,
+        candidates: tuple[common_pb2.ScoredCandidate, ...],
+        *,
+        request_id: str,
+        from_agent: str = "",
+    ) -> memory_pb2.Decision:
+        """The routing decision appended to Memory's audit trail, once per
+        ``request_id``."""
         agent = AGENTS.format(agent_id)
+        handoff = strategy == conductor_pb2.ROUTING_STRATEGY_HANDOFF
         metadata = _struct(
             by="conductor",
             turn_id=self._turn_id,
@@ -207,7 +227,7 @@ class TurnSteps:
         )
         if from_agent:
             metadata.update({"from_agent": from_agent})
-        decision = await self._downstream.record_decision(
+        return await self._downstream.record_decision(
             memory_pb2.Decision(
                 agent=agent,
                 session=self._session,
@@ -215,17 +235,24 @@ class TurnSteps:
                 reasoning=reason,
                 candidates=candidates,
                 chosen_action=agent,
-                outcome="handed over"
-                if strategy == conductor_pb2.ROUTING_STRATEGY_HANDOFF
-                else "routed",
+                outcome="handed over" if handoff else "routed",
                 metadata=metadata,
             ),
             request_id=request_id,
         )
+
+    async def _tell_route(
+        self,
+        agent_id: str,
+        strategy: conductor_pb2.RoutingStrategy.ValueType,
+        reason: str,
+        candidates: tuple[common_pb2.ScoredCandidate, ...],
+        decision: memory_pb2.Decision,
+    ) -> None:
         await self._emit(
             routing=conductor_pb2.RoutingDecision(
                 strategy=strategy,
-                agent=agent,
+                agent=AGENTS.format(agent_id),
                 candidates=candidates,
                 reason=reason,
                 decision=decision.name,
