@@ -194,3 +194,41 @@ async def test_messages_memories_store_artifacts_and_checkpoints_have_quotas(
         ),
         metadata=b,
     )
+
+
+async def test_a_create_that_finds_its_id_taken_uses_no_quota(
+    backends: Backends, fresh: tuple[Metadata, Metadata]
+) -> None:
+    """Measured rarely (the usage cache answers): a client that creates an existing
+    session on every call (the Conductor with create_session) must not use up the
+    quota; nor a repeated request_id."""
+    a, _ = fresh
+    cached = {**QUOTAS, "AGENTMESH_MEMORY_QUOTA_REFRESH_S": "3600"}
+    async with serve_memory(backends, **cached) as stub:
+        first = await stub.CreateSession(
+            memory_pb2.CreateSessionRequest(
+                session=memory_pb2.Session(), session_id="kept", request_id="once"
+            ),
+            metadata=a,
+        )
+        for _ in range(5):
+            await expect_error(
+                stub.CreateSession(
+                    memory_pb2.CreateSessionRequest(
+                        session=memory_pb2.Session(), session_id="kept"
+                    ),
+                    metadata=a,
+                ),
+                grpc.StatusCode.ALREADY_EXISTS,
+            )
+            again = await stub.CreateSession(
+                memory_pb2.CreateSessionRequest(
+                    session=memory_pb2.Session(), session_id="kept", request_id="once"
+                ),
+                metadata=a,
+            )
+            assert again.name == first.name
+        # Two more fit the quota of three; the fourth does not.
+        await stub.CreateSession(_session(), metadata=a)
+        await stub.CreateSession(_session(), metadata=a)
+        await _over(stub.CreateSession(_session(), metadata=a), "memory_sessions_rows")

@@ -55,6 +55,16 @@ class TenantQuotas:
         # Counted at once: the next write of this tenant sees it before any await.
         self._usage[key] = (usage.plus(rows, size), self._usage[key][1])
 
+    def release(self, tenant: str, kind: str, *, rows: int, size: int) -> None:
+        """Takes back what :meth:`admit` counted for a write that did not happen (its
+        id was taken, its transaction failed), so refused writes use no quota."""
+        key = (tenant, kind)
+        cached = self._usage.get(key)
+        if cached is None or self._quotas[kind].unlimited:
+            return
+        usage = cached[0].plus(-rows, -size)
+        self._usage[key] = (Usage(max(0, usage.rows), max(0, usage.bytes)), cached[1])
+
     async def _current(self, key: tuple[str, str]) -> Usage:
         cached = self._usage.get(key)
         if cached is not None:

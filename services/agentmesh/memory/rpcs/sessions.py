@@ -122,10 +122,30 @@ class SessionRpcs(RpcGroup):
         session_id = request.session_id or new_id()
         tenant = self.tenant()
         values = (session.display_name, json.dumps(dict(session.labels)), metadata)
-        await self.deps.quotas.admit(
-            tenant, "sessions", rows=1, size=len(values[1]) + len(metadata or "")
-        )
+        size = len(values[1]) + len(metadata or "")
+        await self.deps.quotas.admit(tenant, "sessions", rows=1, size=size)
+        created = False
+        try:
+            made, created = await self._create_session(tenant, session_id, values, request)
+            return made
+        finally:
+            if not created:
+                # Not created (the id is taken, a replay of the request_id, a failed
+                # write): the quota it was admitted against is free again, so a client
+                # that creates an existing id on every call (the Conductor's
+                # create_session) uses none.
+                self.deps.quotas.release(tenant, "sessions", rows=1, size=size)
 
+    async def _create_session(
+        self,
+        tenant: str,
+        session_id: str,
+        values: tuple[str, str, str | None],
+        request: memory_pb2.CreateSessionRequest,
+    ) -> tuple[memory_pb2.Session, bool]:
+        """The session created (or, for a repeated ``request_id``, the one the first
+        call created) and whether this call inserted it."""
+        inserted = False
         async with self.deps.pool.acquire() as conn, conn.transaction():
 
             async def write() -> memory_pb2.Session:
@@ -139,11 +159,14 @@ class SessionRpcs(RpcGroup):
                 if row is None:
                     # Raising rolls the request_id claim back with the transaction.
                     raise taken_error(session_id, await session_holder(conn, tenant, session_id))
+                nonlocal inserted
+                inserted = True
                 return session_proto(row)
 
-            return await self.deps.request_ids.once(
+            made = await self.deps.request_ids.once(
                 conn, tenant, "CreateSession", request, memory_pb2.Session, write
             )
+        return made, inserted
 
     async def GetSession(
         self, request: memory_pb2.GetSessionRequest, context: ServicerContext
