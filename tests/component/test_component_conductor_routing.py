@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -266,3 +266,33 @@ async def test_the_supervisor_reviews_the_answer_and_may_hand_the_turn_on(
         assert routing.agent == "agents/echo"
         assert list(events[-1].final.agents) == ["agents/echo"]
         assert [p.text for p in events[-1].final.parts] == ["say this back"]
+
+
+async def test_a_retried_request_id_replays_without_routing_again(
+    backends: Backends,
+    memory_server: RunningServer,
+    agent_server: RunningServer,
+    provider: ScriptedServer,
+) -> None:
+    """The retry finds its turn before routing: no second model call, and a retry is
+    not refused where the first call was not (the model now failing)."""
+    tenant = credentials(f"route-{uid()}")
+    provider.script(
+        openai_wire.completion('{"agent": "echo", "reason": "repeat it"}'),
+        openai_wire.completion('{"agent": "FINISH", "reason": "done"}'),
+        openai_wire.error(500, "overloaded"),
+    )
+    fields: dict[str, Any] = {
+        "session": f"sessions/route-{uid()}",
+        "create_session": True,
+        "parts": text("say it twice"),
+        "request_id": f"r-{uid()}",
+    }
+    async with _conductor(
+        backends, memory_server.port, agent_server.port, **_llm(provider)
+    ) as stub:
+        first = await converse(stub, tenant, **fields)
+        assert len(provider.requests) == 2  # the pick and the review
+        again = await converse(stub, tenant, **fields)
+        assert again == first
+        assert len(provider.requests) == 2

@@ -126,8 +126,9 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
         tenant = current_tenant()
         with deps.watches.hold(tenant):
             await deps.downstream.ensure_session(turn.session_id, create=request.create_session)
+            started = await deps.turns.replay(tenant, turn)
             route = None
-            if turn.resume is None:
+            if started is None and turn.resume is None:
                 route = await deps.router.route(tenant, turn.agent_id, turn.text, turn.input)
                 validator = await deps.downstream.validator(route.agent_id)
                 violations = Violations()
@@ -144,7 +145,8 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
                             [("BACKGROUND", request.session, "send it without `background`")],
                         )
                     turn = dataclasses.replace(turn, background=True)
-            started = await deps.turns.start(tenant, turn, route)
+            if started is None:
+                started = await deps.turns.start(tenant, turn, route)
             async for event in follow(
                 deps.pool,
                 deps.changes,

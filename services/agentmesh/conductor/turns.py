@@ -125,6 +125,20 @@ class TurnRunner:
         self._jobs: dict[str, str] = {}
         """The job of each background turn running here, by turn id."""
 
+    async def replay(self, tenant: str, request: TurnRequest) -> Started | None:
+        """The turn a retried ``request_id`` started before, to replay without routing
+        the message again; None for a new request (and for a queued turn, which
+        :meth:`start` checks under the session's lock: its replica may be gone).
+        INVALID_ARGUMENT when the id was used for another request."""
+        if request.request_id is None:
+            return None
+        earlier = await find_turn(self._pool, tenant, request.session_id, request.request_id)
+        if earlier is None or TurnState(earlier["state"]) is TurnState.QUEUED:
+            return None
+        if bytes(earlier["fingerprint"]) != request.fingerprint:
+            raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
+        return Started(earlier["id"], None)
+
     async def start(self, tenant: str, request: TurnRequest, route: Route | None) -> Started:
         """Starts the turn ``request`` asks for (``route``: who takes a new turn; None
         for a resume), or finds the turn its ``request_id`` started before."""
