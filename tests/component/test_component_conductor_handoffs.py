@@ -14,9 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from agentmesh.core.server import RunningServer
-from agentmesh.v1 import conductor_pb2, memory_pb2
+from agentmesh.v1 import common_pb2, conductor_pb2, memory_pb2
 from component.agent_helpers import agent_process
 from component.conductor_helpers import ConductorStub, converse, kinds, serve_conductor, text
 from component.conftest import Backends, Metadata, credentials
@@ -82,12 +83,13 @@ async def test_an_agent_hands_the_turn_to_another_and_the_reply_is_both_answers(
         (conductor_pb2.ROUTING_STRATEGY_EXPLICIT, "agents/triage-test"),
         (conductor_pb2.ROUTING_STRATEGY_HANDOFF, "agents/billing-test"),
     ]
-    assert "its field" in routings[1].reason
+    assert routings[1].reason == "its field"
     # The hand-off is relayed as the triage run's event, before billing's routing.
     handoff_at = next(
         i for i, e in enumerate(events) if e.agent_event.WhichOneof("event") == "handoff"
     )
-    assert events[handoff_at].agent_event.handoff.to_agent == "agents/billing-test"
+    handoff = events[handoff_at].agent_event.handoff
+    assert (handoff.from_agent, handoff.to_agent) == ("agents/triage-test", "agents/billing-test")
     assert handoff_at < [e.WhichOneof("event") for e in events].index("routing", 1)
     final = _final(events)
     assert list(final.agents) == ["agents/triage-test", "agents/billing-test"]
@@ -206,3 +208,37 @@ async def test_an_agents_own_handoffs_inside_its_graph_are_not_the_turns(
     assert any(e.agent_event.WhichOneof("event") == "handoff" for e in events)
     assert len(_routings(events)) == 1
     assert list(_final(events).agents) == ["agents/handoff-test"]
+
+
+async def test_a_turn_handed_to_an_agent_that_pauses_keeps_the_earlier_answer(
+    conductor: ConductorStub, memory: Stub
+) -> None:
+    tenant, session = _tenant(), f"s-{uid()}"
+    name = f"sessions/{session}"
+    events = await converse(
+        conductor,
+        tenant,
+        session=name,
+        create_session=True,
+        agent="agents/doorman-test",
+        parts=text("let me in"),
+    )
+    assert events[-1].WhichOneof("event") == "interrupt", kinds(events)
+    assert [r.agent for r in _routings(events)] == ["agents/doorman-test", "agents/gatekeeper-test"]
+    stored = await memory.ListMessages(memory_pb2.ListMessagesRequest(parent=name), metadata=tenant)
+    kept = [m for m in stored.messages if m.agent]
+    assert [(m.agent, [p.text for p in m.parts]) for m in kept] == [
+        ("agents/doorman-test", ["doorman-test: passing to gatekeeper-test."])
+    ]
+    # The resume continues the agent that paused, on its own thread.
+    resumed = await converse(
+        conductor,
+        tenant,
+        session=name,
+        resume=common_pb2.ResumeInput(
+            interrupt_id=events[-1].interrupt.id, answer=struct_pb2.Value(string_value="yes")
+        ),
+    )
+    final = _final(resumed)
+    assert list(final.agents) == ["agents/gatekeeper-test"]
+    assert [p.text for p in final.parts] == ["gatekeeper-test: yes"]

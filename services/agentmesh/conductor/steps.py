@@ -189,6 +189,20 @@ class TurnSteps:
             agents=[AGENTS.format(a) for a in outcome.agents],
         )
 
+    async def pause(self, outcome: Outcome) -> None:
+        """Keeps the answers of the agents that handed the turn on before the one that
+        paused (appended to Memory as the assistant's message of the turn; the resumed
+        turn answers with the paused agent's part)."""
+        parts = aggregate(outcome.answers)
+        if parts:
+            await self._downstream.append_message(
+                self._request.session_id,
+                f"{self._turn_id}-answer",
+                common_pb2.ROLE_ASSISTANT,
+                parts,
+                agent=AGENTS.format(outcome.agents[-2]),
+            )
+
     async def _route(
         self,
         agent_id: str,

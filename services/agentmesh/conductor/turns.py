@@ -431,17 +431,7 @@ class TurnRunner:
         try:
             async with asyncio.timeout(self._settings.turn_timeout_s):
                 outcome = await steps
-            if outcome.interrupt is not None:
-                await emit(interrupt=outcome.interrupt)
-                state = TurnState.INTERRUPTED
-                paused = Paused(outcome.interrupt.id, outcome.agent_id, outcome.thread)
-            elif outcome.error is not None:
-                await emit(error=outcome.error)
-            else:
-                assert outcome.result is not None
-                final = await turn.answer(outcome)
-                await emit(final=final)
-                state = TurnState.COMPLETED
+            state, paused = await self._tell(turn, outcome, emit)
         except _StoppedError:
             await self._cancel_job(turn_id)
             return  # the turn that stopped it ended it
@@ -477,6 +467,24 @@ class TurnRunner:
             if not steps.done():
                 steps.cancel()
         await self._end(tenant, session_id, turn_id, state, paused)
+
+    @staticmethod
+    async def _tell(
+        turn: TurnSteps, outcome: Outcome, emit: Any
+    ) -> tuple[TurnState, Paused | None]:
+        """Stores the event that ends the turn as ``outcome`` says; the turn's state."""
+        if outcome.interrupt is not None:
+            await turn.pause(outcome)
+            await emit(interrupt=outcome.interrupt)
+            return TurnState.INTERRUPTED, Paused(
+                outcome.interrupt.id, outcome.agent_id, outcome.thread
+            )
+        if outcome.error is not None:
+            await emit(error=outcome.error)
+            return TurnState.FAILED, None
+        assert outcome.result is not None
+        await emit(final=await turn.answer(outcome))
+        return TurnState.COMPLETED, None
 
     async def _cancel_job(self, turn_id: str) -> None:
         """Cancels the job of background turn ``turn_id``, stopped by a newer message

@@ -18,7 +18,7 @@ from langchain_core.tools import BaseTool, InjectedToolCallId, tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolNode, tools_condition
-from langgraph.types import Command
+from langgraph.types import Command, interrupt
 
 from agentmesh.agent.agents.handoff import handoff_tool
 from agentmesh.agent.definition import define_agent
@@ -143,3 +143,21 @@ ping_agent = relay_agent("ping-test", "pong-test")
 pong_agent = relay_agent("pong-test", "ping-test")
 stray_agent = relay_agent("stray-test", "absent-test")
 """Hands off to an agent nobody serves: its answer stands."""
+
+
+def _gatekeeper(state: SwarmState) -> dict[str, Any]:
+    answer = interrupt({"question": "May they pass?"})
+    return {"messages": [AIMessage(content=f"gatekeeper-test: {answer}")]}
+
+
+_gate = StateGraph(SwarmState)
+_gate.add_node("ask", _gatekeeper)
+_gate.add_edge(START, "ask")
+gatekeeper_agent = define_agent(
+    id="gatekeeper-test",
+    display_name="gatekeeper-test",
+    description="Test agent that asks a human before it answers.",
+    graph=_gate,
+)
+doorman_agent = relay_agent("doorman-test", "gatekeeper-test")
+"""Hands every turn to ``gatekeeper-test``, which pauses for a human."""

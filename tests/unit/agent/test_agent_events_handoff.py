@@ -107,3 +107,16 @@ def test_messages_without_ids_are_all_converted() -> None:
         update = {"messages": [AIMessage(content="x")]}
         events = list(update_events("m", update, trace, whole_messages=True))
         assert [e.WhichOneof("event") for e in events] == ["message_delta", "state_update"]
+
+
+def test_a_tool_result_in_a_later_update_is_handed_off_by_its_caller() -> None:
+    """A flat graph: the model node calls, the tools node answers in its own update."""
+    call = {"id": "call-1", "name": "transfer_to_billing", "args": {}}
+    for name, expected in (("triage", "agents/triage"), (None, "agents/front-desk")):
+        trace = RunTrace(agent_id="front-desk")
+        said = AIMessage(content="over", tool_calls=[call], id=f"a-{name}", name=name)
+        list(update_events("model", {"messages": [said]}, trace, whole_messages=True))
+        result = _transfer("transfer_to_billing", "invoice", id=f"t-{name}")
+        events = list(update_events("tools", {"messages": [result]}, trace, whole_messages=True))
+        handoff = next(e for e in events if e.HasField("handoff"))
+        assert _handoff(handoff) == (expected, "agents/billing", "invoice")

@@ -16,7 +16,7 @@ def test_the_tool_hands_off_to_the_agent_it_names_and_ends_the_run() -> None:
     assert tool.name == "transfer_to_billing"
     assert tool.return_direct
     said = tool.invoke({"reason": " an invoice "})
-    assert said == "Handing the conversation to agents/billing: an invoice"
+    assert said == "an invoice"
     assert tool.invoke({}) == "Handing the conversation to agents/billing"
     message = ToolMessage(content=said, name=tool.name, tool_call_id="c1")
     event = handoff_event("model", message, caller="triage")

@@ -17,13 +17,12 @@ from agentmesh.core.names import validate_id
 
 def handoff_tool(agent_id: str, *, description: str = "") -> BaseTool:
     """A ``transfer_to_<agent_id>`` tool that hands the conversation to ``agent_id`` of
-    the mesh; its one argument, ``reason``, is told to the next agent and recorded in
-    the routing decision."""
+    the mesh; its one argument, ``reason``, is the tool's result: the hand-off's reason,
+    told to the next agent and recorded in the routing decision."""
     validate_id(agent_id, field="agent_id")
 
     def transfer(reason: str = "") -> str:
-        said = f": {reason.strip()}" if reason.strip() else ""
-        return f"Handing the conversation to agents/{agent_id}{said}"
+        return reason.strip() or f"Handing the conversation to agents/{agent_id}"
 
     return StructuredTool.from_function(
         transfer,

@@ -30,6 +30,8 @@ MAX_SUMMARY_CHARS: Final = 2048
 """Longest text of one value in a state update (the whole value is in the checkpoint)."""
 INTERRUPT_KEY: Final = "__interrupt__"
 """The key of an ``updates`` chunk that carries LangGraph interrupts."""
+MAX_CALLERS: Final = 10_000
+"""Tool calls a run remembers the caller of, at most (a run's steps are bounded)."""
 HANDOFF_PREFIXES: Final = ("transfer_back_to_", "transfer_to_")
 """Tool names of LangGraph's multi-agent hand-offs: langgraph-supervisor and
 langgraph-swarm give each agent ``transfer_to_<agent>`` tools that return
@@ -106,6 +108,11 @@ class RunTrace:
     tools: list[str] = field(default_factory=list)
     seen_messages: set[str] = field(default_factory=set)
     """Ids of the messages already converted (a subgraph's update repeats them)."""
+    agent_id: str = ""
+    """The agent that runs (its id): who hands off when no message names the caller."""
+    callers: dict[str, str] = field(default_factory=dict)
+    """Tool call id -> name of the agent that made the call, kept across updates (a
+    tool's result comes in a later node's update than the call)."""
 
     def count_calls(self, meter: UsageMeter) -> None:
         """Takes the usage of the run's model calls as counted by LangChain's callbacks
@@ -131,7 +138,6 @@ def update_events(
     calls, tool results, the hand-offs among them, and the update itself. Messages
     this run already converted are skipped. ``trace`` keeps the reply, output and
     usage."""
-    callers: dict[str, str] = {}  # tool call id -> name of the agent that made it
     for message in _new_messages(update, trace):
         if isinstance(message, AIMessage):
             text = message_text(message)
@@ -143,7 +149,8 @@ def update_events(
                     )
             for call in message.tool_calls:
                 trace.tools.append(call["name"])
-                callers[call.get("id") or ""] = message.name or ""
+                if len(trace.callers) < MAX_CALLERS:
+                    trace.callers[call.get("id") or ""] = message.name or ""
                 yield agent_pb2.AgentEvent(
                     tool_call=agent_pb2.ToolCall(
                         id=call.get("id") or "",
@@ -166,7 +173,7 @@ def update_events(
             handoff = handoff_event(
                 node,
                 message,
-                caller=callers.get(message.tool_call_id, ""),
+                caller=trace.callers.get(message.tool_call_id, "") or trace.agent_id,
                 active_agent=_active_agent(update),
             )
             if handoff is not None:

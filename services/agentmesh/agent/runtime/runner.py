@@ -390,7 +390,7 @@ class Runner:
             "callbacks": [calls],
         }
         numbered = _Numbering(run_id, run.thread_id, AGENTS.format(run.agent_id))
-        trace = RunTrace(seen_messages=set(run.seen_messages))
+        trace = RunTrace(seen_messages=set(run.seen_messages), agent_id=run.agent_id)
         started = time.monotonic()
         outcome = "error: cancelled"
         # The call's span and every log line of the run name the run and its thread.
