@@ -206,6 +206,22 @@ def test_a_dropped_stream_resumes_with_watch_and_misses_nothing(
     assert everything[last_seen:] == missed + live
 
 
+def test_a_watch_with_nothing_to_send_yet_is_answered_at_once(http: httpx.Client) -> None:
+    """The status line and headers come before the first event, so a client knows it
+    is connected (no event comes here: the session is idle)."""
+    session = new_session()
+    latest = sequences(converse(http, session, say("only turn", createSession=True)))[-1]
+    headers_timeout = httpx.Timeout(10.0, read=15.0)
+    with http.stream(
+        "GET",
+        f"/v1/sessions/{session}:watch",
+        params={"afterSequence": str(latest)},
+        timeout=headers_timeout,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/")
+
+
 def test_watching_beyond_the_latest_event_is_a_400_out_of_range(http: httpx.Client) -> None:
     session = new_session()
     events = converse(http, session, say("one", createSession=True))

@@ -178,6 +178,9 @@ class ConductorServicer(conductor_pb2_grpc.ConductorServiceServicer):
                     "after_sequence",
                     f"{request.session} has {latest} events; resume after a sequence you received",
                 )
+            # The call is accepted: say so now (HTTP status and headers through Envoy),
+            # not with the next event, which may be a while away.
+            await context.send_initial_metadata(())
             async for event in follow(
                 deps.pool,
                 deps.changes,
