@@ -324,3 +324,45 @@ async def test_other_tenants_never_see_decisions(
     assert await _list_all(memory, tenant_b, f'agent = "{agent}"', size=10) == []
     assert created.name not in await _list_all(memory, tenant_b, "", size=1000)
     assert await _list_all(memory, tenant_a, f'agent = "{agent}"', size=10) == [created.name]
+
+
+async def test_a_client_chosen_decision_id_names_the_record(
+    memory: Stub, tenant_a: Metadata, tenant_b: Metadata
+) -> None:
+    """The caller names the record before writing it; the id is the tenant's: taken is
+    ALREADY_EXISTS (a retry with the same request_id answers the first record),
+    another tenant may use it, and a malformed one is a field violation."""
+    agent, decision_id = f"agents/named-{uid(10)}", f"d-{uid(10)}"
+
+    async def create(md: Metadata, request_id: str = "", **fields: Any) -> memory_pb2.Decision:
+        return await memory.CreateDecision(
+            memory_pb2.CreateDecisionRequest(
+                decision=_decision(agent, **fields),
+                decision_id=decision_id,
+                request_id=request_id,
+            ),
+            metadata=md,
+        )
+
+    first = await create(tenant_a, request_id=f"r-{decision_id}", outcome="routed")
+    assert first.name == f"decisions/{decision_id}"
+    got = await memory.GetDecision(
+        memory_pb2.GetDecisionRequest(name=first.name), metadata=tenant_a
+    )
+    assert got.outcome == "routed"
+    again = await create(tenant_a, request_id=f"r-{decision_id}", outcome="routed")
+    assert again == first
+    taken = await rpc_error(create(tenant_a, outcome="other"))
+    assert taken.code() == grpc.StatusCode.ALREADY_EXISTS
+    theirs = await create(tenant_b, outcome="theirs")
+    assert theirs.name == first.name
+    assert (
+        await memory.GetDecision(memory_pb2.GetDecisionRequest(name=first.name), metadata=tenant_a)
+    ).outcome == "routed"
+    bad = await field_violations(
+        memory.CreateDecision(
+            memory_pb2.CreateDecisionRequest(decision=_decision(agent), decision_id="Not_An_Id"),
+            metadata=tenant_a,
+        )
+    )
+    assert "decision_id" in bad

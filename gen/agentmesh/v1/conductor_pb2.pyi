@@ -218,7 +218,11 @@ class RoutingDecision(google.protobuf.message.Message):
     reason: builtins.str
     """Why, in a sentence."""
     decision: builtins.str
-    """The audit record in Memory, `decisions/{decision}`."""
+    """The audit record in Memory, `decisions/{decision}`: named before it is
+    written, so the event need not wait for Memory; written before the agent
+    runs (if Memory refuses it, the turn ends with an `error` event). Empty for
+    a resumed turn, which records no new decision.
+    """
     @property
     def candidates(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[agentmesh.v1.common_pb2.ScoredCandidate]:
         """The agents considered, with their scores, best first: similarity in [0, 1]

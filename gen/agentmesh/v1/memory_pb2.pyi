@@ -1087,8 +1087,16 @@ class CreateDecisionRequest(google.protobuf.message.Message):
 
     DECISION_FIELD_NUMBER: builtins.int
     REQUEST_ID_FIELD_NUMBER: builtins.int
+    DECISION_ID_FIELD_NUMBER: builtins.int
     request_id: builtins.str
     """Idempotency key; see CreateSessionRequest.request_id."""
+    decision_id: builtins.str
+    """Client-chosen id (becomes `decisions/{decision_id}`: 1-63 characters of
+    a-z, 0-9 and `-`, starting with a letter), so a caller can name the record
+    before it is written; generated when empty. ALREADY_EXISTS when the
+    tenant has a decision of that id (unless this is a retry of the request
+    that created it, with the same `request_id`).
+    """
     @property
     def decision(self) -> global___Decision:
         """The decision to record."""
@@ -1098,9 +1106,10 @@ class CreateDecisionRequest(google.protobuf.message.Message):
         *,
         decision: global___Decision | None = ...,
         request_id: builtins.str = ...,
+        decision_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["decision", b"decision"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["decision", b"decision", "request_id", b"request_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["decision", b"decision", "decision_id", b"decision_id", "request_id", b"request_id"]) -> None: ...
 
 global___CreateDecisionRequest = CreateDecisionRequest
 

@@ -459,7 +459,8 @@ class MemoryServiceServicer:
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-        `request_id` already used for a different request).
+        malformed `decision_id`, `request_id` already used for a different
+        request), ALREADY_EXISTS (`decision_id` taken).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -235,7 +235,8 @@ class MemoryServiceStub:
     record of what was decided when the conversation is removed. Idempotent
     with `request_id`.
     Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-    `request_id` already used for a different request).
+    malformed `decision_id`, `request_id` already used for a different
+    request), ALREADY_EXISTS (`decision_id` taken).
     """
 
     GetDecision: grpc.UnaryUnaryMultiCallable[
@@ -682,7 +683,8 @@ class MemoryServiceAsyncStub:
     record of what was decided when the conversation is removed. Idempotent
     with `request_id`.
     Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-    `request_id` already used for a different request).
+    malformed `decision_id`, `request_id` already used for a different
+    request), ALREADY_EXISTS (`decision_id` taken).
     """
 
     GetDecision: grpc.aio.UnaryUnaryMultiCallable[
@@ -1163,7 +1165,8 @@ class MemoryServiceServicer(metaclass=abc.ABCMeta):
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-        `request_id` already used for a different request).
+        malformed `decision_id`, `request_id` already used for a different
+        request), ALREADY_EXISTS (`decision_id` taken).
         """
 
     @abc.abstractmethod

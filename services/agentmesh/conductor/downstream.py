@@ -165,11 +165,14 @@ class Downstream:
         return response.messages[0]
 
     async def record_decision(
-        self, decision: memory_pb2.Decision, request_id: str
+        self, decision: memory_pb2.Decision, decision_id: str
     ) -> memory_pb2.Decision:
-        """Appends ``decision`` to Memory's audit trail, once per ``request_id``."""
+        """Appends ``decision`` to Memory's audit trail as ``decisions/{decision_id}``,
+        once (the id is the write's request id too, so a retry answers the first)."""
         return await self.memory.CreateDecision(
-            memory_pb2.CreateDecisionRequest(decision=decision, request_id=request_id)
+            memory_pb2.CreateDecisionRequest(
+                decision=decision, decision_id=decision_id, request_id=decision_id
+            )
         )
 
     async def list_cards(self, limit: int) -> list[agent_pb2.Agent]:

@@ -26,14 +26,14 @@ from agentmesh.conductor.domain.handoffs import (
     may_hand_off,
     usage_sum,
 )
-from agentmesh.conductor.domain.turns import Resumption, thread_id
+from agentmesh.conductor.domain.turns import Resumption, decision_id, thread_id
 from agentmesh.conductor.downstream import Downstream
 from agentmesh.conductor.settings import ConductorSettings
 from agentmesh.conductor.turn_model import Outcome, Route, TurnRequest
 from agentmesh.core.context import current_authorization
 from agentmesh.core.errors import NotFound
 from agentmesh.core.json_schema import schema_violations, whole_numbers
-from agentmesh.core.names import AGENTS, SESSIONS
+from agentmesh.core.names import AGENTS, DECISIONS, SESSIONS
 from agentmesh.core.validation import Violations
 from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2, memory_pb2
 
@@ -55,6 +55,18 @@ class Reviewer(Protocol):
         answers: Sequence[tuple[str, str]],
     ) -> Route | None:
         """The agent that continues the turn, or None: the turn ends."""
+
+
+def routing_of(route: Route, turn_id: str, step: int = 0) -> conductor_pb2.RoutingDecision:
+    """The routing event of turn ``turn_id`` (``step`` 0) or of its ``step``-th
+    hand-off, naming the decision it is recorded as."""
+    return conductor_pb2.RoutingDecision(
+        strategy=route.strategy,
+        agent=AGENTS.format(route.agent_id),
+        candidates=route.candidates,
+        reason=route.reason,
+        decision=DECISIONS.format(decision_id(turn_id, step)),
+    )
 
 
 class TurnSteps:
@@ -86,26 +98,36 @@ class TurnSteps:
         self._metadata = (("authorization", current_authorization() or ""),)
 
     async def run(
-        self, agent_id: str, thread: str, route: Route | None, resumption: Resumption | None
+        self,
+        agent_id: str,
+        thread: str,
+        route: Route | None,
+        resumption: Resumption | None,
+        *,
+        routed: bool = False,
     ) -> Outcome:
-        """Runs the turn: a new one taken by ``route``'s agent on ``thread``, or the
-        continuation of ``resumption``'s paused run."""
+        """Runs the turn: a new one taken by ``route``'s agent on ``thread`` (``routed``:
+        its routing event was stored as it started), or the continuation of
+        ``resumption``'s paused run."""
         request = self._request
         outcome = Outcome(agent_id, thread, agents=[agent_id])
         call: AsyncIterable[agent_pb2.AgentEvent]
         if resumption is None:
             assert route is not None
-            # The user's message and the decision side by side: one round trip, not two.
-            user = self._downstream.append_message(
-                request.session_id, f"{self._turn_id}-user", common_pb2.ROLE_USER, request.parts
-            )
-            decision = self._record(
-                agent_id, route.strategy, route.reason, route.candidates, request_id=self._turn_id
-            )
-            _, recorded = await asyncio.gather(user, decision)
-            await self._tell_route(
-                agent_id, route.strategy, route.reason, route.candidates, recorded
-            )
+            # The user's message, the decision (its name chosen here) and, unless the
+            # turn's start stored it, the routing event side by side: one round trip.
+            writes: list[Awaitable[Any]] = [
+                self._downstream.append_message(
+                    request.session_id,
+                    f"{self._turn_id}-user",
+                    common_pb2.ROLE_USER,
+                    request.parts,
+                ),
+                self._record(route, 0),
+            ]
+            if not routed:
+                writes.append(self._emit(routing=routing_of(route, self._turn_id)))
+            await asyncio.gather(*writes)
             if request.background:
                 return await run_as_job(
                     self._downstream,
@@ -147,13 +169,10 @@ class TurnSteps:
             said = list(outcome.result.parts) if outcome.result is not None else []
             answered_by = AGENTS.format(outcome.agent_id)
             handed_by = answered_by if closing is not None else "the supervisor"
-            await self._route(
-                step.agent_id,
-                step.strategy,
-                step.reason,
-                step.candidates,
-                request_id=f"{self._turn_id}-handoff-{len(outcome.agents)}",
-                from_agent=answered_by,
+            handoffs = len(outcome.agents)
+            await asyncio.gather(
+                self._record(step, handoffs, from_agent=answered_by),
+                self._emit(routing=routing_of(step, self._turn_id, handoffs)),
             )
             parts = handoff_parts(request.parts, handed_by, step.reason, answered_by, said)
             outcome.answers.append(said)
@@ -203,74 +222,31 @@ class TurnSteps:
                 agent=AGENTS.format(outcome.agents[-2]),
             )
 
-    async def _route(
-        self,
-        agent_id: str,
-        strategy: conductor_pb2.RoutingStrategy.ValueType,
-        reason: str,
-        candidates: tuple[common_pb2.ScoredCandidate, ...],
-        *,
-        request_id: str,
-        from_agent: str = "",
-    ) -> None:
-        """Records who takes the turn (or, ``from_agent`` handing it over, its next
-        step) in Memory, then streams it."""
-        decision = await self._record(
-            agent_id, strategy, reason, candidates, request_id=request_id, from_agent=from_agent
-        )
-        await self._tell_route(agent_id, strategy, reason, candidates, decision)
-
-    async def _record(
-        self,
-        agent_id: str,
-        strategy: conductor_pb2.RoutingStrategy.ValueType,
-        reason: str,
-        candidates: tuple[common_pb2.ScoredCandidate, ...],
-        *,
-        request_id: str,
-        from_agent: str = "",
-    ) -> memory_pb2.Decision:
-        """The routing decision appended to Memory's audit trail, once per
-        ``request_id``."""
-        agent = AGENTS.format(agent_id)
-        handoff = strategy == conductor_pb2.ROUTING_STRATEGY_HANDOFF
+    async def _record(self, route: Route, step: int, *, from_agent: str = "") -> None:
+        """Appends the decision of the turn's routing (``step`` 0) or of its ``step``-th
+        hand-off (``from_agent`` handing over) to Memory's audit trail, under the name
+        its routing event gives (once: a retry finds it by its request id)."""
+        agent = AGENTS.format(route.agent_id)
+        handoff = route.strategy == conductor_pb2.ROUTING_STRATEGY_HANDOFF
         metadata = _struct(
             by="conductor",
             turn_id=self._turn_id,
-            strategy=conductor_pb2.RoutingStrategy.Name(strategy),
+            strategy=conductor_pb2.RoutingStrategy.Name(route.strategy),
         )
         if from_agent:
             metadata.update({"from_agent": from_agent})
-        return await self._downstream.record_decision(
+        await self._downstream.record_decision(
             memory_pb2.Decision(
                 agent=agent,
                 session=self._session,
                 input_summary=self._request.text[:MAX_SUMMARY_CHARS],
-                reasoning=reason,
-                candidates=candidates,
+                reasoning=route.reason,
+                candidates=route.candidates,
                 chosen_action=agent,
                 outcome="handed over" if handoff else "routed",
                 metadata=metadata,
             ),
-            request_id=request_id,
-        )
-
-    async def _tell_route(
-        self,
-        agent_id: str,
-        strategy: conductor_pb2.RoutingStrategy.ValueType,
-        reason: str,
-        candidates: tuple[common_pb2.ScoredCandidate, ...],
-        decision: memory_pb2.Decision,
-    ) -> None:
-        await self._emit(
-            routing=conductor_pb2.RoutingDecision(
-                strategy=strategy,
-                agent=AGENTS.format(agent_id),
-                candidates=candidates,
-                reason=reason,
-                decision=decision.name,
-            )
+            decision_id(self._turn_id, step),
         )
 
     def _stream(

@@ -47,7 +47,7 @@ from agentmesh.conductor.domain.turns import (
 )
 from agentmesh.conductor.downstream import Downstream
 from agentmesh.conductor.settings import ConductorSettings
-from agentmesh.conductor.steps import Reviewer, TurnSteps
+from agentmesh.conductor.steps import Reviewer, TurnSteps, routing_of
 from agentmesh.conductor.stores.conversations import (
     NewTurn,
     Paused,
@@ -102,6 +102,25 @@ def _conversation(row: asyncpg.Record, queued_turns: int) -> Conversation:
     )
 
 
+async def _earlier(
+    db: asyncpg.Pool | asyncpg.Connection,
+    tenant: str,
+    request: TurnRequest,
+    *,
+    queued: bool = True,
+) -> Started | None:
+    """The turn ``request``'s ``request_id`` started before (``queued``: also a queued
+    one), to replay; INVALID_ARGUMENT when the id was used for another request."""
+    if request.request_id is None:
+        return None
+    earlier = await find_turn(db, tenant, request.session_id, request.request_id)
+    if earlier is None or (not queued and TurnState(earlier["state"]) is TurnState.QUEUED):
+        return None
+    if bytes(earlier["fingerprint"]) != request.fingerprint:
+        raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
+    return Started(earlier["id"], None)
+
+
 class TurnRunner:
     """Starts turns and keeps the tasks that run them (awaited or cancelled at stop)."""
 
@@ -130,14 +149,7 @@ class TurnRunner:
         the message again; None for a new request (and for a queued turn, which
         :meth:`start` checks under the session's lock: its replica may be gone).
         INVALID_ARGUMENT when the id was used for another request."""
-        if request.request_id is None:
-            return None
-        earlier = await find_turn(self._pool, tenant, request.session_id, request.request_id)
-        if earlier is None or TurnState(earlier["state"]) is TurnState.QUEUED:
-            return None
-        if bytes(earlier["fingerprint"]) != request.fingerprint:
-            raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
-        return Started(earlier["id"], None)
+        return await _earlier(self._pool, tenant, request, queued=False)
 
     async def start(self, tenant: str, request: TurnRequest, route: Route | None) -> Started:
         """Starts the turn ``request`` asks for (``route``: who takes a new turn; None
@@ -148,14 +160,11 @@ class TurnRunner:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await lock_conversation(conn, tenant, session_id)
             announce += await self._drop_lapsed(conn, tenant, session_id)
-            if request.request_id is not None:
-                earlier = await find_turn(conn, tenant, session_id, request.request_id)
-                if earlier is not None:
-                    if bytes(earlier["fingerprint"]) != request.fingerprint:
-                        raise InvalidArgument("request_id", REUSED_FOR_ANOTHER_REQUEST)
-                    # A lapsed turn ended above is announced to nobody: the streams
-                    # of a dead replica are gone, and this replay reads the table.
-                    return Started(earlier["id"], None)
+            earlier = await _earlier(conn, tenant, request)
+            if earlier is not None:
+                # A lapsed turn ended above is announced to nobody: the streams of a
+                # dead replica are gone, and this replay reads the table.
+                return earlier
             queued, _ = await queue_of(conn, tenant, session_id)
             conversation = _conversation(row, queued)
             admission = on_busy(
@@ -186,28 +195,45 @@ class TurnRunner:
                 thread_id=thread,
                 resumes=resumption.paused_turn if resumption else None,
             )
+            first: conductor_pb2.ConverseEvent | None = None
             if admission is Admission.ENQUEUE:
                 claim_s = queue_claim_s(self._settings.watch_poll_s)
                 await enqueue_turn(conn, tenant, session_id, new, claim_s=claim_s)
                 ahead = queued + (1 if conversation.running else 0)
-                event = conductor_pb2.ConverseEvent(
+                first = conductor_pb2.ConverseEvent(
                     turn_id=turn_id, queued=conductor_pb2.TurnQueued(ahead=ahead)
                 )
-                stored = await append_event(
-                    conn, tenant, session_id, turn_id, event.SerializeToString()
-                )
-                assert stored is not None  # the turn was just stored QUEUED
-                announce.append(stored["sequence"])
             else:
                 await start_turn(
                     conn, tenant, session_id, new, claim_s=self._settings.turn_timeout_s
                 )
+                if route is not None and resumption is None:
+                    # The routing event with the turn's start: the client hears who
+                    # takes the turn without waiting for Memory.
+                    first = conductor_pb2.ConverseEvent(
+                        turn_id=turn_id, routing=routing_of(route, turn_id)
+                    )
+            if first is not None:
+                stored = await append_event(
+                    conn, tenant, session_id, turn_id, first.SerializeToString()
+                )
+                assert stored is not None  # the turn was just stored QUEUED or RUNNING
+                announce.append(stored["sequence"])
         for sequence in announce:
             await self._announce(tenant, session_id, sequence)
         if admission is Admission.ENQUEUE:
             work = self._wait_then_run(tenant, request, turn_id, agent_id, thread, route)
         else:
-            work = self._run(tenant, request, turn_id, agent_id, thread, route, resumption)
+            work = self._run(
+                tenant,
+                request,
+                turn_id,
+                agent_id,
+                thread,
+                route,
+                resumption,
+                routed=first is not None,
+            )
         task = asyncio.create_task(work, name=f"turn-{turn_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -401,7 +427,11 @@ class TurnRunner:
         thread: str,
         route: Route | None,
         resumption: Resumption | None,
+        *,
+        routed: bool = False,
     ) -> None:
+        """Runs the turn in this task to its ending event (``routed``: its routing event
+        was stored as it started)."""
         session_id = request.session_id
 
         async def emit(**event: Any) -> None:
@@ -422,7 +452,8 @@ class TurnRunner:
             reviewer=self._reviewer,
         )
         steps = asyncio.create_task(
-            turn.run(agent_id, thread, route, resumption), name=f"turn-steps-{turn_id}"
+            turn.run(agent_id, thread, route, resumption, routed=routed),
+            name=f"turn-steps-{turn_id}",
         )
         watch = asyncio.create_task(
             self._watch_stop(tenant, session_id, turn_id, steps, stopped),

@@ -69,6 +69,13 @@ def thread_id(session_id: str, agent_id: str) -> str:
     return f"conv.{session_id[:40]}.{digest}"
 
 
+def decision_id(turn_id: str, step: int = 0) -> str:
+    """The id of the decision a turn's routing (``step`` 0) or its ``step``-th hand-off
+    is recorded as in Memory: chosen before it is written, so the routing event can
+    name it before Memory answers; also the write's request id (written once)."""
+    return f"{turn_id}-route" if step == 0 else f"{turn_id}-handoff-{step}"
+
+
 @dataclass(frozen=True)
 class Conversation:
     """A session's conversation as stored: what a new turn is checked against."""

@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
+import asyncpg  # type: ignore[import-untyped]
+
 from agentmesh.core.context import current_trace_id
 from agentmesh.core.contract import ServicerContext
-from agentmesh.core.errors import NotFound
+from agentmesh.core.errors import AlreadyExists, NotFound
 from agentmesh.core.filtering import (
     EQUALITY,
     TIME_RANGE,
@@ -34,6 +36,7 @@ from agentmesh.core.names import (
     SESSIONS,
     ResourcePattern,
     new_id,
+    validate_id,
 )
 from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, page_size
@@ -194,6 +197,8 @@ def _new_decision(request: memory_pb2.CreateDecisionRequest) -> NewDecision:
         )
     )
     violations.check(lambda: validate_request_id(request.request_id))
+    if request.decision_id:
+        violations.check(lambda: validate_id(request.decision_id, field="decision_id"))
     violations.raise_if_any()
     assert metadata is not None
     return NewDecision(
@@ -304,7 +309,15 @@ class DecisionRpcs(RpcGroup):
         async with self.deps.pool.acquire() as conn, conn.transaction():
 
             async def write() -> memory_pb2.Decision:
-                return _to_proto(await insert_decision(conn, tenant, new_id(), new))
+                decision_id = request.decision_id or new_id()
+                try:
+                    row = await insert_decision(conn, tenant, decision_id, new)
+                except asyncpg.UniqueViolationError:
+                    # Raising rolls the request_id claim back with the transaction.
+                    raise AlreadyExists(
+                        DECISIONS.resource_type, DECISIONS.format(decision_id)
+                    ) from None
+                return _to_proto(row)
 
             return await self.deps.request_ids.once(
                 conn, tenant, "CreateDecision", request, memory_pb2.Decision, write

@@ -1222,6 +1222,15 @@ class CreateDecisionRequest(betterproto2.Message):
     Idempotency key; see CreateSessionRequest.request_id.
     """
 
+    decision_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Client-chosen id (becomes `decisions/{decision_id}`: 1-63 characters of
+    a-z, 0-9 and `-`, starting with a letter), so a caller can name the record
+    before it is written; generated when empty. ALREADY_EXISTS when the
+    tenant has a decision of that id (unless this is a retry of the request
+    that created it, with the same `request_id`).
+    """
+
 
 default_message_pool.register_message(
     "agentmesh.v1", "CreateDecisionRequest", CreateDecisionRequest
@@ -3286,7 +3295,10 @@ class RoutingDecision(betterproto2.Message):
 
     decision: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    The audit record in Memory, `decisions/{decision}`.
+    The audit record in Memory, `decisions/{decision}`: named before it is
+    written, so the event need not wait for Memory; written before the agent
+    runs (if Memory refuses it, the turn ends with an `error` event). Empty for
+    a resumed turn, which records no new decision.
     """
 
 
@@ -5211,7 +5223,8 @@ class MemoryServiceStub:
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-        `request_id` already used for a different request).
+        malformed `decision_id`, `request_id` already used for a different
+        request), ALREADY_EXISTS (`decision_id` taken).
         """
 
         return self._channel.unary_unary(
@@ -5997,7 +6010,8 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
         record of what was decided when the conversation is removed. Idempotent
         with `request_id`.
         Errors: INVALID_ARGUMENT (missing agent or chosen action, bad references,
-        `request_id` already used for a different request).
+        malformed `decision_id`, `request_id` already used for a different
+        request), ALREADY_EXISTS (`decision_id` taken).
         """
 
         return await self._unary_unary(
