@@ -207,6 +207,10 @@ async def test_the_supervisor_model_picks_from_the_cards_and_similarity_covers_i
         (decision,) = await _decisions(memory, session, tenant)
         assert decision.metadata.fields["strategy"].string_value == "ROUTING_STRATEGY_SUPERVISOR"
         assert decision.candidates[0].reason == "the user wants a summary"
+        # What the choice cost: both attempts' tokens (11 + 7 each), and the time.
+        assert (decision.usage.input_tokens, decision.usage.output_tokens) == (22, 14)
+        assert decision.usage.total_tokens == 36
+        assert decision.latency.ToNanoseconds() > 0
         # The model fails: similarity decides, and says so.
         _, fallback, _ = await _turn(stub, tenant, "what is 17 * 23")
         assert fallback.strategy == conductor_pb2.ROUTING_STRATEGY_SIMILARITY

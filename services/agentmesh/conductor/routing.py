@@ -12,6 +12,7 @@ text, so a card is embedded once per version and each turn embeds only its messa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from agentmesh.core.offload import convert_sized
 from agentmesh.core.validation import Violations
 from agentmesh.llm.models import ChatModels
 from agentmesh.llm.structured import invoke_structured
+from agentmesh.llm.usage import UsageMeter
 from agentmesh.v1 import agent_pb2, common_pb2, conductor_pb2
 
 _log = structlog.get_logger("agentmesh.conductor.routing")
@@ -119,6 +121,20 @@ def _route(choice: Choice) -> Route:
     )
 
 
+def _costed(route: Route, started: float, spent: UsageMeter) -> Route:
+    """``route`` with what asking the model cost: time since ``started``, tokens."""
+    usage = spent.usage
+    return dataclasses.replace(
+        route,
+        latency_s=time.monotonic() - started,
+        usage=common_pb2.TokenUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+        ),
+    )
+
+
 class Router:
     """Routes turns: the agent named, else the supervisor model, else similarity."""
 
@@ -148,9 +164,12 @@ class Router:
             return Route(agent_id, conductor_pb2.ROUTING_STRATEGY_EXPLICIT, "the request named it")
         cards = await self._candidates(tenant, structured)
         failure = ""
+        spent = UsageMeter()
+        started = time.monotonic()
         if self._model and cards:
             try:
-                return _route(await self._supervise(cards, text))
+                choice = await self._supervise(cards, text, spent)
+                return _costed(_route(choice), started, spent)
             except Exception as exc:  # whatever the model did: similarity decides
                 failure = f"the supervisor model failed ({type(exc).__name__}); "
                 _log.warning("supervisor failed; routing by similarity", error=str(exc)[:500])
@@ -169,6 +188,7 @@ class Router:
             choice = Choice(
                 choice.agent_id, choice.strategy, failure + choice.reason, choice.candidates
             )
+            return _costed(_route(choice), started, spent)  # the failed call's tokens too
         return _route(choice)
 
     async def review(
@@ -189,6 +209,8 @@ class Router:
         assert self._models is not None
         ids = [card.agent_id for card in cards]
         system, user = review_prompt([card.summary for card in cards], text, answers)
+        spent = UsageMeter()
+        started = time.monotonic()
         try:
             model = await self._models.aget(self._model)
             async with asyncio.timeout(self._settings.routing_timeout_s):
@@ -197,6 +219,7 @@ class Router:
                     [SystemMessage(content=system), HumanMessage(content=user)],
                     supervisor_schema(ids, finish=True),
                     attempts=self._models.settings.structured_attempts,
+                    meter=spent,
                 )
         except Exception as exc:  # whatever the model did: the turn ends as it is
             _log.warning("supervisor review failed; the turn ends", error=str(exc)[:500])
@@ -205,9 +228,8 @@ class Router:
         if choice is None:
             return None
         route = _route(choice)
-        return Route(
-            route.agent_id, conductor_pb2.ROUTING_STRATEGY_HANDOFF, route.reason, route.candidates
-        )
+        handoff = dataclasses.replace(route, strategy=conductor_pb2.ROUTING_STRATEGY_HANDOFF)
+        return _costed(handoff, started, spent)
 
     async def _candidates(self, tenant: str, structured: struct_pb2.Struct) -> list[_Card]:
         """The cards that can take the turn: a model for those that need one, an input
@@ -243,7 +265,7 @@ class Router:
             self._by_version[key] = card
         return card
 
-    async def _supervise(self, cards: Sequence[_Card], text: str) -> Choice:
+    async def _supervise(self, cards: Sequence[_Card], text: str, spent: UsageMeter) -> Choice:
         assert self._models is not None
         ids = [card.agent_id for card in cards]
         system, user = supervisor_prompt([card.summary for card in cards], text)
@@ -254,6 +276,7 @@ class Router:
                 [SystemMessage(content=system), HumanMessage(content=user)],
                 supervisor_schema(ids),
                 attempts=self._models.settings.structured_attempts,
+                meter=spent,
             )
         return supervisor_choice(answer, ids)
 

@@ -235,19 +235,20 @@ class TurnSteps:
         )
         if from_agent:
             metadata.update({"from_agent": from_agent})
-        await self._downstream.record_decision(
-            memory_pb2.Decision(
-                agent=agent,
-                session=self._session,
-                input_summary=self._request.text[:MAX_SUMMARY_CHARS],
-                reasoning=route.reason,
-                candidates=route.candidates,
-                chosen_action=agent,
-                outcome="handed over" if handoff else "routed",
-                metadata=metadata,
-            ),
-            decision_id(self._turn_id, step),
+        decision = memory_pb2.Decision(
+            agent=agent,
+            session=self._session,
+            input_summary=self._request.text[:MAX_SUMMARY_CHARS],
+            reasoning=route.reason,
+            candidates=route.candidates,
+            chosen_action=agent,
+            outcome="handed over" if handoff else "routed",
+            metadata=metadata,
         )
+        if route.usage is not None:  # a model chose: what it cost
+            decision.latency.FromNanoseconds(int(route.latency_s * 1e9))
+            decision.usage.CopyFrom(route.usage)
+        await self._downstream.record_decision(decision, decision_id(self._turn_id, step))
 
     def _stream(
         self, agent_id: str, thread: str, parts: Any

@@ -45,6 +45,10 @@ class Route:
     reason: str
     candidates: tuple[common_pb2.ScoredCandidate, ...] = ()
     """The agents considered with their scores, best first (none when named)."""
+    latency_s: float = 0.0
+    """How long choosing took when a model was asked (0: no model)."""
+    usage: common_pb2.TokenUsage | None = None
+    """The supervisor model's tokens for this choice (None: no model asked)."""
 
 
 @dataclass
