@@ -41,6 +41,14 @@ class MemorySettings:
     """Embedder calls one process runs at once (the others wait): the local embedders
     are CPU work, a remote one spends a provider's quota."""
 
+    embed_batch_max_texts: int = 64
+    """Texts of concurrent calls sent to the embedder in one call at most; calls that
+    arrive while every embedder slot is busy leave together (``embedders``)."""
+
+    embed_batch_wait_ms: float = 0.0
+    """How long a call may wait for others to join its batch while a slot is free;
+    0: it leaves at once (batches still form while every slot is busy)."""
+
     tenant_concurrency: int = 16
     """Embedding and search calls (creates and searches of memories and store items) one
     tenant may have in flight on one replica; more are RESOURCE_EXHAUSTED with retry
@@ -202,6 +210,8 @@ class MemorySettings:
             ),
             ("embedding_dim", 1 <= self.embedding_dim <= 16_000, "expected 1-16000"),
             ("embedder_concurrency", 1 <= self.embedder_concurrency <= 64, "expected 1-64"),
+            ("embed_batch_max_texts", 1 <= self.embed_batch_max_texts <= 2048, "expected 1-2048"),
+            ("embed_batch_wait_ms", 0 <= self.embed_batch_wait_ms <= 100, "expected 0-100"),
             ("tenant_concurrency", 1 <= self.tenant_concurrency <= 10_000, "expected 1-10000"),
             ("hnsw_m", 2 <= self.hnsw_m <= 100, "expected 2-100"),
             (

@@ -20,7 +20,7 @@ import pytest
 from agentmesh.core.errors import ResourceExhausted
 from agentmesh.core.settings import ConfigError
 from agentmesh.memory.embedders import (
-    CappedEmbedder,
+    BatchingEmbedder,
     EmbedderMisbehaved,
     EmbedderUnavailable,
     HashEmbedder,
@@ -273,7 +273,7 @@ def settings(**env: str) -> MemorySettings:
 
 async def test_build_embedder_picks_and_checks_the_configured_one(provider: FakeProvider) -> None:
     built = build_embedder(settings(), timeout_s=10.0)
-    assert isinstance(built, CappedEmbedder)
+    assert isinstance(built, BatchingEmbedder)
     assert isinstance(built.inner, HashEmbedder)
     with pytest.raises(ConfigError, match="AGENTMESH_MEMORY_EMBEDDER_URL"):
         build_embedder(settings(embedder="openai"), timeout_s=10.0)
@@ -286,7 +286,7 @@ async def test_build_embedder_picks_and_checks_the_configured_one(provider: Fake
         ),
         timeout_s=10.0,
     )
-    assert isinstance(chosen, CappedEmbedder)
+    assert isinstance(chosen, BatchingEmbedder)
     assert isinstance(chosen.inner, OpenAIEmbedder)
     try:
         vectors = await embed_checked(chosen, ["hello"], DIM)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agentmesh.memory.embedders import CappedEmbedder, build_embedder, embed_checked
+from agentmesh.memory.embedders import BatchingEmbedder, build_embedder, embed_checked
 from agentmesh.memory.embedders.minilm import DIMENSION, MiniLMEmbedder
 from agentmesh.memory.settings import MemorySettings
 
@@ -32,7 +32,7 @@ def _cosine(a: list[float], b: list[float]) -> float:
 def embedder() -> MiniLMEmbedder:
     settings = MemorySettings.from_env({"AGENTMESH_MEMORY_EMBEDDER": "minilm"})
     capped = build_embedder(settings, timeout_s=10.0)
-    assert isinstance(capped, CappedEmbedder)
+    assert isinstance(capped, BatchingEmbedder)
     built = capped.inner
     assert isinstance(built, MiniLMEmbedder)
     return built
