@@ -81,6 +81,18 @@ def test_the_small_memory_bench_runs_every_part_cleanly(tmp_path: Path) -> None:
         assert abs(part["service"]["recall_at_10"] - part["database"]["recall_at_10"]) <= 0.02
         assert part["service"]["sequential_ms"]["count"] > 0
 
+    # MiniLM writes at 1 and 16 clients, batching across requests off and on.
+    embed = result["embed"]["modes"]
+    assert [(r["mode"], r["clients"]) for r in embed] == [
+        ("unbatched", 1),
+        ("unbatched", 16),
+        ("batched", 1),
+        ("batched", 16),
+    ]
+    for row in embed:
+        assert row["writes"] > 0, row
+        assert row["writes_per_s"] > 0, row
+
 
 def test_the_small_agent_bench_measures_every_case(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

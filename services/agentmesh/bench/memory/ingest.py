@@ -35,7 +35,7 @@ def _create_request(text: str, index: int) -> memory_pb2.CreateMemoryRequest:
     return memory_pb2.CreateMemoryRequest(memory=memory)
 
 
-async def _timed_calls(
+async def timed_calls(
     calls: Sequence[Callable[[], Awaitable[Sequence[memory_pb2.Memory]]]],
     concurrency: int,
     bound_s: float,
@@ -106,7 +106,7 @@ async def run_ingest(stack: Stack, token: str, sizes: Sizes) -> JsonDict:
                     batch_request = memory_pb2.BatchCreateMemoriesRequest(requests=reqs)
                     work.append(functools.partial(batch, batch_request))
             cpu0 = (proc_cpu_s(stack.memory.pid), children_cpu_s(stack.postgres.pid))
-            latencies, returned, wall, cut = await _timed_calls(
+            latencies, returned, wall, cut = await timed_calls(
                 work, concurrency, sizes.phase_bound_s
             )
             cpu1 = (proc_cpu_s(stack.memory.pid), children_cpu_s(stack.postgres.pid))

@@ -14,6 +14,9 @@ TARGET_GET_RATIO: Final = 0.5
 TARGET_SEARCH_P99_MS: Final = 5.0
 TARGET_RECALL: Final = 0.95
 TARGET_BATCH_RATE: Final = 2000.0
+TARGET_EMBED_SCALING: Final = 2.0
+"""MiniLM writes/s at 16 clients ≥ 2 × writes/s at 1 client."""
+TARGET_EMBED_P99_MS: Final = 1000.0
 HNSW_M: Final = 16
 HNSW_EF_CONSTRUCTION: Final = 64
 DEFAULT_EF_SEARCH: Final = 100
@@ -48,6 +51,8 @@ class Sizes:
     """Batch size → number of batches."""
     phase_bound_s: float
     """Time bound of each ingest mode and search loop."""
+    embed_writes: dict[int, int]
+    """Clients → CreateMemory calls with the MiniLM embedder (the ``embed`` part)."""
 
     @classmethod
     def of(cls, opts: BenchOptions, config: MemoryConfig) -> Sizes:
@@ -61,4 +66,5 @@ class Sizes:
             ingest_concurrent=300 if small else 4_000,
             ingest_batches={100: 5, 500: 2} if small else {100: 40, 500: 20},
             phase_bound_s=60.0 if small else 300.0,
+            embed_writes={1: 20, 16: 64} if small else {1: 150, 16: 800},
         )

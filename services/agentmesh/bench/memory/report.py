@@ -8,6 +8,8 @@ from typing import Any, Final
 from agentmesh.bench import core
 from agentmesh.bench.memory.options import (
     TARGET_BATCH_RATE,
+    TARGET_EMBED_P99_MS,
+    TARGET_EMBED_SCALING,
     TARGET_GET_RATIO,
     TARGET_RECALL,
     TARGET_SEARCH_P99_MS,
@@ -111,6 +113,46 @@ def _render_ingest(ingest: JsonDict) -> list[str]:
     return lines
 
 
+def _render_embed(embed: JsonDict) -> list[str]:
+    lines = [
+        "### CreateMemory with the MiniLM embedder: batching across requests off and on",
+        "",
+        "| batching | clients | writes | writes/s | p50 / p99 ms | server CPU µs/write |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rate: dict[tuple[str, int], float] = {}
+    p99: dict[tuple[str, int], float] = {}
+    for row in embed["modes"]:
+        lat = row["latency_ms"]
+        key = (row["mode"], row["clients"])
+        rate[key], p99[key] = row["writes_per_s"], lat.get("p99", 0.0)
+        label = row["mode"] + (" (cut by time bound)" if row["cut_by_time_bound"] else "")
+        lines.append(
+            f"| {label} | {row['clients']} | {row['writes']:,} | **{row['writes_per_s']:,.1f}** "
+            f"| {lat.get('p50', 0):.0f} / {lat.get('p99', 0):.0f} "
+            f"| {row['server_cpu_us_per_write']:,} |"
+        )
+    verdicts = []
+    for mode in ("unbatched", "batched"):
+        one, many = rate.get((mode, 1), 0.0), rate.get((mode, 16), 0.0)
+        scaling = many / one if one else 0.0
+        tail = p99.get((mode, 16), 0.0)
+        verdicts.append(
+            f"{mode}: 16 clients {scaling:.2f}× one client "
+            f"({_verdict(scaling >= TARGET_EMBED_SCALING)} the {TARGET_EMBED_SCALING:.0f}× "
+            f"target), p99 {tail:,.0f} ms ({_verdict(tail < TARGET_EMBED_P99_MS)} the "
+            f"{TARGET_EMBED_P99_MS:,.0f} ms target)"
+        )
+    lines += [
+        "",
+        "Same run, direct gRPC, the service restarted per mode with `AGENTMESH_MEMORY_EMBEDDER="
+        "minilm` (and `AGENTMESH_MEMORY_EMBED_BATCH_MAX_TEXTS=1` for *unbatched*); "
+        + "; ".join(verdicts)
+        + ".",
+    ]
+    return lines
+
+
 def _render_search(search: JsonDict) -> list[str]:
     load = search["load"]
     lines = [
@@ -172,6 +214,8 @@ def render(result: JsonDict) -> str:
         lines += [*_render_ingest(result["ingest"]), ""]
     if "search" in result:
         lines += [*_render_search(result["search"]), ""]
+    if "embed" in result:
+        lines += [*_render_embed(result["embed"]), ""]
     if result.get("problems"):
         lines += ["**Correctness problems:** " + "; ".join(result["problems"]), ""]
     else:

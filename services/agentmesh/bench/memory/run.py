@@ -6,11 +6,14 @@ import asyncio
 import time
 
 from agentmesh.bench import core
+from agentmesh.bench.memory.embed import run_embed
 from agentmesh.bench.memory.ingest import run_ingest
 from agentmesh.bench.memory.options import (
     DEFAULT_EF_SEARCH,
     PG_SETTINGS,
     TARGET_BATCH_RATE,
+    TARGET_EMBED_P99_MS,
+    TARGET_EMBED_SCALING,
     TARGET_GET_RATIO,
     TARGET_RECALL,
     TARGET_SEARCH_P99_MS,
@@ -65,6 +68,17 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
         result["search"] = run_search(opts, stack, token, sizes, config.ef_search)
         result["search"]["wall_s"] = round(time.monotonic() - t0, 1)
         problems += result["search"].pop("problems")
+        t0 = time.monotonic()
+        opts.log("memory embed: CreateMemory with MiniLM, batching off and on")
+        result["embed"] = asyncio.run(run_embed(stack, token, sizes, DEFAULT_EF_SEARCH))
+        result["embed"]["wall_s"] = round(time.monotonic() - t0, 1)
+        problems += result["embed"].pop("problems")
+        for row in result["embed"]["modes"]:
+            tail = row["latency_ms"].get("p99", 0)
+            opts.log(
+                f"memory embed {row['mode']:<9} × {row['clients']:>2}: "
+                f"{row['writes_per_s']:>6.1f} writes/s, p99 {tail:.0f} ms"
+            )
     except Exception as exc:
         problems.append(f"aborted: {type(exc).__name__}: {exc}")
         opts.log(f"memory: ABORTED: {exc} (logs in {stack.work})")
@@ -79,8 +93,13 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
         "in_flight": list(core.IN_FLIGHT),
         "scenarios": [s.__dict__ for s in core.SCENARIOS],
         "sizes": {
-            **{k: v for k, v in sizes.__dict__.items() if k != "ingest_batches"},
+            **{
+                k: v
+                for k, v in sizes.__dict__.items()
+                if k not in ("ingest_batches", "embed_writes")
+            },
             "ingest_batches": {str(k): v for k, v in sizes.ingest_batches.items()},
+            "embed_writes": {str(k): v for k, v in sizes.embed_writes.items()},
         },
         "ef_search": list(config.ef_search),
         "invocation": config.invocation,
@@ -97,6 +116,8 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
             "search_p99_ms": TARGET_SEARCH_P99_MS,
             "recall_at_10": TARGET_RECALL,
             "batch_memories_per_s": TARGET_BATCH_RATE,
+            "minilm_writes_16_over_1": TARGET_EMBED_SCALING,
+            "minilm_p99_ms": TARGET_EMBED_P99_MS,
         },
         "wall_s": round(time.monotonic() - t_start, 1),
     }

@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class Stack:
     def memory_address(self) -> str:
         return f"127.0.0.1:{self.ports.memory}"
 
-    def memory_env(self, ef_search: int) -> dict[str, str]:
+    def memory_env(
+        self, ef_search: int, *, embedder: str = "hash", extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         return bench_env(
             {
                 "AGENTMESH_ENV": "dev",
@@ -60,22 +63,26 @@ class Stack:
                 "AGENTMESH_AUTH_HS256_SECRET": self.secret,
                 "AGENTMESH_LOG_LEVEL": "info",
                 "AGENTMESH_DRAIN_GRACE_S": "1",
-                "AGENTMESH_MEMORY_EMBEDDER": "hash",
+                "AGENTMESH_MEMORY_EMBEDDER": embedder,
                 "AGENTMESH_MEMORY_HNSW_M": str(HNSW_M),
                 "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": str(HNSW_EF_CONSTRUCTION),
                 "AGENTMESH_MEMORY_HNSW_EF_SEARCH": str(ef_search),
+                **(extra or {}),
             }
         )
 
-    def start_memory(self, ef_search: int) -> None:
-        """(Re)start `python -m agentmesh.memory` with this `hnsw.ef_search`."""
+    def start_memory(
+        self, ef_search: int, *, embedder: str = "hash", extra: Mapping[str, str] | None = None
+    ) -> None:
+        """(Re)start `python -m agentmesh.memory` with this `hnsw.ef_search` (and this
+        embedder, and ``extra`` variables)."""
         self.stop_memory()
         self.starts += 1
         child = ChildProcess(
             "memory",
             [sys.executable, "-m", "agentmesh.memory"],
             log_path=self.work / "memory.log",
-            env=self.memory_env(ef_search),
+            env=self.memory_env(ef_search, embedder=embedder, extra=extra),
         )
         self.memory = child
         self.ef_search = ef_search
