@@ -58,14 +58,25 @@ def _lock_key(tenant: str, namespace: str) -> str:
 async def _lock_namespaces(
     conn: asyncpg.Connection, tenant: str, namespaces: Iterable[str]
 ) -> None:
-    # Sorted, so two batches touching the same namespaces cannot deadlock; one round
-    # trip for all of them (unnest yields the array in order and the scan calls the
-    # volatile lock function row by row, in that order).
+    """Locks the namespaces for the transaction and sets its near-duplicate lookup's
+    index walk, in one round trip.
+
+    Sorted, so two batches touching the same namespaces cannot deadlock (unnest yields
+    the array in order and the scan calls the volatile lock function row by row, in
+    that order). The one-nearest lookup walks the index in exact order with a small
+    beam: a near-duplicate (similarity >= the threshold, 0.95 by default) lies far
+    closer than anything else, so a beam of MERGE_EF_SEARCH finds it at a fraction of
+    the search beam's cost: at 20k rows in 20 namespaces, 0.24 ms per item and 500 of
+    500 planted near-duplicates (similarity 0.967-0.99) found; ef 40 costs 0.40 ms.
+    """
     keys = [_lock_key(tenant, namespace) for namespace in sorted(set(namespaces))]
     await conn.execute(
-        "SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
-        " FROM unnest($1::text[]) AS k) AS locked",
+        "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
+        " set_config('hnsw.ef_search', $2, true),"
+        " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+        " FROM unnest($1::text[]) AS k) AS locked)",
         keys,
+        str(MERGE_EF_SEARCH),
     )
 
 
@@ -201,16 +212,6 @@ async def write_memories(
     if not items:
         return []
     await _lock_namespaces(conn, tenant, (item.namespace for item in items))
-    # The one-nearest lookup walks the index in exact order with a small beam: a
-    # near-duplicate (similarity >= the threshold, 0.95 by default) lies far closer
-    # than anything else, so a beam of MERGE_EF_SEARCH finds it at a fraction of the
-    # search beam's cost: at 20k rows in 20 namespaces, 0.24 ms per item and 500 of 500
-    # planted near-duplicates (similarity 0.967-0.99) found; ef 40 costs 0.40 ms.
-    await conn.execute(
-        "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
-        " set_config('hnsw.ef_search', $1, true)",
-        str(MERGE_EF_SEARCH),
-    )
     existing = await _nearest_existing(conn, tenant, items, threshold)
     earlier = await _similar_earlier(conn, items, threshold)
     targets, target_of = plan_merges(len(items), existing, earlier)
