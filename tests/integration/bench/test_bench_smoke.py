@@ -50,7 +50,7 @@ def test_the_small_memory_bench_runs_every_part_cleanly(tmp_path: Path) -> None:
     # GetSession and AppendMessages beside the raw echo, in every scenario.
     summary = result["rpc"]["summary"]
     seen = {(row["op"], row["scenario"], row["in_flight"]) for row in summary}
-    for op in ("get-session", "append-messages"):
+    for op in ("get-session", "append-messages", "create-session"):
         for scenario in ("direct-grpc", "envoy-grpc", "envoy-json"):
             for in_flight in (1, 64):
                 assert (op, scenario, in_flight) in seen

@@ -14,6 +14,8 @@ TARGET_GET_RATIO: Final = 0.5
 TARGET_SEARCH_P99_MS: Final = 5.0
 TARGET_RECALL: Final = 0.95
 TARGET_BATCH_RATE: Final = 2000.0
+TARGET_CREATE_SESSION_P50_MS: Final = 2.5
+"""CreateSession p50 at one call in flight."""
 TARGET_EMBED_SCALING: Final = 2.0
 """MiniLM writes/s at 16 clients ≥ 2 × writes/s at 1 client."""
 TARGET_EMBED_P99_MS: Final = 1000.0

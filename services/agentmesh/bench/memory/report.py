@@ -8,6 +8,7 @@ from typing import Any, Final
 from agentmesh.bench import core
 from agentmesh.bench.memory.options import (
     TARGET_BATCH_RATE,
+    TARGET_CREATE_SESSION_P50_MS,
     TARGET_EMBED_P99_MS,
     TARGET_EMBED_SCALING,
     TARGET_GET_RATIO,
@@ -28,13 +29,17 @@ def _verdict(ok: bool) -> str:
 
 def _render_rpc(rpc: JsonDict) -> list[str]:
     lines = [
-        "### GetSession and AppendMessages vs the raw grpc.aio echo",
+        "### GetSession, AppendMessages and CreateSession vs the raw grpc.aio echo",
         "",
         "| RPC | path | in flight | raw echo req/s | ours req/s | ours/raw "
         "| raw p50 / p99 ms | ours p50 / p99 ms | CPU µs/req: server / PostgreSQL | errors |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    names = {"get-session": "GetSession", "append-messages": "AppendMessages"}
+    names = {
+        "get-session": "GetSession",
+        "append-messages": "AppendMessages",
+        "create-session": "CreateSession",
+    }
     for row in rpc["summary"]:
         raw, ours = row["raw"], row["ours"]
         lines.append(
@@ -61,6 +66,18 @@ def _render_rpc(rpc: JsonDict) -> list[str]:
         f"GetSession at {max(core.IN_FLIGHT)} in flight, ours/raw requests/s (target ≥ "
         f"{TARGET_GET_RATIO}×): " + "; ".join(verdicts) + ".",
     ]
+    creates = [
+        f"{row['label']}: {row['ours']['p50_us'] / 1000:.2f} ms "
+        f"({_verdict(row['ours']['p50_us'] / 1000 <= TARGET_CREATE_SESSION_P50_MS)})"
+        for row in rpc["summary"]
+        if row["op"] == "create-session" and row["in_flight"] == min(core.IN_FLIGHT)
+    ]
+    if creates:
+        lines += [
+            "",
+            f"CreateSession p50 at {min(core.IN_FLIGHT)} in flight (target ≤ "
+            f"{TARGET_CREATE_SESSION_P50_MS} ms): " + "; ".join(creates) + ".",
+        ]
     return lines
 
 
@@ -244,6 +261,9 @@ characters without `message_id` or `request_id` (`POST
 /v1/sessions/bench-append/messages:append`), so every call appends; all go to **one**
 session, the worst case: appends to one session serialize on its row lock (sequence
 numbers are allocated there), and each is a committed transaction (fsync).
+*CreateSession* creates a session with a display name and a label, its id generated
+(`POST /v1/sessions`): every call inserts a row (the bench runs the service without a
+session quota).
 Correctness: before each run one real call must return the expected session (or the
 appended message); after it every response must be 2xx with the expected body size, the
 service's `grpc_server_handled_total{grpc_code="OK"}` for the method must have grown by

@@ -39,8 +39,9 @@ class Op:
     """None: GET; else POST with this JSON body."""
 
 
-def _ops() -> tuple[Op, Op]:
+def _ops() -> tuple[Op, ...]:
     get = memory_pb2.GetSessionRequest(name=f"sessions/{GET_SESSION_ID}")
+    create = _create_request()
     append = _append_request()
     append_json = json_format.MessageToDict(append)
     append_json.pop("parent")  # bound from the URL path
@@ -59,6 +60,23 @@ def _ops() -> tuple[Op, Op]:
             json_path=f"/v1/sessions/{APPEND_SESSION_ID}/messages:append",
             json_body=json.dumps(append_json, separators=(",", ":")).encode(),
         ),
+        Op(
+            key="create-session",
+            method="CreateSession",
+            grpc_body=grpc_frame(create.SerializeToString()),
+            json_path="/v1/sessions",
+            json_body=json.dumps(
+                json_format.MessageToDict(create.session), separators=(",", ":")
+            ).encode(),
+        ),
+    )
+
+
+def _create_request() -> memory_pb2.CreateSessionRequest:
+    """A session with a display name and one label, its id generated: every call
+    creates a new one."""
+    return memory_pb2.CreateSessionRequest(
+        session=memory_pb2.Session(display_name="Support chat", labels={"channel": "web"})
     )
 
 
@@ -155,6 +173,9 @@ def _precheck_grpc(address: str, token: str, op: Op, expected_session: memory_pb
                         timeout=5.0,
                     )
                     return bytes(got_session.SerializeToString())
+                if op.method == "CreateSession":
+                    made = stub.CreateSession(_create_request(), metadata=md, timeout=5.0)
+                    return bytes(made.SerializeToString())
                 appended = stub.AppendMessages(_append_request(), metadata=md, timeout=5.0)
                 return bytes(appended.SerializeToString())
             except grpc.RpcError as exc:
@@ -170,6 +191,10 @@ def _precheck_grpc(address: str, token: str, op: Op, expected_session: memory_pb
         got = memory_pb2.Session.FromString(raw)
         if got != expected_session:
             raise BenchError(f"GetSession via {address} returned another session: {got}")
+    elif op.method == "CreateSession":
+        made = memory_pb2.Session.FromString(raw)
+        if not made.name.startswith("sessions/") or made.display_name != "Support chat":
+            raise BenchError(f"CreateSession via {address} returned {made}")
     else:
         response = memory_pb2.AppendMessagesResponse.FromString(raw)
         sent = _append_request().messages[0]
@@ -209,6 +234,9 @@ def _precheck_json(url: str, token: str, op: Op, expected: memory_pb2.Session) -
     if op.method == "GetSession":
         if doc.get("name") != expected.name or doc.get("displayName") != expected.display_name:
             raise BenchError(f"GET {url} returned an unexpected body: {body[:300]!r}")
+    elif op.method == "CreateSession":
+        if not str(doc.get("name", "")).startswith("sessions/"):
+            raise BenchError(f"POST {url} returned an unexpected body: {body[:300]!r}")
     else:
         messages = doc.get("messages", [])
         text = _append_request().messages[0].parts[0].text

@@ -64,6 +64,8 @@ class Stack:
                 "AGENTMESH_LOG_LEVEL": "info",
                 "AGENTMESH_DRAIN_GRACE_S": "1",
                 "AGENTMESH_MEMORY_EMBEDDER": embedder,
+                # CreateSession's runs make many sessions: no session quota here.
+                "AGENTMESH_MEMORY_QUOTA_SESSIONS_ROWS": "0",
                 "AGENTMESH_MEMORY_HNSW_M": str(HNSW_M),
                 "AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION": str(HNSW_EF_CONSTRUCTION),
                 "AGENTMESH_MEMORY_HNSW_EF_SEARCH": str(ef_search),

@@ -144,7 +144,15 @@ class SessionRpcs(RpcGroup):
         request: memory_pb2.CreateSessionRequest,
     ) -> tuple[memory_pb2.Session, bool]:
         """The session created (or, for a repeated ``request_id``, the one the first
-        call created) and whether this call inserted it."""
+        call created) and whether this call inserted it.
+
+        Without a ``request_id`` the insert is one statement in its own transaction
+        (one round trip, not BEGIN, INSERT, COMMIT); only a taken id goes on to the
+        transaction that may purge a deleted session past its purge time."""
+        if not request.request_id:
+            row = await insert_session(self.deps.pool, tenant, session_id, *values)
+            if row is not None:
+                return session_proto(row), True
         inserted = False
         async with self.deps.pool.acquire() as conn, conn.transaction():
 

@@ -255,7 +255,7 @@ async def list_sessions(
 
 
 async def insert_session(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Pool | asyncpg.Connection,
     tenant: str,
     session_id: str,
     display_name: str,
