@@ -21,6 +21,8 @@ import redis.asyncio
 import redis.exceptions
 import structlog
 
+from agentmesh.core.tasks import stop_task
+
 _log = structlog.get_logger("agentmesh.core.changes")
 
 _RECONNECT_S: Final = 1.0
@@ -66,10 +68,7 @@ class ChangeFeed:
 
     async def stop(self) -> None:
         """Stops reading."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, what=f"{self._topic.what} change feed")
 
     def notify_local(self, tenant: str, key: str) -> None:
         """Wakes this process's watches of the record at once (the change was made

@@ -45,6 +45,9 @@ independent of the probes (the Kubernetes ``livenessProbe`` asks for it)."""
 _OVERALL: Final = ""  # the health service name that means "the whole server"
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
+STOP_STEP_S: Final = 30.0
+"""Longest each step of a stop may take past the drain grace (the server's own stop,
+each ``on_stop`` hook) before the stop goes on without it."""
 
 
 @dataclass
@@ -181,10 +184,19 @@ class RunningServer:
         # Tell load balancers first, so new calls go elsewhere while these finish.
         await self._health.enter_graceful_shutdown()
         self._log.info("server draining", grace_s=grace)
-        await self._server.stop(grace)
+        # Bounded, as every step below: a stop that hangs (a handler or a background
+        # task that swallows its cancellation) must not keep the process up for ever.
+        try:
+            async with asyncio.timeout(grace + STOP_STEP_S):
+                await self._server.stop(grace)
+        except TimeoutError:
+            self._log.error("server did not stop in time; going on", bound_s=grace + STOP_STEP_S)
         for hook in self._spec.on_stop:
             try:
-                await hook()
+                async with asyncio.timeout(STOP_STEP_S):
+                    await hook()
+            except TimeoutError:
+                self._log.error("on_stop hook overran; going on", hook=repr(hook))
             except Exception:
                 self._log.exception("on_stop hook failed", hook=repr(hook))
         if self._metrics is not None:

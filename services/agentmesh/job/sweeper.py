@@ -29,6 +29,7 @@ import structlog
 from prometheus_client import Counter
 from redis.asyncio.lock import Lock
 
+from agentmesh.core.tasks import stop_task
 from agentmesh.job import metrics
 from agentmesh.job.broker import JOB_QUEUES, NAMESPACE
 from agentmesh.job.convert import error_json
@@ -88,10 +89,7 @@ class Sweeper:
 
     async def stop(self) -> None:
         """Stops sweeping and gives the lock up."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task, what="job sweeper")
         with contextlib.suppress(Exception):
             if await self._lock.owned():
                 await self._lock.release()

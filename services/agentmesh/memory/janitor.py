@@ -43,6 +43,7 @@ from prometheus_client import Counter
 
 from agentmesh.core.outages import as_unavailable
 from agentmesh.core.settings import Settings
+from agentmesh.core.tasks import stop_task
 from agentmesh.memory.deps import memory_request_ids
 from agentmesh.memory.settings import MemorySettings
 from agentmesh.memory.stores.memories import purge_expired_memories
@@ -224,7 +225,4 @@ def start_janitor(
 async def stop_janitor(task: asyncio.Task[None] | None) -> None:
     """Cancels the janitor and waits for it: a pass in progress stops between (or in)
     statements; its open batch rolls back and its connection closes."""
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await stop_task(task, what="memory janitor", timeout_s=30.0)

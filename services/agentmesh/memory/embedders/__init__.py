@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agentmesh.core.settings import ConfigError, require_settings
+from agentmesh.core.tasks import stop_task
 from agentmesh.memory.embedders import minilm
 from agentmesh.memory.embedders.errors import EmbedderMisbehaved, EmbedderUnavailable
 from agentmesh.memory.embedders.hashing import HashEmbedder
@@ -188,10 +189,8 @@ class BatchingEmbedder:
         """Stops the dispatcher and closes what the inner embedder holds (a remote
         one's HTTP pool)."""
         queue, self._queue = self._queue, None
-        if queue is not None and queue.dispatcher is not None:
-            queue.dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await queue.dispatcher
+        if queue is not None and queue.loop is asyncio.get_running_loop():
+            await stop_task(queue.dispatcher, what="embedding batches")
         close = getattr(self._inner, "aclose", None)
         if close is not None:
             await close()
