@@ -70,10 +70,13 @@ from agentmesh.core.context import current_authorization
 from agentmesh.core.errors import Aborted, DomainError, InvalidArgument
 from agentmesh.core.idempotency import REUSED_FOR_ANOTHER_REQUEST
 from agentmesh.core.names import SESSIONS
+from agentmesh.core.tasks import stop_task
 from agentmesh.v1 import conductor_pb2, job_pb2
 
 _log = structlog.get_logger("agentmesh.conductor.turns")
 
+STOP_TURN_S: Final = 60.0
+"""Longest a stopped turn's run is cancelled again and again before it is left be."""
 CONVERSATION_CHANGES: Final = Topic("agentmesh:conductor:changed:", "conversation")
 """Where a stored event of a session is announced (its sequence), keyed by session id."""
 
@@ -412,7 +415,9 @@ class TurnRunner:
                     state = TurnState.RUNNING
                 if state is TurnState.STOPPED:
                     stopped.set()
-                    steps.cancel()
+                    # Cancelled again until it ends: a cancellation that lands as a
+                    # stream's message arrives can be lost in the call it interrupts.
+                    await stop_task(steps, what=f"turn {turn_id}", timeout_s=STOP_TURN_S)
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.watch_poll_s):
