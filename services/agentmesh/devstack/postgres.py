@@ -32,7 +32,11 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote
 
+import structlog
+
 from agentmesh.devstack._proc import pid_alive, wait_until
+
+_log = structlog.get_logger("agentmesh.devstack.postgres")
 
 #: As root, PostgreSQL refuses to run; the wheel runs it as this OS user (and creates it
 #: with `useradd` if missing). Kept identical so data dirs made by either path agree.
@@ -43,6 +47,8 @@ DEFAULT_DATABASE: Final = "agentmesh"
 #: `.s.PGSQL.5432` (14 bytes) plus the separating slash.
 _MAX_SOCKET_DIR_LEN: Final = 107 - len("/.s.PGSQL.5432")
 _DB_NAME_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SIGNAL_RETRIES: Final = 2
+"""Runs again of a PostgreSQL program whose child was killed by a signal (``_run``)."""
 
 
 class PostgresError(RuntimeError):
@@ -309,6 +315,28 @@ class EmbeddedPostgres:
         what: str,
         as_server_user: bool = True,
     ) -> str:
+        # A child killed by a signal at once is retried: running as another user,
+        # subprocess must fork (not spawn), and a fork taken while this process's gRPC
+        # threads are busy can crash in grpcio's fork handlers before the exec (seen as
+        # exit -11 with an epoll error): the program never ran.
+        for attempt in range(SIGNAL_RETRIES + 1):
+            returncode, output = self._run_once(
+                argv, timeout_s=timeout_s, what=what, as_server_user=as_server_user
+            )
+            if returncode >= 0 or attempt == SIGNAL_RETRIES:
+                break
+            _log.warning(
+                "child killed by a signal; running it again", what=what, signal=-returncode
+            )
+        if returncode != 0:
+            raise PostgresError(
+                f"{what} failed (exit {returncode}):\n{output.strip()}{self._log_hint()}"
+            )
+        return output
+
+    def _run_once(
+        self, argv: list[str], *, timeout_s: float, what: str, as_server_user: bool
+    ) -> tuple[int, str]:
         user = self._os_user if as_server_user else None
         cmd = [str(self.bin_dir / argv[0]), *argv[1:]]
         # pg_ctl's forked postmaster inherits the output descriptors: with pipes
@@ -335,12 +363,7 @@ class EmbeddedPostgres:
                     f"{what} timed out after {timeout_s:.0f} s{self._log_hint()}"
                 ) from exc
             out.seek(0)
-            output = out.read().decode(errors="replace")
-        if result.returncode != 0:
-            raise PostgresError(
-                f"{what} failed (exit {result.returncode}):\n{output.strip()}{self._log_hint()}"
-            )
-        return output
+            return result.returncode, out.read().decode(errors="replace")
 
     def _log_hint(self) -> str:
         try:
