@@ -105,8 +105,13 @@ class MemoryConfig(NamedTuple):
 
 def memory_settings(backends: Backends, **overrides: str) -> MemoryConfig:
     """Settings of an in-process Memory service on a free port; ``overrides`` are
-    ``AGENTMESH_*`` variables, shared or ``AGENTMESH_MEMORY_*`` alike."""
+    ``AGENTMESH_*`` variables, shared or ``AGENTMESH_MEMORY_*`` alike.
+
+    The indexer is off unless a test turns it on: the tests share one database, and
+    a test that reads imported memories before they are indexed must not find them
+    indexed by another test's server meanwhile."""
     environ = {
+        "AGENTMESH_MEMORY_INDEXER_INTERVAL_S": "0",
         "AGENTMESH_GRPC_PORT": "0",
         "AGENTMESH_METRICS_PORT": "0",
         "AGENTMESH_AUTH_HS256_SECRET": SECRET,

@@ -691,6 +691,64 @@ class BatchCreateMemoriesResponse(google.protobuf.message.Message):
 global___BatchCreateMemoriesResponse = BatchCreateMemoriesResponse
 
 @typing.final
+class ImportMemoriesRequest(google.protobuf.message.Message):
+    """Request for MemoryService.ImportMemories."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MEMORIES_FIELD_NUMBER: builtins.int
+    REQUEST_ID_FIELD_NUMBER: builtins.int
+    request_id: builtins.str
+    """Idempotency key of the whole call; see CreateSessionRequest.request_id."""
+    @property
+    def memories(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Memory]:
+        """The memories, 1-1,000, with at most 1,048,576 characters of content in all
+        (INVALID_ARGUMENT on `memories` otherwise: split the slice). Each follows
+        CreateMemory's rules (namespace, kind, content, metadata, embedding, session,
+        expire_time); give `embedding` to skip the server's embedder.
+        """
+
+    def __init__(
+        self,
+        *,
+        memories: collections.abc.Iterable[global___Memory] | None = ...,
+        request_id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["memories", b"memories", "request_id", b"request_id"]) -> None: ...
+
+global___ImportMemoriesRequest = ImportMemoriesRequest
+
+@typing.final
+class ImportMemoriesResponse(google.protobuf.message.Message):
+    """Response of MemoryService.ImportMemories."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: builtins.int
+    IMPORTED_COUNT_FIELD_NUMBER: builtins.int
+    MERGED_COUNT_FIELD_NUMBER: builtins.int
+    imported_count: builtins.int
+    """How many memories were stored (the count of distinct `names`)."""
+    merged_count: builtins.int
+    """How many items were merged into an earlier item of the call."""
+    @property
+    def names(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The resource name of each memory of the request, in request order; an item
+        merged into an earlier near-duplicate of the call has that memory's name.
+        """
+
+    def __init__(
+        self,
+        *,
+        names: collections.abc.Iterable[builtins.str] | None = ...,
+        imported_count: builtins.int = ...,
+        merged_count: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["imported_count", b"imported_count", "merged_count", b"merged_count", "names", b"names"]) -> None: ...
+
+global___ImportMemoriesResponse = ImportMemoriesResponse
+
+@typing.final
 class GetMemoryRequest(google.protobuf.message.Message):
     """Request for MemoryService.GetMemory."""
 

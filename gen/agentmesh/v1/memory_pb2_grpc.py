@@ -97,6 +97,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
                 _registered_method=True)
+        self.ImportMemories = channel.unary_unary(
+                '/agentmesh.v1.MemoryService/ImportMemories',
+                request_serializer=agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
+                _registered_method=True)
         self.GetMemory = channel.unary_unary(
                 '/agentmesh.v1.MemoryService/GetMemory',
                 request_serializer=agentmesh_dot_v1_dot_memory__pb2.GetMemoryRequest.SerializeToString,
@@ -389,6 +394,26 @@ class MemoryServiceServicer:
         """Creates up to 500 memories in one call, embedded in one batch; all or none.
         Errors: as CreateMemory; a violation names the index of the offending item
         (`requests[3].memory.content`, `requests[3].request_id`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportMemories(self, request, context):
+        """Imports up to 1,000 memories in one call: the path for loading a corpus.
+        The memories are written with COPY and acknowledged once committed; they are
+        found by reads and searches at once, and join the vector index in the
+        background (until then a search reads them exactly, so none is missed).
+        Near-duplicates within the call are merged as BatchCreateMemories merges them;
+        memories stored before are not looked up, so an import never merges into them
+        (that is what makes it fast): send each slice of a corpus with the same
+        `request_id` when retrying it, and a retry returns the first answer instead of
+        importing twice. All or none.
+        Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+        `memories[3].content`; `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+        indexed are over the server's limit: RetryInfo says when to send again),
+        UNAVAILABLE (embedding provider or database down).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -749,6 +774,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.BatchCreateMemories,
                     request_deserializer=agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.SerializeToString,
+            ),
+            'ImportMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportMemories,
+                    request_deserializer=agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesResponse.SerializeToString,
             ),
             'GetMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemory,
@@ -1178,6 +1208,33 @@ class MemoryService:
             '/agentmesh.v1.MemoryService/BatchCreateMemories',
             agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
             agentmesh_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.MemoryService/ImportMemories',
+            agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesRequest.SerializeToString,
+            agentmesh_dot_v1_dot_memory__pb2.ImportMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

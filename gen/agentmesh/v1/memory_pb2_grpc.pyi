@@ -169,6 +169,26 @@ class MemoryServiceStub:
     (`requests[3].memory.content`, `requests[3].request_id`).
     """
 
+    ImportMemories: grpc.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ImportMemoriesRequest,
+        agentmesh.v1.memory_pb2.ImportMemoriesResponse,
+    ]
+    """Imports up to 1,000 memories in one call: the path for loading a corpus.
+    The memories are written with COPY and acknowledged once committed; they are
+    found by reads and searches at once, and join the vector index in the
+    background (until then a search reads them exactly, so none is missed).
+    Near-duplicates within the call are merged as BatchCreateMemories merges them;
+    memories stored before are not looked up, so an import never merges into them
+    (that is what makes it fast): send each slice of a corpus with the same
+    `request_id` when retrying it, and a retry returns the first answer instead of
+    importing twice. All or none.
+    Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+    `memories[3].content`; `request_id` already used for a different request),
+    RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+    indexed are over the server's limit: RetryInfo says when to send again),
+    UNAVAILABLE (embedding provider or database down).
+    """
+
     GetMemory: grpc.UnaryUnaryMultiCallable[
         agentmesh.v1.memory_pb2.GetMemoryRequest,
         agentmesh.v1.memory_pb2.Memory,
@@ -615,6 +635,26 @@ class MemoryServiceAsyncStub:
     """Creates up to 500 memories in one call, embedded in one batch; all or none.
     Errors: as CreateMemory; a violation names the index of the offending item
     (`requests[3].memory.content`, `requests[3].request_id`).
+    """
+
+    ImportMemories: grpc.aio.UnaryUnaryMultiCallable[
+        agentmesh.v1.memory_pb2.ImportMemoriesRequest,
+        agentmesh.v1.memory_pb2.ImportMemoriesResponse,
+    ]
+    """Imports up to 1,000 memories in one call: the path for loading a corpus.
+    The memories are written with COPY and acknowledged once committed; they are
+    found by reads and searches at once, and join the vector index in the
+    background (until then a search reads them exactly, so none is missed).
+    Near-duplicates within the call are merged as BatchCreateMemories merges them;
+    memories stored before are not looked up, so an import never merges into them
+    (that is what makes it fast): send each slice of a corpus with the same
+    `request_id` when retrying it, and a retry returns the first answer instead of
+    importing twice. All or none.
+    Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+    `memories[3].content`; `request_id` already used for a different request),
+    RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+    indexed are over the server's limit: RetryInfo says when to send again),
+    UNAVAILABLE (embedding provider or database down).
     """
 
     GetMemory: grpc.aio.UnaryUnaryMultiCallable[
@@ -1083,6 +1123,28 @@ class MemoryServiceServicer(metaclass=abc.ABCMeta):
         """Creates up to 500 memories in one call, embedded in one batch; all or none.
         Errors: as CreateMemory; a violation names the index of the offending item
         (`requests[3].memory.content`, `requests[3].request_id`).
+        """
+
+    @abc.abstractmethod
+    def ImportMemories(
+        self,
+        request: agentmesh.v1.memory_pb2.ImportMemoriesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[agentmesh.v1.memory_pb2.ImportMemoriesResponse, collections.abc.Awaitable[agentmesh.v1.memory_pb2.ImportMemoriesResponse]]:
+        """Imports up to 1,000 memories in one call: the path for loading a corpus.
+        The memories are written with COPY and acknowledged once committed; they are
+        found by reads and searches at once, and join the vector index in the
+        background (until then a search reads them exactly, so none is missed).
+        Near-duplicates within the call are merged as BatchCreateMemories merges them;
+        memories stored before are not looked up, so an import never merges into them
+        (that is what makes it fast): send each slice of a corpus with the same
+        `request_id` when retrying it, and a retry returns the first answer instead of
+        importing twice. All or none.
+        Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+        `memories[3].content`; `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+        indexed are over the server's limit: RetryInfo says when to send again),
+        UNAVAILABLE (embedding provider or database down).
         """
 
     @abc.abstractmethod

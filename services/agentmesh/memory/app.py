@@ -11,6 +11,7 @@ from agentmesh.core.server import ServiceSpec
 from agentmesh.core.settings import Settings
 from agentmesh.memory.deps import MemoryDeps, memory_request_ids
 from agentmesh.memory.embedders import Embedder, build_embedder
+from agentmesh.memory.indexer import Indexer
 from agentmesh.memory.janitor import start_janitor, stop_janitor
 from agentmesh.memory.quota_guard import TenantQuotas
 from agentmesh.memory.servicer import memory_servicer
@@ -26,8 +27,9 @@ async def build_memory(
 ) -> ServiceSpec:
     """Wires the Memory service from the shared ``settings`` and its own ``memory``
     settings: PostgreSQL pool and Redis (both health-probed), the embedder named by the
-    settings (tests may pass their own), and the janitor, a background task from now
-    until ``on_stop`` (``janitor.py``; none when ``janitor_interval_s`` is 0)."""
+    settings (tests may pass their own), the janitor, a background task from now
+    until ``on_stop`` (``janitor.py``; none when ``janitor_interval_s`` is 0), and the
+    indexer's loops (``indexer.py``; none when ``indexer_interval_s`` is 0)."""
     settings.require("database_url", "redis_url")
     memory.check_fits_pages(settings.page_max_bytes)
     chosen = embedder or build_embedder(memory, timeout_s=settings.client_deadline_ms / 1000)
@@ -45,6 +47,7 @@ async def build_memory(
         await database_probe.close()
         raise
     redis_client = create_redis(settings)
+    indexer = Indexer(pool, memory)
     deps = MemoryDeps(
         settings=memory,
         process=settings,
@@ -54,10 +57,12 @@ async def build_memory(
         request_ids=memory_request_ids(memory),
         expensive=TenantLimiter(memory.tenant_concurrency, what="embedding or search"),
         quotas=TenantQuotas(pool, memory.quotas(), refresh_s=memory.quota_refresh_s),
+        indexer=indexer,
     )
     servicer = memory_servicer(deps)
 
     janitor = start_janitor(settings, memory, redis_client)
+    indexer.start()
 
     def register(server: grpc.aio.Server) -> None:
         memory_pb2_grpc.add_MemoryServiceServicer_to_server(servicer, server)
@@ -65,6 +70,7 @@ async def build_memory(
     async def close() -> None:
         # First: a pass in progress uses Redis (and its own database connection).
         await stop_janitor(janitor)
+        await indexer.stop()  # before the pool it uses
         await pool.close()
         await database_probe.close()
         await redis_client.aclose()

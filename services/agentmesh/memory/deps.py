@@ -12,6 +12,7 @@ from agentmesh.core.idempotency import RequestIds
 from agentmesh.core.limits import TenantLimiter
 from agentmesh.core.settings import Settings
 from agentmesh.memory.embedders import Embedder
+from agentmesh.memory.indexer import Indexer
 from agentmesh.memory.quota_guard import TenantQuotas
 from agentmesh.memory.settings import MemorySettings
 
@@ -44,3 +45,5 @@ class MemoryDeps:
     """Per-tenant limit on embedding and search calls (``tenant_concurrency``)."""
     quotas: TenantQuotas
     """Per-tenant storage quotas, checked by every write that stores more."""
+    indexer: Indexer
+    """Adds imported memories to the HNSW index in the background; imports wake it."""

@@ -165,6 +165,24 @@ class MemorySettings:
     """Rows one janitor statement deletes at most, each batch its own transaction
     (deleted sessions go at most 100 at a time: each takes its history with it)."""
 
+    indexer_interval_s: float = 1.0
+    """Seconds the indexer waits between two looks for memories an import wrote and the
+    HNSW index does not hold yet (``memory/indexer.py``; an import on this replica wakes
+    it at once); 0 disables it (searches still find such memories, exactly, but never
+    through the index)."""
+
+    indexer_batch_size: int = 100
+    """Memories the indexer adds to the HNSW index per statement (each costs
+    PostgreSQL 1-2 ms of CPU): bounds how long one indexing transaction runs."""
+
+    indexer_concurrency: int = 2
+    """Indexing statements one replica runs at once (replicas index side by side)."""
+
+    import_max_unindexed: int = 250_000
+    """Most imported memories of one tenant that may wait for the index: an import
+    beyond it is RESOURCE_EXHAUSTED with a retry delay, so a load cannot outrun the
+    indexer without bound (a search reads the waiting ones exactly)."""
+
     def quotas(self) -> dict[str, Quota]:
         """The storage quota of each kind (``domain.quotas.KINDS``)."""
         return {
@@ -255,5 +273,17 @@ class MemorySettings:
                 "janitor_batch_size",
                 1 <= self.janitor_batch_size <= MAX_JANITOR_BATCH_SIZE,
                 f"expected 1-{MAX_JANITOR_BATCH_SIZE}",
+            ),
+            (
+                "indexer_interval_s",
+                0 <= self.indexer_interval_s <= MAX_JANITOR_INTERVAL_S,
+                f"expected 0-{MAX_JANITOR_INTERVAL_S} (0 disables the indexer)",
+            ),
+            ("indexer_batch_size", 1 <= self.indexer_batch_size <= 10_000, "expected 1-10000"),
+            ("indexer_concurrency", 1 <= self.indexer_concurrency <= 16, "expected 1-16"),
+            (
+                "import_max_unindexed",
+                1 <= self.import_max_unindexed <= 10_000_000,
+                "expected 1-10000000",
             ),
         ]

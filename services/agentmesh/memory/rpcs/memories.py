@@ -21,13 +21,14 @@ import asyncpg  # type: ignore[import-untyped]
 from google.protobuf import empty_pb2
 
 from agentmesh.core.contract import ServicerContext
-from agentmesh.core.errors import Aborted, InvalidArgument, NotFound
-from agentmesh.core.names import MEMORIES, SESSIONS
+from agentmesh.core.errors import Aborted, InvalidArgument, NotFound, ResourceExhausted
+from agentmesh.core.names import MEMORIES, SESSIONS, new_id
 from agentmesh.core.offload import convert_sized
 from agentmesh.core.paging import Keyset, fit_page, page_size
 from agentmesh.core.sql import ROW_OVERHEAD_BYTES, item_bytes
+from agentmesh.core.validation import validate_request_id
 from agentmesh.memory.convert import etag, json_to_struct, parse_etag, struct_to_json, timestamp
-from agentmesh.memory.domain.merging import NewMemory
+from agentmesh.memory.domain.merging import NewMemory, plan_merges, similar_earlier
 from agentmesh.memory.embedders import embed_checked
 from agentmesh.memory.rpc import RpcGroup, expensive, listing
 from agentmesh.memory.rpcs.memories_validation import (
@@ -38,6 +39,7 @@ from agentmesh.memory.rpcs.memories_validation import (
     validate_batch,
     validate_content,
     validate_create,
+    validate_import,
     validate_namespace,
     validate_vector,
 )
@@ -50,11 +52,15 @@ from agentmesh.memory.stores.memories import (
     write_memories,
 )
 from agentmesh.memory.stores.memory_search import SearchQuery, run_search
+from agentmesh.memory.stores.memory_tail import import_rows, unindexed_count
 from agentmesh.v1 import memory_pb2
 
 DEFAULT_PAGE_SIZE: Final = 50
 DEFAULT_TOP_K: Final = 10
 MAX_TOP_K: Final = 100
+IMPORT_RETRY_AFTER_S: Final = 5.0
+"""Retry delay of an import refused because the tenant's memories wait for the index
+(the indexer adds some 500-1,000 per second on two cores)."""
 PAGE: Final = Keyset(datetime, str)
 """ListMemories pages: newest first, by (create_time, id)."""
 
@@ -135,6 +141,51 @@ class MemoryRpcs(RpcGroup):
         return memory_pb2.BatchCreateMemoriesResponse(
             memories=[results[j] for j in range(len(items))]
         )
+
+    @expensive
+    async def ImportMemories(
+        self, request: memory_pb2.ImportMemoriesRequest, context: ServicerContext
+    ) -> memory_pb2.ImportMemoriesResponse:
+        items = validate_import(request.memories, self._dimension)
+        validate_request_id(request.request_id)
+        tenant = self.tenant()
+        cap = self.deps.settings.import_max_unindexed
+        if await unindexed_count(self.deps.pool, tenant, cap) >= cap:
+            raise ResourceExhausted(
+                f"{cap} imported memories of this tenant wait for the vector index;"
+                " send this slice again later",
+                retry_after_s=IMPORT_RETRY_AFTER_S,
+                reason="IMPORT_BACKLOG",
+            )
+        await self._admit(tenant, items)
+        await self._embed(items)
+        vectors = [item.embedding or [] for item in items]
+        namespaces = [item.namespace for item in items]
+        threshold = self.deps.settings.merge_similarity
+        earlier = await convert_sized(
+            lambda: similar_earlier(vectors, namespaces, threshold),
+            len(items) * self._dimension * 4,
+        )
+        targets, target_of = plan_merges(len(items), {}, earlier)
+        ids = [new_id() for _ in targets]
+        response = memory_pb2.ImportMemoriesResponse(
+            names=[MEMORIES.format(ids[t]) for t in target_of],
+            imported_count=len(targets),
+            merged_count=len(items) - len(targets),
+        )
+
+        async def write() -> memory_pb2.ImportMemoriesResponse:
+            groups = {ids[t]: [items[j] for j in target.items] for t, target in enumerate(targets)}
+            await import_rows(conn, tenant, groups)
+            return response
+
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            # request_id is the whole call's: ``once`` replays the first answer.
+            done = await self.deps.request_ids.once(
+                conn, tenant, "ImportMemories", request, memory_pb2.ImportMemoriesResponse, write
+            )
+        self.deps.indexer.wake()
+        return done
 
     async def _admit(self, tenant: str, items: Sequence[NewMemory]) -> None:
         """The storage quota of memories, before any embedding is spent on them (a

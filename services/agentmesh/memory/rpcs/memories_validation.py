@@ -28,9 +28,12 @@ from agentmesh.v1 import memory_pb2
 MAX_CONTENT_CHARS: Final = 16_384
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_BATCH: Final = 500
+MAX_IMPORT: Final = 1000
+"""Most memories one ImportMemories call takes (a 384-dimension slice with vectors is
+about 1.6 MB of protobuf, under the 4 MiB message limit with its text)."""
 MAX_BATCH_CONTENT_CHARS: Final = 1024 * 1024
-"""Most characters of content one BatchCreateMemories embeds (1 Mi): bounds one call's
-embedding work, whatever the item count and the per-item limit allow."""
+"""Most characters of content one BatchCreateMemories or ImportMemories embeds (1 Mi):
+bounds one call's embedding work, whatever the item count and the per-item limit allow."""
 MAX_NAMESPACE_CHARS: Final = 1024
 
 _SEGMENT = r"[A-Za-z0-9_.-]+"
@@ -128,16 +131,12 @@ def _integral(value: Any) -> Any:
 # ---------------------------------------------------------------- creates
 
 
-def validate_create(
-    request: memory_pb2.CreateMemoryRequest, dimension: int, prefix: str = ""
-) -> NewMemory:
-    """Checks one create request; violations name fields under ``prefix``
-    (``requests[3].`` in a batch). All violations of the item are reported at once."""
-    if not request.HasField("memory"):
-        raise InvalidArgument(f"{prefix}memory", "required")
-    memory = request.memory
-    at = f"{prefix}memory."
-    violations = Violations()
+def _new_memory(
+    memory: memory_pb2.Memory, dimension: int, at: str, violations: Violations
+) -> NewMemory | None:
+    """Checks one memory's fields (violations named ``{at}content`` and so on, added to
+    ``violations``); the item, or None when one of its fields is bad."""
+    before = len(violations.items)
     namespace = violations.check(lambda: validate_namespace(memory.namespace, at + "namespace"))
     kind = violations.check(lambda: validate_kind(memory.kind, at + "kind"))
     content = violations.check(lambda: validate_content(memory.content, at + "content"))
@@ -149,16 +148,13 @@ def validate_create(
     )
     session = violations.check(lambda: _validate_session(memory.session, at + "session"))
     expire_time = violations.check(lambda: validate_expire_time(memory, at + "expire_time"))
-    request_id = violations.check(
-        lambda: validate_request_id(request.request_id, field=f"{prefix}request_id")
-    )
-    violations.raise_if_any()
+    if len(violations.items) > before:
+        return None
     # No violation: every check returned its validator's value (None only where valid).
     assert namespace is not None
     assert kind is not None
     assert content is not None
     assert metadata is not None
-    assert request_id is not None
     return NewMemory(
         namespace=namespace,
         kind=kind,
@@ -167,8 +163,53 @@ def validate_create(
         embedding=embedding,
         session=session,
         expire_time=expire_time,
-        request_id=request_id,
+        request_id="",
     )
+
+
+def validate_create(
+    request: memory_pb2.CreateMemoryRequest, dimension: int, prefix: str = ""
+) -> NewMemory:
+    """Checks one create request; violations name fields under ``prefix``
+    (``requests[3].`` in a batch). All violations of the item are reported at once."""
+    if not request.HasField("memory"):
+        raise InvalidArgument(f"{prefix}memory", "required")
+    violations = Violations()
+    item = _new_memory(request.memory, dimension, f"{prefix}memory.", violations)
+    request_id = violations.check(
+        lambda: validate_request_id(request.request_id, field=f"{prefix}request_id")
+    )
+    violations.raise_if_any()
+    assert item is not None
+    assert request_id is not None
+    item.request_id = request_id
+    return item
+
+
+def _check_content_total(total: int, field: str) -> None:
+    if total > MAX_BATCH_CONTENT_CHARS:
+        raise InvalidArgument(
+            field,
+            f"{total} characters of content in all; a call embeds at most"
+            f" {MAX_BATCH_CONTENT_CHARS}: split it",
+        )
+
+
+def validate_import(memories: Sequence[memory_pb2.Memory], dimension: int) -> list[NewMemory]:
+    """Validates an ImportMemories slice: 1-MAX_IMPORT items, their content bounded in
+    all, each item as CreateMemory checks it; every violation of every item reported
+    together, each naming its index (``memories[3].content``)."""
+    count = len(memories)
+    if not 1 <= count <= MAX_IMPORT:
+        raise InvalidArgument("memories", f"{count} items; send 1-{MAX_IMPORT}")
+    _check_content_total(sum(len(memory.content) for memory in memories), "memories")
+    violations = Violations()
+    items = [
+        _new_memory(memory, dimension, f"memories[{i}].", violations)
+        for i, memory in enumerate(memories)
+    ]
+    violations.raise_if_any()
+    return [item for item in items if item is not None]
 
 
 def validate_batch(
@@ -179,13 +220,7 @@ def validate_batch(
     count = len(requests)
     if not 1 <= count <= MAX_BATCH:
         raise InvalidArgument("requests", f"{count} items; send 1-{MAX_BATCH}")
-    total = sum(len(request.memory.content) for request in requests)
-    if total > MAX_BATCH_CONTENT_CHARS:
-        raise InvalidArgument(
-            "requests",
-            f"{total} characters of content in all; a batch embeds at most"
-            f" {MAX_BATCH_CONTENT_CHARS}: split it",
-        )
+    _check_content_total(sum(len(request.memory.content) for request in requests), "requests")
     items: list[NewMemory] = []
     violations = Violations()
     seen: dict[str, int] = {}

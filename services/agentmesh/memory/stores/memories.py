@@ -27,10 +27,22 @@ from agentmesh.core.sql import (
     delete_batch,
 )
 from agentmesh.memory.domain.merging import MergeTarget, NewMemory, merged_fields, plan_merges
-from agentmesh.memory.stores.memory_search import COLUMNS, LIVE, namespace_under, nearest
+from agentmesh.memory.stores.memory_search import (
+    COLUMNS,
+    INDEXED_ROWS,
+    LIVE,
+    namespace_under,
+    nearest,
+)
 
 MERGE_EF_SEARCH: Final = 20
-"""``hnsw.ef_search`` of the near-duplicate lookup (see write_memories)."""
+"""``hnsw.ef_search`` of the near-duplicate lookup (see _lock_namespaces)."""
+MERGE_MAX_SCAN_TUPLES: Final = 2000
+"""``hnsw.max_scan_tuples`` of the near-duplicate lookup: how far its index walk may
+go to find a row of the namespace before it gives up (see _nearest_existing)."""
+EXACT_NAMESPACE_MAX: Final = 300
+"""A namespace of at most this many memories is checked for near-duplicates exactly
+(see _nearest_existing)."""
 _MERGED_COLUMNS: Final = ", ".join("m." + column.strip() for column in COLUMNS.split(","))
 """``COLUMNS`` of the row aliased ``m`` (the UPDATE of a merge joins another relation)."""
 
@@ -73,26 +85,58 @@ async def _lock_namespaces(
     await conn.execute(
         "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
         " set_config('hnsw.ef_search', $2, true),"
+        " set_config('hnsw.max_scan_tuples', $3, true),"
         " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
         " FROM unnest($1::text[]) AS k) AS locked)",
         keys,
         str(MERGE_EF_SEARCH),
+        str(MERGE_MAX_SCAN_TUPLES),
     )
 
 
 async def _nearest_existing(
     conn: asyncpg.Connection, tenant: str, items: Sequence[NewMemory], threshold: float
 ) -> dict[int, tuple[str, float]]:
-    """For each item, its most similar live memory in its namespace, if similar enough."""
+    """For each item, its most similar live memory in its namespace, if similar enough.
+
+    The plan is chosen per namespace, by its size (counted up to
+    EXACT_NAMESPACE_MAX + 1 rows in the namespace index, a few microseconds):
+
+    * a small namespace is compared exactly, row by row: the index walk would have to
+      step over the rest of the tenant's and every other tenant's rows to reach it;
+    * a large one walks the HNSW index with the narrow beam of ``_lock_namespaces``,
+      never further than MERGE_MAX_SCAN_TUPLES tuples (no exact scan of a large
+      namespace, whatever the table holds), plus the namespace's unindexed tail
+      (what an import wrote and the indexer has not reached yet), exactly.
+
+    Each branch is gated on the count (a one-time filter per item), so only one plan
+    runs per item; the best candidate of the branches wins.
+    """
     rows = await conn.fetch(
         f"""
         SELECT q.ord, m.id, 1 - (m.embedding <=> q.v) AS similarity
         FROM unnest($2::vector[], $3::text[]) WITH ORDINALITY AS q(v, ns, ord)
         CROSS JOIN LATERAL (
-            SELECT id, embedding FROM memory.memories
-            WHERE tenant = $1 AND namespace = q.ns AND {LIVE}
-            ORDER BY {nearest("q.v")}
-            LIMIT 1
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM memory.memories WHERE tenant = $1 AND namespace = q.ns
+                LIMIT {EXACT_NAMESPACE_MAX + 1}
+            ) AS counted
+        ) AS size
+        CROSS JOIN LATERAL (
+            (SELECT id, embedding FROM memory.memories
+             WHERE tenant = $1 AND namespace = q.ns AND {LIVE}
+                AND size.n <= {EXACT_NAMESPACE_MAX}
+             ORDER BY embedding <=> q.v LIMIT 1)
+            UNION ALL
+            (SELECT id, embedding FROM memory.memories
+             WHERE tenant = $1 AND namespace = q.ns AND {LIVE} AND {INDEXED_ROWS}
+                AND size.n > {EXACT_NAMESPACE_MAX}
+             ORDER BY {nearest("q.v")} LIMIT 1)
+            UNION ALL
+            (SELECT id, embedding FROM memory.memories
+             WHERE tenant = $1 AND namespace = q.ns AND {LIVE} AND NOT {INDEXED_ROWS}
+                AND size.n > {EXACT_NAMESPACE_MAX}
+             ORDER BY embedding <=> q.v LIMIT 1)
         ) AS m
         WHERE 1 - (m.embedding <=> q.v) >= $4
         """,
@@ -101,7 +145,12 @@ async def _nearest_existing(
         [item.namespace for item in items],
         threshold,
     )
-    return {row["ord"] - 1: (row["id"], row["similarity"]) for row in rows}
+    best: dict[int, tuple[str, float]] = {}
+    for row in rows:
+        j = row["ord"] - 1
+        if j not in best or row["similarity"] > best[j][1]:
+            best[j] = (row["id"], row["similarity"])
+    return best
 
 
 async def _similar_earlier(

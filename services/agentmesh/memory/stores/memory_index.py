@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from agentmesh.core.settings import ConfigError
 from agentmesh.memory.settings import MemorySettings
-from agentmesh.memory.stores.memory_search import INDEXED, VECTOR_COLUMN_DIM
+from agentmesh.memory.stores.memory_search import INDEXED, INDEXED_ROWS, VECTOR_COLUMN_DIM
 
 MIN_PGVECTOR: Final = (0, 8, 0)
 """``hnsw.iterative_scan`` (filtered search without losing recall) came in 0.8."""
@@ -69,9 +69,12 @@ MIGRATE_COMMAND: Final = "python -m agentmesh.devstack.migrate up"
 Kubernetes Job ``migrate``), named in the start-up refusal."""
 
 _INDEX_OPTIONS_SQL: Final = (
-    "SELECT c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "SELECT c.reloptions || ('predicate=' || coalesce(pg_get_expr(i.indpred, i.indrelid), ''))"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_index i ON i.indexrelid = c.oid"
     " WHERE n.nspname = 'memory' AND c.relname = $1 AND c.relkind = 'i'"
 )
+"""The index's options, and its predicate as ``predicate=...``."""
 
 
 def _reloptions(options: Sequence[str] | None) -> dict[str, str]:
@@ -79,7 +82,11 @@ def _reloptions(options: Sequence[str] | None) -> dict[str, str]:
 
 
 def _wanted_options(settings: MemorySettings) -> dict[str, str]:
-    return {"m": str(settings.hnsw_m), "ef_construction": str(settings.hnsw_ef_construction)}
+    return {
+        "m": str(settings.hnsw_m),
+        "ef_construction": str(settings.hnsw_ef_construction),
+        "predicate": INDEXED_ROWS,
+    }
 
 
 async def check_hnsw_index(pool: asyncpg.Pool, settings: MemorySettings) -> None:
@@ -95,11 +102,12 @@ async def check_hnsw_index(pool: asyncpg.Pool, settings: MemorySettings) -> None
         )
     current = _reloptions(found)
     if current != wanted:
-        shown = ", ".join(f"{k}={current.get(k, 'default')}" for k in wanted)
+        shown = ", ".join(f"{k}={current.get(k) or 'default'}" for k in wanted)
         raise ConfigError(
             f"the HNSW index memory.{HNSW_INDEX} was built with {shown}, but "
-            f"AGENTMESH_MEMORY_HNSW_M={settings.hnsw_m} and "
-            f"AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION={settings.hnsw_ef_construction}; "
+            f"AGENTMESH_MEMORY_HNSW_M={settings.hnsw_m}, "
+            f"AGENTMESH_MEMORY_HNSW_EF_CONSTRUCTION={settings.hnsw_ef_construction} "
+            f"and the predicate {INDEXED_ROWS} are wanted; "
             f"run {MIGRATE_COMMAND} with these settings to rebuild it, then start the service"
         )
 
@@ -144,7 +152,7 @@ async def _rebuild_hnsw(conn: asyncpg.Connection, settings: MemorySettings, work
         f"CREATE INDEX CONCURRENTLY {building} ON memory.memories"
         f" USING hnsw (({INDEXED}) halfvec_cosine_ops)"
         f" WITH (m = {int(settings.hnsw_m)},"
-        f" ef_construction = {int(settings.hnsw_ef_construction)})"
+        f" ef_construction = {int(settings.hnsw_ef_construction)}) WHERE {INDEXED_ROWS}"
     )
     await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS memory.{HNSW_INDEX}")
     await conn.execute(f"ALTER INDEX memory.{building} RENAME TO {HNSW_INDEX}")

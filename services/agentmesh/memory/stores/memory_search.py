@@ -23,6 +23,11 @@ recall@10 within 0.005 (docs/benchmarks.md); rows keep full precision, and score
 computed from them. A statement reaches the index only by ordering by exactly
 ``{INDEXED} <=> <query>::halfvec(dim)``: see ``nearest``."""
 
+INDEXED_ROWS: Final = "indexed"
+"""The HNSW index's predicate. A memory an import wrote is stored with ``indexed``
+false and joins the index later (``stores/memory_tail.py``); until then reads find it
+in the unindexed tail, exactly (``memories_unindexed``, a small partial index)."""
+
 COLUMNS: Final = (
     "id, namespace, kind, content, metadata, session, expire_time,"
     " merge_count, version, create_time, update_time"
@@ -66,7 +71,10 @@ def search_sql(tenant: str, query: SearchQuery) -> tuple[str, list[Any]]:
 
     ORDER BY the distance operator with a LIMIT is what lets the planner walk the
     HNSW index; every filter is a post-filter that ``hnsw.iterative_scan`` keeps
-    feeding until ``top_k`` rows pass.
+    feeding until ``top_k`` rows pass. The unindexed tail (memories an import wrote
+    that the indexer has not reached yet; usually none) is read exactly beside it, so
+    a search during a load misses nothing that was acknowledged; the caller keeps the
+    best ``top_k`` of both.
     """
     where = Where(tenant)
     where.add(LIVE)
@@ -78,9 +86,11 @@ def search_sql(tenant: str, query: SearchQuery) -> tuple[str, list[Any]]:
     if query.metadata_filter is not None:
         where.add("metadata @> {}::jsonb", query.metadata_filter)
     limit = where.param(query.top_k)
+    rows = f"SELECT {COLUMNS}, embedding <=> {vector} AS distance FROM memory.memories"
     sql = (
-        f"SELECT {COLUMNS}, embedding <=> {vector} AS distance FROM memory.memories"
-        f" WHERE {where.sql} ORDER BY {nearest(vector)} LIMIT {limit}"
+        f"({rows} WHERE {where.sql} AND {INDEXED_ROWS} ORDER BY {nearest(vector)} LIMIT {limit})"
+        f" UNION ALL ({rows} WHERE {where.sql} AND NOT {INDEXED_ROWS}"
+        f" ORDER BY distance LIMIT {limit})"
     )
     return sql, where.args
 
@@ -107,4 +117,4 @@ async def run_search(
             rows = await conn.fetch(sql, *params)
     scored = [(row, max(-1.0, min(1.0, 1.0 - row["distance"]))) for row in rows]
     scored.sort(key=lambda hit: (-hit[1], hit[0]["id"]))
-    return [hit for hit in scored if hit[1] >= query.min_score]
+    return [hit for hit in scored[: query.top_k] if hit[1] >= query.min_score]

@@ -50,6 +50,8 @@ __all__ = (
     "GetStoreItemRequest",
     "GetWorkingMemoryRequest",
     "Handoff",
+    "ImportMemoriesRequest",
+    "ImportMemoriesResponse",
     "Interrupt",
     "InvokeAgentRequest",
     "InvokeAgentResponse",
@@ -1831,6 +1833,59 @@ class Handoff(betterproto2.Message):
 
 
 default_message_pool.register_message("agentmesh.v1", "Handoff", Handoff)
+
+
+@dataclass(eq=False, repr=False)
+class ImportMemoriesRequest(betterproto2.Message):
+    """
+    Request for MemoryService.ImportMemories.
+    """
+
+    memories: "list[Memory]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    The memories, 1-1,000, with at most 1,048,576 characters of content in all
+    (INVALID_ARGUMENT on `memories` otherwise: split the slice). Each follows
+    CreateMemory's rules (namespace, kind, content, metadata, embedding, session,
+    expire_time); give `embedding` to skip the server's embedder.
+    """
+
+    request_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Idempotency key of the whole call; see CreateSessionRequest.request_id.
+    """
+
+
+default_message_pool.register_message(
+    "agentmesh.v1", "ImportMemoriesRequest", ImportMemoriesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ImportMemoriesResponse(betterproto2.Message):
+    """
+    Response of MemoryService.ImportMemories.
+    """
+
+    names: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The resource name of each memory of the request, in request order; an item
+    merged into an earlier near-duplicate of the call has that memory's name.
+    """
+
+    imported_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    How many memories were stored (the count of distinct `names`).
+    """
+
+    merged_count: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    How many items were merged into an earlier item of the call.
+    """
+
+
+default_message_pool.register_message(
+    "agentmesh.v1", "ImportMemoriesResponse", ImportMemoriesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -5133,6 +5188,30 @@ class MemoryServiceStub:
             BatchCreateMemoriesResponse.FromString,
         )(message)
 
+    def import_memories(self, message: "ImportMemoriesRequest") -> "ImportMemoriesResponse":
+        """
+        Imports up to 1,000 memories in one call: the path for loading a corpus.
+        The memories are written with COPY and acknowledged once committed; they are
+        found by reads and searches at once, and join the vector index in the
+        background (until then a search reads them exactly, so none is missed).
+        Near-duplicates within the call are merged as BatchCreateMemories merges them;
+        memories stored before are not looked up, so an import never merges into them
+        (that is what makes it fast): send each slice of a corpus with the same
+        `request_id` when retrying it, and a retry returns the first answer instead of
+        importing twice. All or none.
+        Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+        `memories[3].content`; `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+        indexed are over the server's limit: RetryInfo says when to send again),
+        UNAVAILABLE (embedding provider or database down).
+        """
+
+        return self._channel.unary_unary(
+            "/agentmesh.v1.MemoryService/ImportMemories",
+            ImportMemoriesRequest.SerializeToString,
+            ImportMemoriesResponse.FromString,
+        )(message)
+
     def get_memory(self, message: "GetMemoryRequest") -> "Memory":
         """
         Gets a memory. Errors: INVALID_ARGUMENT, NOT_FOUND (also when expired).
@@ -5848,6 +5927,40 @@ class MemoryServiceAsyncStub(betterproto2_grpclib.ServiceStub):
             "/agentmesh.v1.MemoryService/BatchCreateMemories",
             message,
             BatchCreateMemoriesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def import_memories(
+        self,
+        message: "ImportMemoriesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImportMemoriesResponse":
+        """
+        Imports up to 1,000 memories in one call: the path for loading a corpus.
+        The memories are written with COPY and acknowledged once committed; they are
+        found by reads and searches at once, and join the vector index in the
+        background (until then a search reads them exactly, so none is missed).
+        Near-duplicates within the call are merged as BatchCreateMemories merges them;
+        memories stored before are not looked up, so an import never merges into them
+        (that is what makes it fast): send each slice of a corpus with the same
+        `request_id` when retrying it, and a retry returns the first answer instead of
+        importing twice. All or none.
+        Errors: INVALID_ARGUMENT (as BatchCreateMemories, naming the item:
+        `memories[3].content`; `request_id` already used for a different request),
+        RESOURCE_EXHAUSTED (storage quota; or the tenant's imported memories not yet
+        indexed are over the server's limit: RetryInfo says when to send again),
+        UNAVAILABLE (embedding provider or database down).
+        """
+
+        return await self._unary_unary(
+            "/agentmesh.v1.MemoryService/ImportMemories",
+            message,
+            ImportMemoriesResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
