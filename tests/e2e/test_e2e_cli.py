@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from agentmesh.bench.memory_data import sentences
 from agentmesh.core.auth import mint_token
 from agentmesh.devstack.stack import DevStack
 from agentmesh.v1 import common_pb2, memory_pb2, memory_pb2_grpc
@@ -297,6 +298,38 @@ def test_memories_search_finds_by_words_within_a_namespace(
 
     empty = one_error_line(agentmesh(cli_env, "memories", "search", ""))
     assert empty.startswith("agentmesh: INVALID_ARGUMENT: ")
+
+
+def test_memories_import_loads_a_file_in_slices_once(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    namespace = f"corpus/{uuid.uuid4().hex[:8]}"
+    texts = sentences(1200)  # varied enough that none is a near-duplicate of another
+    lines = [json.dumps({"content": text, "kind": "MEMORY_KIND_SEMANTIC"}) for text in texts]
+    lines.insert(10, lines[9])  # an exact duplicate within the first slice: merged
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+
+    first = agentmesh(
+        cli_env, "memories", "import", str(corpus), "--namespace", namespace, "--json"
+    )
+    assert first.code == 0, first.err
+    assert first.json_lines() == [{"importedCount": 1200, "mergedCount": 1}]
+    # Run again (as after a failure half-way): every slice is recognised, none stored twice.
+    again = agentmesh(cli_env, "memories", "import", str(corpus), "--namespace", namespace)
+    assert again.code == 0, again.err
+    assert "1201 memories read, 1200 stored, 1 merged" in again.out
+    found = agentmesh(cli_env, "memories", "search", texts[417], "--namespace", namespace, "--json")
+    assert found.code == 0, found.err
+    best, second, *_ = (hit["memory"]["content"] for hit in found.json_lines())
+    assert best == texts[417]
+    assert second != best  # stored once
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"content": "fine"}\n{"content": 5, "nope": true}\n', encoding="utf-8")
+    broken = agentmesh(cli_env, "memories", "import", str(bad), "--namespace", namespace)
+    assert broken.code == 1
+    assert f"{bad}:2: not a memory in JSON" in broken.err
 
 
 def test_no_color_keeps_colour_out_of_terminal_output(cli_env: dict[str, str]) -> None:
