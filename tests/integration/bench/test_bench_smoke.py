@@ -81,6 +81,17 @@ def test_the_small_memory_bench_runs_every_part_cleanly(tmp_path: Path) -> None:
         assert abs(part["service"]["recall_at_10"] - part["database"]["recall_at_10"]) <= 0.02
         assert part["service"]["sequential_ms"]["count"] > 0
 
+    # Bulk import: every memory stored, found by search during the load, then indexed;
+    # the floors measured beside it.
+    bulk = result["bulk"]
+    assert bulk["ours"]["rows_stored"] == bulk["ours"]["memories"] == 3000
+    assert bulk["ours"]["search_found_during_load"] == "20/20"
+    assert bulk["ours"]["memories_per_s"] > 0
+    assert bulk["ours"]["indexed_per_s"] > 0
+    assert bulk["floors"]["copy"]["memories_per_s"] > 0
+    assert bulk["floors"]["index"]["memories"] == 3000
+    assert bulk["ours_over_copy_floor"] > 0
+
     # MiniLM writes at 1 and 16 clients, batching across requests off and on.
     embed = result["embed"]["modes"]
     assert [(r["mode"], r["clients"]) for r in embed] == [

@@ -3,7 +3,7 @@
 One PostgreSQL (embedded, pgvector), one Redis, the real `python -m agentmesh.memory`,
 the raw grpc.aio echo server of the `core` bench and one Envoy (the real config; its
 `memory` upstream is our service, its `agent` upstream the raw echo) are started once;
-then three parts run in this order:
+then five parts run in this order:
 
 1. **rpc**: `GetSession` and `AppendMessages` with h2load, direct gRPC, gRPC through
    Envoy and JSON through Envoy, at 1 and 64 in flight, each beside the raw echo
@@ -24,12 +24,19 @@ then three parts run in this order:
    `hnsw.ef_search` (`AGENTMESH_MEMORY_HNSW_EF_SEARCH`, the service restarted for each):
    latency at 1 and at 8 in flight, recall@10 against the exact top-10, and the same
    statement timed on a plain connection (the database's share of the latency).
+4. **bulk**: `ImportMemories` of 100,000 memories × 384 with their vectors, beside the
+   same run's floors (the same rows COPYed by a plain connection; the indexer's statement
+   on plain connections); search checked during the load; time until all are indexed.
+5. **embed**: `CreateMemory` with the local MiniLM model at 1 and 16 clients, batching
+   across requests off and on.
 
 Sizes: `--small` shrinks everything (a smoke test); `python -m agentmesh.bench.memory
---memories N` sets the search size (default 100,000; 5,000 with `--small`).
+--memories N` sets the search size (default 100,000; 5,000 with `--small`),
+`--import-memories N` the bulk import's, `--parts bulk,embed` runs only those parts.
 
 Modules: `options` (fixed settings, `MemoryConfig`, `Sizes`), `stack` (the processes),
-`clients` (the bench's gRPC clients), `rpc`, `ingest` and `search` (the three parts),
+`clients` (the bench's gRPC clients), `rpc`, `ingest`, `search`, `bulk` and `embed`
+(the parts),
 `run` (their order and the method record), `report` (the docs section), `__main__` (the
 `python -m agentmesh.bench.memory` flags).
 """

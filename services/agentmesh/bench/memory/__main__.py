@@ -20,6 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memories", type=int, default=None, help="search data size")
     parser.add_argument("--queries", type=int, default=None, help="query vectors")
     parser.add_argument(
+        "--import-memories", type=int, default=None, help="bulk import size (default 100,000)"
+    )
+    parser.add_argument(
+        "--parts",
+        default="",
+        help="comma-separated parts to run (rpc,ingest,search,bulk,embed; default all)",
+    )
+    parser.add_argument(
         "--ef-search", default="40,100,200", help="comma-separated hnsw.ef_search values"
     )
     args, rest = parser.parse_known_args(argv)
@@ -28,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     config = MemoryConfig(
         memories=args.memories,
         queries=args.queries,
+        import_memories=args.import_memories,
+        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
         ef_search=tuple(int(x) for x in args.ef_search.split(",") if x.strip()),
         invocation="python -m agentmesh.bench.memory"
         + "".join(f" {shlex.quote(a)}" for a in (sys.argv[1:] if argv is None else argv)),

@@ -36,6 +36,10 @@ class MemoryConfig:
     queries: int | None = None
     """Query vectors; None: 200 (100 with --small)."""
     ef_search: tuple[int, ...] = (40, 100, 200)
+    import_memories: int | None = None
+    """Bulk import size; None: 100,000 (3,000 with --small)."""
+    parts: tuple[str, ...] = ()
+    """The parts to run (``rpc``, ``ingest``, ``search``, ``bulk``, ``embed``); empty: all."""
     invocation: str | None = None
     """The command line when run as `python -m agentmesh.bench.memory`."""
 
@@ -55,6 +59,8 @@ class Sizes:
     """Time bound of each ingest mode and search loop."""
     embed_writes: dict[int, int]
     """Clients → CreateMemory calls with the MiniLM embedder (the ``embed`` part)."""
+    import_memories: int
+    """Memories the bulk import part loads."""
 
     @classmethod
     def of(cls, opts: BenchOptions, config: MemoryConfig) -> Sizes:
@@ -69,4 +75,5 @@ class Sizes:
             ingest_batches={100: 5, 500: 2} if small else {100: 40, 500: 20},
             phase_bound_s=60.0 if small else 300.0,
             embed_writes={1: 20, 16: 64} if small else {1: 150, 16: 800},
+            import_memories=config.import_memories or (3_000 if small else 100_000),
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Final
 
 from agentmesh.bench import core
+from agentmesh.bench.memory.bulk import run_bulk
 from agentmesh.bench.memory.embed import run_embed
 from agentmesh.bench.memory.ingest import run_ingest
 from agentmesh.bench.memory.options import (
@@ -23,7 +25,7 @@ from agentmesh.bench.memory.options import (
 )
 from agentmesh.bench.memory.rpc import run_rpc
 from agentmesh.bench.memory.search import run_search
-from agentmesh.bench.memory.stack import start_stack
+from agentmesh.bench.memory.stack import Stack, start_stack
 from agentmesh.bench.memory_data import DIMENSION, INTRINSIC_DIMENSION, NOISE_RATIO
 from agentmesh.bench.procs import start_echo_server
 from agentmesh.bench.suite import BenchOptions, JsonDict
@@ -31,10 +33,51 @@ from agentmesh.core.auth import mint_token
 from agentmesh.devstack.migrate import migrate_up
 from agentmesh.devstack.roles import create_login_roles
 
+PARTS: Final = ("rpc", "ingest", "search", "bulk", "embed")
+"""The parts, in the order they run."""
+
+
+def _run_part(
+    part: str, opts: BenchOptions, stack: Stack, token: str, sizes: Sizes, config: MemoryConfig
+) -> JsonDict:
+    """Runs one part and logs its headline figures."""
+    if part == "rpc":
+        return run_rpc(opts, stack, token)
+    if part == "search":
+        return run_search(opts, stack, token, sizes, config.ef_search)
+    if part == "ingest":
+        opts.log("memory ingest: CreateMemory / BatchCreateMemories with the hash embedder")
+        ingest = asyncio.run(run_ingest(stack, token, sizes))
+        for mode in ingest["modes"]:
+            opts.log(
+                f"memory ingest {mode['mode']:<20}: {mode['memories_per_s']:>7.0f} memories/s, "
+                f"p50 {mode['latency_ms'].get('p50', 0):.1f} ms, merged {mode['merged']}"
+            )
+        return ingest
+    if part == "bulk":
+        opts.log(f"memory bulk: ImportMemories of {sizes.import_memories:,} memories")
+        bulk = asyncio.run(run_bulk(stack, sizes))
+        opts.log(
+            f"memory bulk: {bulk['ours']['memories_per_s']:,.0f} acknowledged/s"
+            f" ({bulk['ours_over_copy_floor']}× COPY floor),"
+            f" {bulk['ours']['indexed_per_s']:,.0f} indexed/s"
+        )
+        return bulk
+    opts.log("memory embed: CreateMemory with MiniLM, batching off and on")
+    embed = asyncio.run(run_embed(stack, token, sizes, DEFAULT_EF_SEARCH))
+    for row in embed["modes"]:
+        tail = row["latency_ms"].get("p99", 0)
+        opts.log(
+            f"memory embed {row['mode']:<9} × {row['clients']:>2}: "
+            f"{row['writes_per_s']:>6.1f} writes/s, p99 {tail:.0f} ms"
+        )
+    return embed
+
 
 def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
-    """Starts the stack, runs rpc, ingest and search in that order, stops the stack; an
-    exception in a part aborts the rest and is recorded as a problem."""
+    """Starts the stack, runs rpc, ingest, search, bulk and embed in that order (those of
+    ``config.parts``, or all), stops the stack; an exception in a part aborts the rest and
+    is recorded as a problem."""
     sizes = Sizes.of(opts, config)
     stack = start_stack(opts)
     token = mint_token(stack.secret, TENANT, subject="bench", ttl_s=6 * 3600)
@@ -50,35 +93,13 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
         stack.echo = start_echo_server("raw", stack.ports.agent, stack.secret, stack.work)
         stack.start_memory(DEFAULT_EF_SEARCH)
         stack.start_envoy()
-        t0 = time.monotonic()
-        result["rpc"] = run_rpc(opts, stack, token)
-        result["rpc"]["wall_s"] = round(time.monotonic() - t0, 1)
-        problems += result["rpc"].pop("problems")
-        t0 = time.monotonic()
-        opts.log("memory ingest: CreateMemory / BatchCreateMemories with the hash embedder")
-        result["ingest"] = asyncio.run(run_ingest(stack, token, sizes))
-        result["ingest"]["wall_s"] = round(time.monotonic() - t0, 1)
-        problems += result["ingest"].pop("problems")
-        for mode in result["ingest"]["modes"]:
-            opts.log(
-                f"memory ingest {mode['mode']:<20}: {mode['memories_per_s']:>7.0f} memories/s, "
-                f"p50 {mode['latency_ms'].get('p50', 0):.1f} ms, merged {mode['merged']}"
-            )
-        t0 = time.monotonic()
-        result["search"] = run_search(opts, stack, token, sizes, config.ef_search)
-        result["search"]["wall_s"] = round(time.monotonic() - t0, 1)
-        problems += result["search"].pop("problems")
-        t0 = time.monotonic()
-        opts.log("memory embed: CreateMemory with MiniLM, batching off and on")
-        result["embed"] = asyncio.run(run_embed(stack, token, sizes, DEFAULT_EF_SEARCH))
-        result["embed"]["wall_s"] = round(time.monotonic() - t0, 1)
-        problems += result["embed"].pop("problems")
-        for row in result["embed"]["modes"]:
-            tail = row["latency_ms"].get("p99", 0)
-            opts.log(
-                f"memory embed {row['mode']:<9} × {row['clients']:>2}: "
-                f"{row['writes_per_s']:>6.1f} writes/s, p99 {tail:.0f} ms"
-            )
+
+        for part in PARTS:
+            if not config.parts or part in config.parts:
+                t0 = time.monotonic()
+                result[part] = _run_part(part, opts, stack, token, sizes, config)
+                result[part]["wall_s"] = round(time.monotonic() - t0, 1)
+                problems += result[part].pop("problems")
     except Exception as exc:
         problems.append(f"aborted: {type(exc).__name__}: {exc}")
         opts.log(f"memory: ABORTED: {exc} (logs in {stack.work})")
@@ -102,6 +123,7 @@ def run(opts: BenchOptions, config: MemoryConfig) -> JsonDict:
             "embed_writes": {str(k): v for k, v in sizes.embed_writes.items()},
         },
         "ef_search": list(config.ef_search),
+        "parts": list(config.parts) or "all",
         "invocation": config.invocation,
         "vectors": {
             "dimension": DIMENSION,

@@ -31,7 +31,12 @@ from agentmesh.bench.memory_data import (
 )
 from agentmesh.bench.procs import BenchError, grpc_metadata, handled_ok
 from agentmesh.bench.suite import BenchOptions, JsonDict
-from agentmesh.memory.stores.memory_search import INDEXED, nearest
+from agentmesh.memory.stores.memory_search import (
+    INDEXED,
+    INDEXED_ROWS,
+    SearchQuery,
+    search_sql,
+)
 from agentmesh.v1 import memory_pb2
 
 BUILD_WORK_MEM: Final = "1GB"
@@ -85,13 +90,13 @@ class SearchData:
 
 
 def _search_sql() -> str:
-    """The service's search statement shape; its ORDER BY comes from the service's own
-    module (asked at run time, not import time), so the two cannot drift apart."""
-    return (
-        "SELECT id FROM memory.memories WHERE tenant = $1"
-        " AND (expire_time IS NULL OR expire_time > now())"
-        f" ORDER BY {nearest('$2::vector')} LIMIT 10"
-    )
+    """The service's own search statement (the indexed part and the unindexed tail),
+    asked from its module at run time, so the two cannot drift apart; its parameters
+    are the tenant, the query vector and top_k."""
+    sql, params = search_sql(TENANT, SearchQuery([0.0] * DIMENSION, "", (), None, 10, -1.0))
+    if len(params) != 3:
+        raise BenchError(f"the search statement takes {len(params)} parameters, expected 3")
+    return sql
 
 
 _EXACT_SQL: Final = (
@@ -169,6 +174,7 @@ async def _load_search_data(opts: BenchOptions, stack: Stack, sizes: Sizes) -> S
             "CREATE INDEX memories_embedding_hnsw ON memory.memories"
             f" USING hnsw (({INDEXED}) halfvec_cosine_ops)"
             f" WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"
+            f" WHERE {INDEXED_ROWS}"
         )
         build_s = time.perf_counter() - t0
         workers = await conn.fetchval("SHOW max_parallel_maintenance_workers")
@@ -327,7 +333,7 @@ async def _search_database(stack: Stack, data: SearchData, ef_search: int, passe
         for p in range(passes + 1):  # the first pass warms up
             for q in data.queries:
                 t0 = time.perf_counter()
-                rows = await conn.fetch(statement, TENANT, q)
+                rows = await conn.fetch(statement, TENANT, q, 10)
                 if p:
                     latencies.append(time.perf_counter() - t0)
                 if p == 1:
