@@ -4,8 +4,9 @@ the same run's database floors.
 1. Floors, with the Memory service stopped (its indexer must not touch these rows): the
    same rows COPYed by one plain connection in the same slices, each its own
    transaction (the floor of an acknowledged import); then the indexer's own statement
-   run by plain connections, as many as the service's indexer runs, on a sample of them
-   (the floor of indexing). The raw rows are deleted afterwards.
+   run by plain connections, as many as the service's indexer runs, until all of them are
+   indexed (the floor of indexing: the same index sizes as ours goes through). The raw
+   rows are deleted and vacuumed away afterwards.
 2. Ours: the service (default settings, its indexer on) takes the same number of
    memories in slices of IMPORT_SLICE with vectors, IMPORT_CLIENTS slices in flight.
 3. Right after the last slice is acknowledged, while most of it still waits for the
@@ -41,8 +42,6 @@ IMPORT_SLICE: Final = 1000
 IMPORT_CLIENTS: Final = 2
 IMPORT_NAMESPACES: Final = 20
 SEARCH_SAMPLES: Final = 20
-INDEX_FLOOR_MAX: Final = 10_000
-"""Rows the indexing floor indexes at most (its rate, not its total, is the point)."""
 WAIT_INDEXED_S: Final = 900.0
 
 
@@ -134,7 +133,7 @@ async def _floors(stack: Stack, vectors: list[list[float]], settings: MemorySett
             stack,
             settings.indexer_concurrency,
             settings.indexer_batch_size,
-            min(INDEX_FLOOR_MAX, len(vectors)),
+            len(vectors),
         )
         await conn.execute("DELETE FROM memory.memories WHERE tenant = $1", RAW_TENANT)
         await conn.execute("VACUUM memory.memories")

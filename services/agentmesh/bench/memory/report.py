@@ -316,8 +316,8 @@ with their vectors (built before the clock starts), two in flight over direct gR
 namespaces, into the table that already holds the search part's rows; the service runs
 with its default import settings (indexer: 2 loops, batches of 100). The floors run
 first with the service stopped: the same rows COPYed (`copy_records_to_table`, binary),
-a transaction per slice, then the indexer's own statement on plain connections over a
-sample; their rows are deleted before the service's run.
+a transaction per slice, then the indexer's own statement on plain connections until
+all are indexed; their rows are deleted before the service's run.
 
 *Search.* The vectors are **synthetic with low intrinsic dimension**, never i.i.d.
 random (on which every HNSW shows near-zero recall): x = normalize(A·z + ε), A a fixed

@@ -73,6 +73,15 @@ async def _lock_namespaces(
     """Locks the namespaces for the transaction and sets its near-duplicate lookup's
     index walk, in one round trip.
 
+    ``enable_sort`` off (for this transaction) is what makes the lookup of a large
+    namespace walk the index: the namespace is a parameter, so the planner cannot know
+    its size and, estimating a hundred rows, would rather read them all through the
+    namespace index and sort them (5-6 ms at 2,000 rows, against 0.2 ms for the walk).
+    ``_nearest_existing`` counts the rows itself and gates each plan on the count; with
+    sorting priced out, the gated index branch walks the HNSW index, while the exact
+    branches, which no other plan can order, still sort. No other statement of a write
+    needs a sort.
+
     Sorted, so two batches touching the same namespaces cannot deadlock (unnest yields
     the array in order and the scan calls the volatile lock function row by row, in
     that order). The one-nearest lookup walks the index in exact order with a small
@@ -86,6 +95,7 @@ async def _lock_namespaces(
         "SELECT set_config('hnsw.iterative_scan', 'strict_order', true),"
         " set_config('hnsw.ef_search', $2, true),"
         " set_config('hnsw.max_scan_tuples', $3, true),"
+        " set_config('enable_sort', 'off', true),"
         " (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
         " FROM unnest($1::text[]) AS k) AS locked)",
         keys,
