@@ -67,6 +67,7 @@ def test_the_small_memory_bench_runs_every_part_cleanly(tmp_path: Path) -> None:
         assert mode["memories"] > 0, mode
         assert mode["distinct_names"] == mode["memories"], mode
     assert [m["mode"] for m in ingest["database_floor"]["modes"]] == [
+        "raw-create-16",
         "raw-insert-100",
         "raw-insert-500",
     ]

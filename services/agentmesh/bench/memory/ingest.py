@@ -18,11 +18,15 @@ from agentmesh.bench.memory.stack import Stack, children_cpu_s
 from agentmesh.bench.memory_data import DIMENSION, sentences
 from agentmesh.bench.procs import grpc_metadata, proc_cpu_s
 from agentmesh.bench.suite import JsonDict
+from agentmesh.memory.domain.merging import NewMemory
 from agentmesh.memory.embedders.hashing import HashEmbedder
+from agentmesh.memory.settings import MemorySettings
+from agentmesh.memory.stores.memories import write_memories
 from agentmesh.v1 import memory_pb2
 
 INGEST_NAMESPACES: Final = 20
 RAW_TENANT: Final = "bench-raw"
+MERGE_SIMILARITY: Final = MemorySettings().merge_similarity
 
 
 def _create_request(text: str, index: int) -> memory_pb2.CreateMemoryRequest:
@@ -72,6 +76,7 @@ async def run_ingest(stack: Stack, token: str, sizes: Sizes) -> JsonDict:
         *((f"batch-{b}", b, n, 1) for b, n in sizes.ingest_batches.items()),
     ]
     floor = sum(size * count for size, count in sizes.ingest_batches.items())
+    floor += sizes.ingest_concurrent  # the single-write floor's
     total = sum(per * calls for _, per, calls, _c in modes) + 20 + floor
     texts = sentences(total)
     md = grpc_metadata(token, "bench-memory-ingest")
@@ -160,6 +165,56 @@ async def run_ingest(stack: Stack, token: str, sizes: Sizes) -> JsonDict:
     }
 
 
+async def _single_write_floor(stack: Stack, texts: Sequence[str], concurrency: int) -> JsonDict:
+    """CreateMemory's own statements (the store's ``write_memories``: BEGIN, the
+    namespace lock, the near-duplicate lookup, the INSERT, COMMIT) from ``concurrency``
+    plain connections, one memory per transaction, vectors computed beforehand: what
+    the database alone allows for single writes at that concurrency."""
+    embedder = HashEmbedder(DIMENSION)
+    items = [
+        NewMemory(
+            namespace=f"users/u{i % INGEST_NAMESPACES:02d}/notes",
+            kind=memory_pb2.MEMORY_KIND_EPISODIC,
+            content=text,
+            metadata={"source": "bench", "seq": i},
+            embedding=embedder.embed_one(text),
+            session=None,
+            expire_time=None,
+            request_id="",
+        )
+        for i, text in enumerate(texts)
+    ]
+    pending = list(reversed(items))
+    conns = [await asyncpg.connect(stack.postgres.database_url) for _ in range(concurrency)]
+    latencies: list[float] = []
+
+    async def writer(conn: asyncpg.Connection) -> None:
+        await register_vector(conn)
+        while pending:
+            item = pending.pop()
+            t0 = time.perf_counter()
+            async with conn.transaction():
+                await write_memories(conn, RAW_TENANT, [item], MERGE_SIMILARITY)
+            latencies.append(time.perf_counter() - t0)
+
+    cpu0 = children_cpu_s(stack.postgres.pid)
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(writer(conn) for conn in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
+    wall = time.perf_counter() - t0
+    cpu = children_cpu_s(stack.postgres.pid) - cpu0
+    return {
+        "mode": f"raw-create-{concurrency}",
+        "memories": len(items),
+        "memories_per_s": round(len(items) / wall, 1),
+        "latency_ms": percentiles_ms(latencies),
+        "postgres_cpu_us_per_memory": round(cpu / max(len(items), 1) * 1e6, 1),
+    }
+
+
 async def _database_floor(stack: Stack, sizes: Sizes, texts: Sequence[str]) -> JsonDict:
     """The same rows INSERTed straight into memory.memories (same indexes, the HNSW one
     included) from one plain connection, in the batch sizes of the service modes, with
@@ -177,9 +232,11 @@ async def _database_floor(stack: Stack, sizes: Sizes, texts: Sequence[str]) -> J
         " FROM unnest($2::text[], $3::text[], $4::text[], $5::vector[])"
         " AS u(id, ns, content, embedding)"
     )
+    modes: list[JsonDict] = [
+        await _single_write_floor(stack, texts[needed : needed + sizes.ingest_concurrent], 16)
+    ]
     conn = await asyncpg.connect(stack.postgres.database_url)
     await register_vector(conn)
-    modes: list[JsonDict] = []
     done = 0
     try:
         for size, count in batches:
