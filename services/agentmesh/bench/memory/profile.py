@@ -10,8 +10,9 @@ reports, per call:
 - the service's own handling time (its `grpc_server_handling_seconds` histogram: from
   the interceptor's start to the response), so the rest of the direct path is gRPC and
   the network between the client and the service;
-- the PostgreSQL statements the call ran (pg_stat_statements: how many per call and
-  their mean execution time; BEGIN and COMMIT included, COMMIT's time is the WAL flush),
+- the PostgreSQL statements the call ran (pg_stat_statements: how many per call, their
+  mean execution time and how often and how long they were planned; BEGIN and COMMIT
+  included),
   which gives the round trips and the database's share;
 - CPU per call of the service and of PostgreSQL;
 - the cost of the in-process steps measured apart: verifying the bearer token, one
@@ -84,7 +85,8 @@ async def _statements(url: str, reset: bool) -> list[JsonDict]:
             await conn.execute("SELECT pg_stat_statements_reset()")
             return []
         rows = await conn.fetch(
-            "SELECT calls, mean_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q"
+            "SELECT calls, mean_exec_time, mean_plan_time, plans,"
+            " left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q"
             " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
             " WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%'"
             " ORDER BY calls DESC, mean_exec_time DESC LIMIT 20"
@@ -158,6 +160,8 @@ def _profile_method(
             "statement": row["q"],
             "per_call": round(row["calls"] / calls, 2),
             "mean_ms": round(row["mean_exec_time"], 4),
+            "plans_per_call": round(row["plans"] / calls, 2),
+            "mean_plan_ms": round(row["mean_plan_time"], 4),
         }
         for row in statements
         if row["calls"] >= calls // 2
@@ -173,6 +177,9 @@ def _profile_method(
         },
         "statements": per_call,
         "database_ms_per_call": round(sum(s["per_call"] * s["mean_ms"] for s in per_call), 3),
+        "planning_ms_per_call": round(
+            sum(s["plans_per_call"] * s["mean_plan_ms"] for s in per_call), 3
+        ),
     }
 
 
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             **stack.postgres.settings,
             "shared_preload_libraries": "pg_stat_statements",
             "pg_stat_statements.track_utility": "on",
+            "pg_stat_statements.track_planning": "on",
         },
     )
     token = mint_token(stack.secret, TENANT, subject="profile", ttl_s=3600)
