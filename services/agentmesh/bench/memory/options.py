@@ -14,6 +14,9 @@ TARGET_GET_RATIO: Final = 0.5
 TARGET_SEARCH_P99_MS: Final = 5.0
 TARGET_RECALL: Final = 0.95
 TARGET_BATCH_RATE: Final = 2000.0
+"""Bulk import (ImportMemories), memories/s at 100,000."""
+TARGET_BATCHED_OVER_FLOOR: Final = 0.8
+"""BatchCreateMemories ≥ 0.8 × the same-run raw INSERT floor of the same batch size."""
 TARGET_CREATE_SESSION_P50_MS: Final = 2.5
 """CreateSession p50 at one call in flight."""
 TARGET_EMBED_SCALING: Final = 2.0
