@@ -76,11 +76,12 @@ check-gen: env ## fail if gen/ differs from what `make gen` writes
 	@echo "gen/ matches make gen"
 
 .PHONY: lint
-lint: env ## ruff, mypy (strict), buf lint
+lint: env ## ruff, mypy (strict), buf lint, the contract's compatibility gate (buf breaking)
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
 	$(BIN)/mypy
 	$(BIN)/buf lint
+	$(BIN)/python -m agentmesh.devstack.contract_gate --buf $(BIN)/buf
 
 # The database `make dev` runs (unix socket in .data/postgres), as the owner of the
 # schemas (migrations create tables, indexes and roles); override for another one.
