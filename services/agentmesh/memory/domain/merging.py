@@ -3,9 +3,9 @@
 A write whose vector is within the merge similarity of a live memory in the same
 tenant and namespace updates that memory instead of adding a copy; a write similar
 to an earlier write of the same batch joins that write's target. The store finds the
-candidates (pgvector computes the similarities and keeps those at or above the
-threshold); the rules here decide, in request order, where each write ends up and
-what a group of merged writes leaves behind.
+stored candidates (pgvector computes those similarities); :func:`similar_earlier`
+finds the pairs within a batch; the rules here decide, in request order, where each
+write ends up and what a group of merged writes leaves behind.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 from pgvector import Vector
 
 from agentmesh.core.names import new_id
+from agentmesh.core.offload import convert_sized
 from agentmesh.core.sql import (
     PAGE_ITEM_BYTES,
     ROW_OVERHEAD_BYTES,
@@ -26,7 +27,13 @@ from agentmesh.core.sql import (
     byte_budgeted,
     delete_batch,
 )
-from agentmesh.memory.domain.merging import MergeTarget, NewMemory, merged_fields, plan_merges
+from agentmesh.memory.domain.merging import (
+    MergeTarget,
+    NewMemory,
+    merged_fields,
+    plan_merges,
+    similar_earlier,
+)
 from agentmesh.memory.stores.memory_search import (
     COLUMNS,
     INDEXED_ROWS,
@@ -166,32 +173,6 @@ async def _nearest_existing(
     return best
 
 
-async def _similar_earlier(
-    conn: asyncpg.Connection, items: Sequence[NewMemory], threshold: float
-) -> dict[int, list[tuple[int, float]]]:
-    """Pairs of batch items in one namespace that are near-duplicates of each other
-    (computed by pgvector in C: 500 items are 125k distances)."""
-    if len(items) < 2:
-        return {}
-    rows = await conn.fetch(
-        """
-        WITH q AS (
-            SELECT * FROM unnest($1::vector[], $2::text[]) WITH ORDINALITY AS q(v, ns, ord)
-        )
-        SELECT b.ord AS later, a.ord AS earlier, 1 - (a.v <=> b.v) AS similarity
-        FROM q AS a JOIN q AS b ON a.ns = b.ns AND a.ord < b.ord
-        WHERE 1 - (a.v <=> b.v) >= $3
-        """,
-        _vectors(item.embedding for item in items),
-        [item.namespace for item in items],
-        threshold,
-    )
-    pairs: dict[int, list[tuple[int, float]]] = {}
-    for row in rows:
-        pairs.setdefault(row["later"] - 1, []).append((row["earlier"] - 1, row["similarity"]))
-    return pairs
-
-
 async def _insert(
     conn: asyncpg.Connection, tenant: str, new: dict[str, Sequence[NewMemory]]
 ) -> dict[str, asyncpg.Record]:
@@ -275,7 +256,13 @@ async def write_memories(
         return []
     await _lock_namespaces(conn, tenant, (item.namespace for item in items))
     existing = await _nearest_existing(conn, tenant, items, threshold)
-    earlier = await _similar_earlier(conn, items, threshold)
+    # Pairs within the batch: one matrix product per namespace, the same rule imports use.
+    earlier = await convert_sized(
+        lambda: similar_earlier(
+            [item.embedding or [] for item in items], [item.namespace for item in items], threshold
+        ),
+        len(items) * len(items[0].embedding or ()) * 4,
+    )
     targets, target_of = plan_merges(len(items), existing, earlier)
     rows = await _apply_plan(conn, tenant, items, targets)
     return [rows[target_of[j]] for j in range(len(items))]
