@@ -66,6 +66,28 @@ gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
 	    --python_betterproto2_opt=client_generation=sync_async \
 	    $(PROTO_FILES) > /dev/null
 	touch $(GEN_OUT)/agentmesh/v1/__init__.py $(GEN_OUT)/agentmesh/v1/py.typed
+	# The OpenAPI 3.1 description of the JSON API, from the same descriptor set Envoy's
+	# transcoder loads (Envoy serves it at /openapi.json; docs/adr/0028).
+	$(BIN)/python -m agentmesh.devstack.openapi \
+	  $(GEN_OUT)/descriptors/agentmesh.binpb $(GEN_OUT)/openapi/agentmesh.json
+
+# Swagger UI for the docs page Envoy serves at /docs/, vendored unchanged from the npm
+# registry (envoy/docs/README.md). Only to move to another version: the files are committed.
+SWAGGER_UI_VERSION := 5.35.0
+SWAGGER_UI_SHA512 := U06rpMtW9V3XPGOBeamTUSr0Z09jMX4IJuANpE/EZbAhw0G8CgwrzU4YmXkn/h0wCDNsXdGarTNNHC3sU8yVUQ==
+SWAGGER_UI_FILES := swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt swagger-ui.css LICENSE NOTICE
+
+.PHONY: vendor-docs-ui
+vendor-docs-ui: ## fetch Swagger UI $(SWAGGER_UI_VERSION) from npm into envoy/docs/swagger-ui (integrity-checked)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  curl -fsSL -o $$tmp/ui.tgz \
+	    https://registry.npmjs.org/swagger-ui-dist/-/swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz && \
+	  test "$$(openssl dgst -sha512 -binary $$tmp/ui.tgz | base64 -w0)" = '$(SWAGGER_UI_SHA512)' && \
+	  tar -xzf $$tmp/ui.tgz -C $$tmp && rm -rf envoy/docs/swagger-ui && \
+	  mkdir -p envoy/docs/swagger-ui && \
+	  for f in $(SWAGGER_UI_FILES); do cp $$tmp/package/$$f envoy/docs/swagger-ui/; done && \
+	  (cd envoy/docs/swagger-ui && sha256sum $(SWAGGER_UI_FILES) > SHA256SUMS && \
+	    echo "swagger-ui-dist $(SWAGGER_UI_VERSION)" > VERSION)
 
 .PHONY: check-gen
 check-gen: env ## fail if gen/ differs from what `make gen` writes

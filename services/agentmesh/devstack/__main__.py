@@ -27,6 +27,7 @@ def _banner(stack: DevStack) -> str:
     rows = [
         ("gRPC (Envoy)", ext),
         ("HTTP/JSON (Envoy)", f"http://{ext}"),
+        ("API docs (Envoy)", f"http://{ext}/docs/  (OpenAPI: /openapi.json)"),
         ("internal gRPC (Envoy)", stack.internal_address),
         ("Envoy admin", f"http://127.0.0.1:{p.envoy_admin}  (/stats/prometheus)"),
     ]

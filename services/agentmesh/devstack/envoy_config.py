@@ -21,6 +21,7 @@ CLI:
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from google.protobuf import descriptor_pb2
 
 from agentmesh.devstack import paths
 from agentmesh.devstack._proc import find_executable
+from agentmesh.devstack.openapi_schemas import http_rule
 
 PACKAGE: Final = "agentmesh.v1"
 #: Service key (process / cluster name) → fully qualified gRPC service name.
@@ -47,6 +49,8 @@ SERVICE_NAMES: Final[Mapping[str, str]] = {
 #: cannot pick the cluster. Used by the stack's readiness wait and by operators.
 HEALTH_ROUTE_HEADER: Final = "x-agentmesh-service"
 MIB: Final = 1024 * 1024
+K8S_DOCS_DIR: Final = "/etc/envoy/docs"
+"""Where the Envoy pod's init container puts the OpenAPI description and the docs page."""
 
 Profile = Literal["dev", "k8s"]
 _IDEMPOTENT_LEVELS: Final = (
@@ -121,6 +125,26 @@ class EnvoyValues:
     dns_refresh_rate_s: float = 5.0
     access_log: bool = True
     """JSON access log on stdout."""
+    openapi_path: str | None = None
+    """The OpenAPI description (`gen/openapi/agentmesh.json`) as Envoy sees it, served at
+    `/openapi.json`; None serves neither it nor the docs page."""
+    docs_dir: str | None = None
+    """The docs page's directory (`envoy/docs`) as Envoy sees it, served at `/docs/`."""
+    max_docs_file_bytes: int = 4 * MIB
+    """Largest file Envoy answers from memory (Swagger UI's bundle is ~1.7 MB)."""
+
+    def docs_files(self) -> list[tuple[str, str, str]]:
+        """(HTTP path, file as Envoy sees it, media type) of every file served at the edge."""
+        if not self.openapi_path or not self.docs_dir:
+            return []
+        ui = f"{self.docs_dir}/swagger-ui"
+        return [
+            ("/openapi.json", self.openapi_path, "application/json"),
+            ("/docs/", f"{self.docs_dir}/index.html", "text/html; charset=utf-8"),
+            ("/docs/init.js", f"{self.docs_dir}/init.js", "text/javascript; charset=utf-8"),
+            ("/docs/swagger-ui-bundle.js", f"{ui}/swagger-ui-bundle.js", "text/javascript"),
+            ("/docs/swagger-ui.css", f"{ui}/swagger-ui.css", "text/css"),
+        ]
 
 
 def dev_values(
@@ -140,6 +164,8 @@ def dev_values(
         internal_port=internal_port,
         admin_port=admin_port,
         cors_allow_origins=tuple(cors_allow_origins),
+        openapi_path=str(paths.openapi_description()),
+        docs_dir=str(paths.docs_dir()),
     )
 
 
@@ -170,7 +196,49 @@ def k8s_values(
         health_check_interval_s=2.0,
         no_traffic_interval_s=5.0,
         dns_lookup_family="V4_PREFERRED",
+        # Copied from the agentmesh image by the Envoy pod's init container.
+        openapi_path=f"{K8S_DOCS_DIR}/openapi.json",
+        docs_dir=K8S_DOCS_DIR,
     )
+
+
+def _template_regex(template: str) -> str:
+    """A `google.api.http` path template as a regex over the request path (RE2)."""
+    out = []
+    for piece in re.split(r"(\{[^}]*\})", template):
+        if piece.startswith("{"):
+            pattern = piece[1:-1].split("=", 1)[1] if "=" in piece else "*"
+            out.append(
+                "/".join("[^/:]+" if seg == "*" else re.escape(seg) for seg in pattern.split("/"))
+            )
+        else:
+            out.append(re.escape(piece))
+    return "^" + "".join(out) + "$"
+
+
+def rest_paths(descriptor_set: Path) -> list[tuple[str, list[str]]]:
+    """(path regex, the HTTP methods bound to it) of every JSON path of the API.
+
+    Envoy answers any other method on such a path with 405 and an `allow` header, as
+    HTTP asks, instead of the transcoder's 404 for a path it cannot map.
+    """
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    verbs: dict[str, list[str]] = {}
+    for file in fds.file:
+        if file.package != PACKAGE:
+            continue
+        for svc in file.service:
+            for method in svc.method:
+                rule = http_rule(method)
+                if rule is None:
+                    continue
+                for binding in [rule, *rule.additional_bindings]:
+                    kind = binding.WhichOneof("pattern")
+                    if kind is None or kind == "custom":
+                        continue
+                    regex = _template_regex(getattr(binding, kind))
+                    verbs.setdefault(regex, []).append(kind.upper())
+    return sorted((regex, sorted(set(methods))) for regex, methods in verbs.items())
 
 
 def method_routes(descriptor_set: Path, service: str) -> list[MethodRoute]:
@@ -222,6 +290,8 @@ def render_envoy_config(values: EnvoyValues, template: Path | None = None) -> st
         v=values,
         services=services,
         health_route_header=HEALTH_ROUTE_HEADER,
+        docs_files=values.docs_files(),
+        rest_paths=rest_paths(source),
     )
 
 

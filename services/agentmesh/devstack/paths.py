@@ -47,6 +47,16 @@ def envoy_template() -> Path:
     return repo_root() / "envoy" / "envoy.yaml.j2"
 
 
+def openapi_description() -> Path:
+    """The OpenAPI description of the JSON API `make gen` writes (Envoy serves it)."""
+    return repo_root() / "gen" / "openapi" / "agentmesh.json"
+
+
+def docs_dir() -> Path:
+    """The API docs page Envoy serves at `/docs/` (Swagger UI, vendored)."""
+    return repo_root() / "envoy" / "docs"
+
+
 def descriptor_set() -> Path:
     """The FileDescriptorSet `make gen` writes and Envoy's transcoder loads."""
     return repo_root() / "gen" / "descriptors" / "agentmesh.binpb"

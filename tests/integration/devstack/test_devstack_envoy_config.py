@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from google.protobuf import descriptor_pb2
 
+from agentmesh.devstack import paths
 from agentmesh.devstack.envoy_config import (
     SERVICE_NAMES,
     dev_values,
@@ -97,11 +99,16 @@ def test_dev_config_follows_the_descriptor_and_validates(
 
 def test_k8s_config_validates(descriptor_set: Path, tmp_path: Path) -> None:
     # Validated with the descriptor at a local path; in the pod it is mounted elsewhere.
-    values = k8s_values(
-        namespace="agentmesh",
-        descriptor_source=descriptor_set,
-        descriptor_path=str(descriptor_set),
-        cors_allow_origins=["https://app.example.com"],
+    # So are the docs page's files (copied from the image by the pod's init container).
+    values = replace(
+        k8s_values(
+            namespace="agentmesh",
+            descriptor_source=descriptor_set,
+            descriptor_path=str(descriptor_set),
+            cors_allow_origins=["https://app.example.com"],
+        ),
+        openapi_path=str(paths.openapi_description()),
+        docs_dir=str(paths.docs_dir()),
     )
     text = render_envoy_config(values)
     config = yaml.safe_load(text)

@@ -9,6 +9,7 @@ must be exactly what the renderer writes now, and Envoy itself must accept it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,12 @@ import yaml
 
 from agentmesh.core.server import LIVENESS
 from agentmesh.devstack import paths
-from agentmesh.devstack.envoy_config import SERVICE_NAMES, main, validate_envoy_config
+from agentmesh.devstack.envoy_config import (
+    K8S_DOCS_DIR,
+    SERVICE_NAMES,
+    main,
+    validate_envoy_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -261,9 +267,27 @@ def test_envoy_accepts_the_k8s_config(tmp_path: Path) -> None:
     # appears twice: the transcoder's own config and its per-route SSE override.
     text = ENVOY_CONFIG.read_text()
     assert text.count(POD_DESCRIPTOR_PATH) == 2
+    # The docs page's files: assembled as the pod's `docs` init container does it.
+    docs = tmp_path / "docs"
+    shutil.copytree(paths.docs_dir(), docs)
+    shutil.copy(paths.openapi_description(), docs / "openapi.json")
+    assert text.count(K8S_DOCS_DIR + "/") == 5
+    text = text.replace(K8S_DOCS_DIR + "/", f"{docs}/")
     local = tmp_path / "envoy.yaml"
     local.write_text(text.replace(POD_DESCRIPTOR_PATH, str(paths.descriptor_set())))
     validate_envoy_config(local)
+
+
+def test_envoy_pod_copies_the_docs_page_from_the_image() -> None:
+    deployment = yaml.safe_load((K8S / "base" / "envoy" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = [c for c in pod["initContainers"] if c["name"] == "docs"]
+    script = init["command"][-1]
+    assert "/app/envoy/docs/." in script
+    assert f"/app/gen/openapi/agentmesh.json {K8S_DOCS_DIR}/openapi.json" in script
+    (envoy,) = [c for c in pod["containers"] if c["name"] == "envoy"]
+    mounts = {m["mountPath"]: m for m in envoy["volumeMounts"]}
+    assert mounts[K8S_DOCS_DIR]["readOnly"] is True
 
 
 def settings_data(docs: list[Manifest]) -> dict[str, str]:
