@@ -29,6 +29,7 @@ from agentmesh.sdk import (
     Message,
     Part,
     Role,
+    SearchMemoriesRequest,
     Session,
     WatchConversationRequest,
     aconnect,
@@ -58,6 +59,8 @@ def test_the_sync_client_calls_every_service(mesh: MeshClient) -> None:
     mesh.memory.append_messages(AppendMessagesRequest(parent=session.name, messages=[said]))
     listed = mesh.memory.list_messages(ListMessagesRequest(parent=session.name))
     assert [m.parts[0].text for m in listed.messages] == ["hello from the sdk"]
+    found = mesh.memory.search_memories(SearchMemoriesRequest(text="nothing stored yet"))
+    assert isinstance(found.results, list)
 
     agents = mesh.agent.list_agents(ListAgentsRequest())
     assert "agents/echo" in {a.name for a in agents.agents}
