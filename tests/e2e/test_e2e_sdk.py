@@ -191,10 +191,6 @@ def test_a_deadline_ends_a_call_that_would_wait(mesh: MeshClient) -> None:
     with pytest.raises(grpc.RpcError) as expired:
         list(watch)
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # A unary call's deadline, far too short for a round trip through Envoy.
-    with pytest.raises(grpc.RpcError) as too_short:
-        mesh.with_options(timeout=1e-4).agent.list_agents(ListAgentsRequest())
-    assert too_short.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @pytest.mark.timeout(120)
@@ -211,6 +207,3 @@ async def test_the_async_clients_deadline_ends_a_call_that_would_wait(
         with pytest.raises(GRPCError) as expired:
             _ = [e async for e in mesh.conductor.watch_conversation(watch)]
         assert expired.value.status == Status.DEADLINE_EXCEEDED
-        with pytest.raises(GRPCError) as too_short:
-            await mesh.agent.list_agents(ListAgentsRequest(), timeout=1e-4)
-        assert too_short.value.status == Status.DEADLINE_EXCEEDED

@@ -12,6 +12,7 @@ import agentmesh.sdkgen.agentmesh.v1 as generated
 from agentmesh import sdk
 from agentmesh.cli.mesh import DEFAULT_ADDRESS as CLI_DEFAULT_ADDRESS
 from agentmesh.core.retries import idempotent_methods, keyed_methods, route
+from agentmesh.sdk._async import _deadline
 from agentmesh.sdk._calls import (
     KEYED_ROUTES,
     RETRIED_ROUTES,
@@ -22,6 +23,7 @@ from agentmesh.sdk._calls import (
     split_address,
     with_request_id,
 )
+from agentmesh.sdk._sync import _CallDetails, _Calls
 
 CREATE_SESSION = "/agentmesh.v1.MemoryService/CreateSession"
 UPDATE_SESSION = "/agentmesh.v1.MemoryService/UpdateSession"
@@ -139,3 +141,24 @@ def test_importing_the_sdk_loads_no_service_runtime() -> None:
     runtime = {m for m in loaded if m.startswith("agentmesh.core.")} - {"agentmesh.core.retries"}
     assert not heavy
     assert not runtime
+
+
+def test_the_sync_channel_gives_each_call_its_deadline_and_metadata() -> None:
+    calls = _Calls(CallOptions(token="t0k", timeout=7.0, stream_timeout=None))
+    unset = _CallDetails("/agentmesh.v1.AgentService/ListAgents", None, None, None, None, None)
+    unary = calls._details(unset, streaming=False)
+    assert unary.timeout == 7.0
+    assert dict(unary.metadata or ())["authorization"] == "Bearer t0k"
+    assert calls._details(unset, streaming=True).timeout is None
+    assert calls._details(unset._replace(timeout=0.5), streaming=False).timeout == 0.5
+
+
+def test_the_async_stubs_deadline_is_the_calls_else_the_clients() -> None:
+    options = CallOptions(timeout=7.0, stream_timeout=None)
+    unary = _deadline(options, None, None, streaming=False)
+    assert unary is not None
+    assert 6.0 < unary.time_remaining() <= 7.0
+    assert _deadline(options, None, None, streaming=True) is None
+    given = _deadline(options, 0.5, None, streaming=True)
+    assert given is not None
+    assert given.time_remaining() <= 0.5
