@@ -46,7 +46,7 @@ dev: env ## bring the whole mesh up on embedded defaults (Ctrl-C stops it; DEV_A
 gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
 	$(BIN)/buf lint
 	rm -rf $(GEN_OUT)/agentmesh $(GEN_OUT)/descriptors
-	mkdir -p $(GEN_OUT)/descriptors $(GEN_OUT)/agentmesh/sdk
+	mkdir -p $(GEN_OUT)/descriptors $(GEN_OUT)/agentmesh/sdkgen
 	# One compiled image of our protos, the vendored googleapis and grpc.health.v1, and the
 	# well-known types: Envoy's transcoder loads it, and protoc generates from it (no second
 	# parse). grpcurl -protoset reads it too, so it keeps the comments (source info):
@@ -62,7 +62,7 @@ gen: env ## regenerate gen/ from proto/ (buf build + protoc plugins)
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	  $(BIN)/buf build --as-file-descriptor-set -o $$tmp/image.binpb && \
 	  $(BIN)/python -m grpc_tools.protoc --descriptor_set_in=$$tmp/image.binpb \
-	    --python_betterproto2_out=$(GEN_OUT)/agentmesh/sdk \
+	    --python_betterproto2_out=$(GEN_OUT)/agentmesh/sdkgen \
 	    --python_betterproto2_opt=client_generation=sync_async \
 	    $(PROTO_FILES) > /dev/null
 	touch $(GEN_OUT)/agentmesh/v1/__init__.py $(GEN_OUT)/agentmesh/v1/py.typed

@@ -3,7 +3,6 @@ caller's bearer token, and the generated stubs."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -12,6 +11,8 @@ import grpc
 from google.protobuf.message import Message
 
 from agentmesh.cli.output import Output
+from agentmesh.core import retries
+from agentmesh.core.retries import idempotent_methods, keyed_methods
 from agentmesh.core.settings import ConfigError
 from agentmesh.v1 import agent_pb2_grpc, conductor_pb2_grpc, job_pb2_grpc, memory_pb2_grpc
 
@@ -22,39 +23,16 @@ DEFAULT_TENANT: Final = "dev"
 CALL_DEADLINE_S: Final = 30.0
 """Deadline of every unary call."""
 
-RETRIED_METHODS: Final = (
-    ("agentmesh.v1.AgentService", "ListAgents"),
-    ("agentmesh.v1.AgentService", "GetAgent"),
-    ("agentmesh.v1.JobService", "GetJob"),
-    ("agentmesh.v1.JobService", "ListJobs"),
-    ("agentmesh.v1.JobService", "CancelJob"),
-    # The CLI always sends a request_id, which makes a create idempotent.
-    ("agentmesh.v1.JobService", "CreateJob"),
-    ("agentmesh.v1.MemoryService", "GetSession"),
-    ("agentmesh.v1.MemoryService", "ListSessions"),
-    ("agentmesh.v1.MemoryService", "ListMessages"),
-    ("agentmesh.v1.MemoryService", "SearchMemories"),
-)
-"""Methods retried on UNAVAILABLE (the mesh's one retry policy): reads, idempotent
-writes, and creates that carry a request id. WatchJob resumes by itself instead."""
-
-RETRY_POLICY: Final = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-"""The mesh's retry policy, as ``core.channels`` configures it for the services. Not
-imported from there: ``core.channels`` brings the services' interceptors, Redis and
-OpenTelemetry, most of a second on every start of the command. A unit test keeps the
-two equal."""
+RETRIED_METHODS: Final = idempotent_methods() + keyed_methods()
+"""Methods retried on UNAVAILABLE (the mesh's one retry policy, ``core.retries``): those
+the contract declares idempotent, and creates keyed by a ``request_id``, which the CLI
+always sends (a command that calls a keyed create must fill it in). Streams are not
+retried: WatchJob resumes by itself instead."""
 
 
 def service_config() -> str:
     """gRPC service config JSON retrying RETRIED_METHODS on UNAVAILABLE."""
-    names = [{"service": service, "method": method} for service, method in RETRIED_METHODS]
-    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": RETRY_POLICY}]})
+    return retries.service_config(RETRIED_METHODS)
 
 
 Response = TypeVar("Response", bound=Message)

@@ -9,42 +9,24 @@ policy is configured on Envoy's routes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from agentmesh.core.context import current_call
 from agentmesh.core.interceptors import AUTHORIZATION_KEY, REQUEST_ID_KEY
+from agentmesh.core.retries import RETRY_POLICY, service_config
 from agentmesh.core.settings import Settings
 from agentmesh.core.tracing import client_interceptors
 
-RETRY_POLICY: Final = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
-"""Retry for idempotent methods: up to 3 retries after 0.1 s, 0.2 s, 0.4 s (± jitter)."""
-
-
-def service_config(idempotent_methods: Iterable[tuple[str, str]]) -> str:
-    """gRPC service config JSON retrying ``(service, method)`` pairs on UNAVAILABLE.
-
-    An empty method name (``("agentmesh.v1.MemoryService", "")``) covers every method of
-    the service.
-    """
-    names = [
-        {"service": service, "method": method} if method else {"service": service}
-        for service, method in idempotent_methods
-    ]
-    config: dict[str, Any] = {"methodConfig": []}
-    if names:
-        config["methodConfig"].append({"name": names, "retryPolicy": RETRY_POLICY})
-    return json.dumps(config)
-
+__all__ = [
+    "RETRY_POLICY",
+    "channel_options",
+    "open_channel",
+    "outgoing_interceptors",
+    "service_config",
+]
 
 # grpc-stubs makes the interceptor bases generic; the runtime classes are not subscriptable.
 if TYPE_CHECKING:

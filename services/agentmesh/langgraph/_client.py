@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 from agentmesh.core.channels import open_channel
 from agentmesh.core.context import MissingCallContextError, current_authorization
+from agentmesh.core.retries import idempotent_methods
 from agentmesh.core.settings import Settings
 from agentmesh.v1 import memory_pb2, memory_pb2_grpc
 
@@ -34,12 +35,7 @@ TokenSource = str | Callable[[], str] | None
 DEFAULT_TIMEOUT_S: Final = 10.0
 
 _SERVICE: Final = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"]
-_RETRYABLE_LEVELS: Final = {1, 2}  # NO_SIDE_EFFECTS, IDEMPOTENT
-IDEMPOTENT_METHODS: Final = tuple(
-    (_SERVICE.full_name, method.name)
-    for method in _SERVICE.methods
-    if method.GetOptions().idempotency_level in _RETRYABLE_LEVELS
-)
+IDEMPOTENT_METHODS: Final = idempotent_methods([_SERVICE])
 """MemoryService methods a channel may retry on UNAVAILABLE (from the contract)."""
 
 # The authorization a synchronous call captured in its own thread, handed to the
