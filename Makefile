@@ -114,7 +114,7 @@ migrate: env ## apply migrations/ and build the HNSW index, as AGENTMESH_MIGRATE
 	AGENTMESH_MIGRATE_DATABASE_URL='$(AGENTMESH_MIGRATE_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
 
 .PHONY: test
-test: env bench-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers
+test: env bench-tools browser-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -126,6 +126,12 @@ bench: env bench-tools ## benchmarks; writes docs/benchmarks.md (BENCH_ARGS="--s
 .PHONY: bench-tools
 bench-tools:
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+
+# Debian's chromium: the suite opens the API docs page in it (Playwright drives it by
+# its executable path; Playwright never downloads a browser here).
+.PHONY: browser-tools
+browser-tools:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 .PHONY: clean
 clean: ## remove the environment, caches and dev data (.data/)
