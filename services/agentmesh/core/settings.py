@@ -40,6 +40,16 @@ MAX_TOKEN_LIFETIME_S: Final = 30 * 86_400
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
+def otlp_endpoint(environ: Mapping[str, str]) -> str | None:
+    """The OTLP collector a process in ``environ`` exports to, as ``Settings`` reads it:
+    ``AGENTMESH_OTLP_ENDPOINT``, else OpenTelemetry's ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+    return (
+        environ.get(f"{ENV_PREFIX}OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or None
+    )
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the environment variables."""
 

@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing: the process TracerProvider and the gRPC client interceptors.
+"""OpenTelemetry tracing: the process TracerProvider, the gRPC client interceptors, and
+the database and Redis instrumentations.
 
 Every call gets a span context (so logs carry a trace id and context propagates
 across services); spans are recorded and exported only when an OTLP endpoint is
@@ -41,6 +42,25 @@ def configure_tracing(settings: Settings) -> None:
             BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
         )
     trace.set_tracer_provider(provider)
+    if settings.otlp_endpoint:
+        _instrument_clients()
+
+
+def _instrument_clients() -> None:
+    """Database and Redis spans (the kept OpenTelemetry instrumentations), children of
+    whatever span is current: a statement or a broker command joins the call's trace.
+
+    Only when spans are exported: the instrumentations wrap every query and command,
+    a cost for nothing without a collector. Statements are recorded without their
+    parameters (asyncpg sends them apart), so no tenant data reaches the spans.
+    """
+    # Imported here: a process that exports nothing never loads them.
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: PLC0415
+    from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
+
+    for instrumentor in (AsyncPGInstrumentor(), RedisInstrumentor()):
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
 
 def shutdown_tracing() -> None:

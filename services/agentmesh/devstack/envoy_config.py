@@ -132,6 +132,10 @@ class EnvoyValues:
     """The docs page's directory (`envoy/docs`) as Envoy sees it, served at `/docs/`."""
     max_docs_file_bytes: int = 4 * MIB
     """Largest file Envoy answers from memory (Swagger UI's bundle is ~1.7 MB)."""
+    otlp_endpoint: Upstream | None = None
+    """An OTLP/gRPC collector: Envoy then traces every request on both listeners (a
+    span per hop, W3C `traceparent` to the upstream) and exports its spans there. None:
+    no tracing at the edge; `traceparent` still passes through as a header."""
 
     def docs_files(self) -> list[tuple[str, str, str]]:
         """(HTTP path, file as Envoy sees it, media type) of every file served at the edge."""
@@ -147,6 +151,17 @@ class EnvoyValues:
         ]
 
 
+def otlp_upstream(endpoint: str | None) -> Upstream | None:
+    """The collector of an OTLP endpoint setting (`http://host:4317`, `host:4317`)."""
+    if not endpoint:
+        return None
+    address = endpoint.split("://", 1)[-1].rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"OTLP endpoint {endpoint!r} is not host:port or a URL with a port")
+    return Upstream(host.strip("[]"), int(port))
+
+
 def dev_values(
     *,
     ports: Mapping[str, int],
@@ -155,6 +170,7 @@ def dev_values(
     internal_port: int = 8081,
     admin_port: int = 9901,
     cors_allow_origins: Sequence[str] = ("*",),
+    otlp_endpoint: str | None = None,
 ) -> EnvoyValues:
     """Values for one machine: every service on 127.0.0.1 at `ports[service]`."""
     return EnvoyValues(
@@ -166,6 +182,7 @@ def dev_values(
         cors_allow_origins=tuple(cors_allow_origins),
         openapi_path=str(paths.openapi_description()),
         docs_dir=str(paths.docs_dir()),
+        otlp_endpoint=otlp_upstream(otlp_endpoint),
     )
 
 
@@ -353,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--internal-port", type=int, default=None)
     parser.add_argument("--admin-port", type=int, default=None)
     parser.add_argument("--unary-timeout-s", type=float, default=None)
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="an OTLP/gRPC collector: Envoy traces every request and exports its spans there",
+    )
     parser.add_argument("--validate", action="store_true", help="also run envoy --mode validate")
     args = parser.parse_args(argv)
 
@@ -380,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("external_port", "internal_port", "admin_port", "unary_timeout_s"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.otlp_endpoint:
+        try:
+            overrides["otlp_endpoint"] = otlp_upstream(args.otlp_endpoint)
+        except ValueError as exc:
+            parser.error(str(exc))
     values = replace(values, **overrides)  # type: ignore[arg-type]
     try:
         text = render_envoy_config(values)

@@ -23,6 +23,7 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentmesh.core.settings import otlp_endpoint
 from agentmesh.devstack import paths
 from agentmesh.devstack._proc import ChildProcess, ConsoleEcho, port_is_listening, wait_port_free
 from agentmesh.devstack.env import child_env
@@ -390,6 +391,8 @@ class DevStack:
             external_port=self.ports.envoy_external,
             internal_port=self.ports.envoy_internal,
             admin_port=self.ports.envoy_admin,
+            # The services' collector, if any, gets Envoy's spans too: one trace per call.
+            otlp_endpoint=otlp_endpoint({**os.environ, **self.extra_env}),
         )
         self.envoy.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.envoy.config_path.write_text(render_envoy_config(values))

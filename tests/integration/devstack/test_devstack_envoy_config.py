@@ -13,10 +13,12 @@ from google.protobuf import descriptor_pb2
 from agentmesh.devstack import paths
 from agentmesh.devstack.envoy_config import (
     SERVICE_NAMES,
+    Upstream,
     dev_values,
     k8s_values,
     main,
     method_routes,
+    otlp_upstream,
     render_envoy_config,
     validate_envoy_config,
 )
@@ -164,3 +166,40 @@ def test_sse_route_reframes_streams_and_changes_nothing_else(descriptor_set: Pat
         sse_route["typed_per_filter_config"]["envoy.filters.http.buffer"]
         == rest_route["typed_per_filter_config"]["envoy.filters.http.buffer"]
     )
+
+
+def test_a_collector_turns_on_tracing_at_the_edge(descriptor_set: Path, tmp_path: Path) -> None:
+    ports = PORTS
+    plain = yaml.safe_load(
+        render_envoy_config(dev_values(ports=ports, descriptor_path=descriptor_set))
+    )
+    assert "tracing" not in str(plain)
+    text = render_envoy_config(
+        dev_values(
+            ports=ports, descriptor_path=descriptor_set, otlp_endpoint="http://127.0.0.1:4317"
+        )
+    )
+    config = yaml.safe_load(text)
+    for listener in config["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        tracing = manager["tracing"]["provider"]["typed_config"]
+        assert tracing["service_name"] == "agentmesh-envoy"
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    address = clusters["otlp_collector"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert address["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 4317,
+    }
+    path = tmp_path / "traced.yaml"
+    path.write_text(text)
+    validate_envoy_config(path)
+
+
+def test_otlp_endpoints_are_read_as_host_and_port() -> None:
+    assert otlp_upstream("http://collector.observability:4317") == Upstream(
+        "collector.observability", 4317
+    )
+    assert otlp_upstream("127.0.0.1:4317") == Upstream("127.0.0.1", 4317)
+    assert otlp_upstream(None) is None
+    with pytest.raises(ValueError, match="port"):
+        otlp_upstream("http://collector")
