@@ -1,6 +1,7 @@
 """`make dev`: run the whole mesh on this machine until Ctrl-C.
 
     python -m agentmesh.devstack [--root .data] [--services memory,agent] [--no-worker]
+        [--replicas N]
 
 Exit status: 0 after Ctrl-C/SIGTERM and a clean stop; 1 if the stack failed to start or
 a child died while running (the stack is stopped in both cases).
@@ -31,11 +32,16 @@ def _banner(stack: DevStack) -> str:
         ("internal gRPC (Envoy)", stack.internal_address),
         ("Envoy admin", f"http://127.0.0.1:{p.envoy_admin}  (/stats/prometheus)"),
     ]
-    rows += [(f"{svc} (direct)", stack.endpoints[svc]) for svc in stack.services]
-    metrics = [
-        f"{name}={p.metrics_port(name)}"
-        for name in [*stack.services, *(["worker"] if stack.worker else [])]
+    rows += [
+        (f"{name} (direct)", stack.endpoints[name])
+        for svc in stack.services
+        for name in stack.replicas(svc)
     ]
+    metrics = [
+        f"{name}={port}"
+        for svc in stack.services
+        for name, (_, port) in zip(stack.replicas(svc), p.replica_ports(svc), strict=True)
+    ] + ([f"worker={p.metrics_port('worker')}"] if stack.worker else [])
     rows += [
         ("metrics ports", ", ".join(metrics)),
         ("PostgreSQL (owner)", stack.database_url),
@@ -90,12 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         " matches synonyms; hash is faster and knows no meaning; openai needs"
         " AGENTMESH_MEMORY_EMBEDDER_URL)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="replicas of each service behind Envoy (default 1); replica k listens on its"
+        " first replica's ports + 100*(k-1)",
+    )
     args = parser.parse_args(argv)
 
     root = args.root or paths.repo_root() / ".data"
     stack = DevStack(
         root,
-        StackPorts(),
+        StackPorts().with_replicas(args.replicas),
         services=[s for s in args.services.split(",") if s],
         worker=not args.no_worker,
         echo=None if args.quiet else ConsoleEcho(sys.stderr, muted=envoy_access_line),

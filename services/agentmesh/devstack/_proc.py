@@ -163,6 +163,13 @@ class ChildProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._popen.pid, signal.SIGTERM)
 
+    def kill(self) -> int:
+        """SIGKILL the child's whole process group at once (a crash, for fault tests),
+        and reap it. Returns the exit code."""
+        with contextlib.suppress(ProcessLookupError):
+            _killpg(os.getpgid(self._popen.pid), signal.SIGKILL)
+        return self.stop(timeout_s=5.0)
+
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> int:
         """SIGTERM the child, wait, then SIGKILL its process group. Returns the exit code."""
         self.terminate()

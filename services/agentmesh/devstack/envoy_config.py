@@ -25,7 +25,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -87,6 +87,9 @@ class EnvoyValues:
     """Service key (`memory`, ...) → address of its replicas (127.0.0.1 in dev, DNS in k8s)."""
     descriptor_path: str
     """The FileDescriptorSet as Envoy sees it (its transcoder loads this path)."""
+    more_hosts: Mapping[str, Sequence[Upstream]] = field(default_factory=dict)
+    """Service key → further replicas at addresses of their own (`make dev --replicas`:
+    one port per replica on 127.0.0.1; Kubernetes finds every replica through DNS)."""
     descriptor_source: Path | None = None
     """A local copy of that descriptor set to read method options from, when Envoy's
     path is not readable here (k8s: the file is mounted into the Envoy pod).
@@ -166,6 +169,7 @@ def dev_values(
     *,
     ports: Mapping[str, int],
     descriptor_path: Path,
+    more_ports: Mapping[str, Sequence[int]] | None = None,
     external_port: int = 8080,
     internal_port: int = 8081,
     admin_port: int = 9901,
@@ -175,6 +179,10 @@ def dev_values(
     """Values for one machine: every service on 127.0.0.1 at `ports[service]`."""
     return EnvoyValues(
         upstreams={svc: Upstream("127.0.0.1", ports[svc]) for svc in SERVICE_NAMES},
+        more_hosts={
+            svc: [Upstream("127.0.0.1", port) for port in extra]
+            for svc, extra in (more_ports or {}).items()
+        },
         descriptor_path=str(descriptor_path.resolve()),
         external_port=external_port,
         internal_port=internal_port,
@@ -291,6 +299,7 @@ def render_envoy_config(values: EnvoyValues, template: Path | None = None) -> st
             "key": key,
             "full_name": full_name,
             "upstream": values.upstreams[key],
+            "more_hosts": list(values.more_hosts.get(key, ())),
             "methods": [m for m in method_routes(source, full_name) if m.idempotent or m.streaming],
         }
         for key, full_name in SERVICE_NAMES.items()

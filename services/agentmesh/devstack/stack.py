@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Final
 
@@ -70,9 +70,28 @@ class StackPorts:
     metrics_worker: int = 9105
     redis: int = 6380
     """Not 6379, so a system Redis already running there does not collide."""
+    more_replicas: tuple[tuple[str, int, int], ...] = ()
+    """(service, gRPC port, metrics port) of each replica after a service's first."""
+
+    def with_replicas(self, replicas: int) -> StackPorts:
+        """These ports, plus `replicas - 1` more replicas of each service, each at its
+        first replica's ports plus 100 per replica (`make dev --replicas 3`: Memory on
+        50054, 50154 and 50254)."""
+        more = tuple(
+            (svc, self.grpc_port(svc) + 100 * k, self.metrics_port(svc) + 100 * k)
+            for svc in SERVICES
+            for k in range(1, replicas)
+        )
+        return replace(self, more_replicas=more)
+
+    def replica_ports(self, service: str) -> list[tuple[int, int]]:
+        """(gRPC port, metrics port) of every replica of the service, the first first."""
+        return [(self.grpc_port(service), self.metrics_port(service))] + [
+            (grpc_port, metrics) for svc, grpc_port, metrics in self.more_replicas if svc == service
+        ]
 
     @classmethod
-    def free(cls) -> StackPorts:
+    def free(cls, replicas: int = 1) -> StackPorts:
         """Distinct free loopback ports, for tests that run beside `make dev` or each other.
 
         All sockets are held open until every port is chosen, so no two fields get the
@@ -81,11 +100,20 @@ class StackPorts:
         """
         with ExitStack() as stack:
             chosen: dict[str, int] = {}
-            for f in fields(cls):
+
+            def free_port() -> int:
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 sock.bind(("127.0.0.1", 0))
-                chosen[f.name] = sock.getsockname()[1]
-        return cls(**chosen)
+                port: int = sock.getsockname()[1]
+                return port
+
+            for f in fields(cls):
+                if f.name != "more_replicas":
+                    chosen[f.name] = free_port()
+            more = tuple(
+                (svc, free_port(), free_port()) for svc in SERVICES for _ in range(1, replicas)
+            )
+        return cls(**chosen, more_replicas=more)
 
     def grpc_port(self, service: str) -> int:
         port: int = getattr(self, service)
@@ -96,7 +124,13 @@ class StackPorts:
         return port
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """Every port by name (`memory`, `metrics_memory`, `memory-2`, ...)."""
+        named: dict[str, int] = {k: v for k, v in asdict(self).items() if k != "more_replicas"}
+        for svc in SERVICES:
+            for k, (grpc_port, metrics) in enumerate(self.replica_ports(svc)[1:], start=2):
+                named[f"{svc}-{k}"] = grpc_port
+                named[f"metrics_{svc}-{k}"] = metrics
+        return named
 
 
 class DevStack:
@@ -204,22 +238,42 @@ class DevStack:
     @property
     def endpoints(self) -> dict[str, str]:
         """Name → address: `envoy` (gRPC and HTTP/JSON), `envoy_internal`, `envoy_admin`,
-        and each service's direct gRPC address."""
+        and each service replica's direct gRPC address (`memory`, `memory-2`, ...)."""
         result = {
             "envoy": f"127.0.0.1:{self.ports.envoy_external}",
             "envoy_internal": self.internal_address,
             "envoy_admin": f"http://127.0.0.1:{self.ports.envoy_admin}",
         }
         for svc in self.services:
-            result[svc] = f"127.0.0.1:{self.ports.grpc_port(svc)}"
+            for name in self.replicas(svc):
+                result[name] = f"127.0.0.1:{self._ports_of(name)[0]}"
         return result
 
+    def replicas(self, service: str) -> list[str]:
+        """The child names of a service's replicas: `memory`, then `memory-2`, ..."""
+        count = len(self.ports.replica_ports(service))
+        return [service] + [f"{service}-{k}" for k in range(2, count + 1)]
+
+    def _replica(self, name: str) -> tuple[str, int]:
+        """(service, index from 0) of a child name; the worker is ("worker", 0)."""
+        service, _, number = name.partition("-")
+        return service, int(number) - 1 if number else 0
+
+    def _ports_of(self, name: str) -> tuple[int, int]:
+        """(gRPC port, metrics port) of a child (the worker has no gRPC port: 0)."""
+        service, index = self._replica(name)
+        if service == WORKER:
+            return 0, self.ports.metrics_port(WORKER)
+        return self.ports.replica_ports(service)[index]
+
     def child_env(self, name: str) -> dict[str, str]:
-        """The environment of child `name` (a service or `worker`)."""
+        """The environment of child `name` (a service replica or `worker`)."""
+        service, _ = self._replica(name)
+        grpc_port, metrics_port = self._ports_of(name)
         values = {
             "AGENTMESH_ENV": "dev",
             "AGENTMESH_GRPC_HOST": "127.0.0.1",
-            "AGENTMESH_METRICS_PORT": str(self.ports.metrics_port(name)),
+            "AGENTMESH_METRICS_PORT": str(metrics_port),
             "AGENTMESH_REDIS_URL": self.redis_url,
             "AGENTMESH_AUTH_HS256_SECRET": self.secret,
             "AGENTMESH_LOG_LEVEL": self.log_level,
@@ -228,11 +282,11 @@ class DevStack:
         # health-based routing are the same as in production.
         for svc in SERVICES:
             values[f"AGENTMESH_{svc.upper()}_ADDR"] = self.internal_address
-        if name in SERVICES:
-            values["AGENTMESH_GRPC_PORT"] = str(self.ports.grpc_port(name))
+        if service in SERVICES:
+            values["AGENTMESH_GRPC_PORT"] = str(grpc_port)
         # Least privilege: a service with tables connects as its own role, the worker
         # as the Job service's (it writes job records); the others get no database.
-        database_url = self.service_database_url("job" if name == WORKER else name)
+        database_url = self.service_database_url("job" if service == WORKER else service)
         if database_url is not None:
             values["AGENTMESH_DATABASE_URL"] = database_url
         values.update(self.extra_env)
@@ -240,9 +294,10 @@ class DevStack:
         return child_env(os.environ, values, drop_otlp=False)
 
     def command(self, name: str) -> list[str]:
-        if name in self.commands:
-            return self.commands[name]
-        module = "agentmesh.job.worker" if name == WORKER else f"agentmesh.{name}"
+        service, _ = self._replica(name)
+        if service in self.commands:
+            return self.commands[service]
+        module = "agentmesh.job.worker" if service == WORKER else f"agentmesh.{service}"
         return [sys.executable, "-m", module]
 
     # -- lifecycle -------------------------------------------------------------------
@@ -258,20 +313,36 @@ class DevStack:
             create_login_roles(self.postgres)
             self.redis.start()
             self._secret = _load_or_create_secret(self.secret_path)
-            for name in [*self.services, *([WORKER] if self.worker else [])]:
-                self.children[name] = ChildProcess(
-                    name,
-                    self.command(name),
-                    log_path=self.logs_dir / f"{name}.log",
-                    env=self.child_env(name),
-                    echo=self.echo,
-                )
+            names = [name for svc in self.services for name in self.replicas(svc)]
+            for name in [*names, *([WORKER] if self.worker else [])]:
+                self._spawn(name)
             self._write_envoy_config()
             self.envoy.start()
             self.wait_healthy(self.ready_timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, name: str) -> None:
+        self.children[name] = ChildProcess(
+            name,
+            self.command(name),
+            log_path=self.logs_dir / f"{name}.log",
+            env=self.child_env(name),
+            echo=self.echo,
+        )
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one child (`memory-2`, `worker`): a crash, for fault tests. Envoy's
+        health checks and outlier detection take a dead replica out of rotation."""
+        return self.children[name].kill()
+
+    def restart(self, name: str) -> None:
+        """Start a child again after it stopped (its log is appended to)."""
+        child = self.children.get(name)
+        if child is not None and child.returncode() is None:
+            raise StackError(f"{name} is still running")
+        self._spawn(name)
 
     def stop(self) -> None:
         """Stop children (SIGTERM all, then wait each), Envoy, Redis, PostgreSQL.
@@ -339,21 +410,25 @@ class DevStack:
 
     # -- health ----------------------------------------------------------------------
 
-    def health(self, service: str, *, via_envoy: bool = False, timeout_s: float = 1.0) -> str:
+    def health(self, name: str, *, via_envoy: bool = False, timeout_s: float = 1.0) -> str:
         """`grpc.health.v1.Health/Check` for the service's full name: the status name
-        (`SERVING`, `NOT_SERVING`, ...) or `<gRPC code>: <details>` if the call failed."""
+        (`SERVING`, `NOT_SERVING`, ...) or `<gRPC code>: <details>` if the call failed.
+
+        `name` is a service (its first replica, or any replica through Envoy) or one
+        replica (`memory-2`)."""
+        service, _ = self._replica(name)
         if via_envoy:
             address = self.internal_address
             metadata: tuple[tuple[str, str], ...] = ((HEALTH_ROUTE_HEADER, service),)
         else:
-            address = f"127.0.0.1:{self.ports.grpc_port(service)}"
+            address = f"127.0.0.1:{self._ports_of(name)[0]}"
             metadata = ()
         return check_health(address, SERVICE_NAMES[service], metadata=metadata, timeout_s=timeout_s)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         """Wait until every started service is SERVING directly and through Envoy."""
         deadline = time.monotonic() + timeout_s
-        pending = list(self.services)
+        pending = [name for svc in self.services for name in self.replicas(svc)]
         last: dict[str, str] = {}
         while pending:
             self._raise_if_exited()
@@ -368,7 +443,8 @@ class DevStack:
             if time.monotonic() >= deadline:
                 svc = pending[0]
                 raise StackError(
-                    f"service {svc!r} ({SERVICE_NAMES[svc]}) did not become SERVING within "
+                    f"service {svc!r} ({SERVICE_NAMES[self._replica(svc)[0]]}) did not become"
+                    " SERVING within "
                     f"{timeout_s:.0f} s ({last[svc]}); also pending: {pending[1:] or 'none'}\n"
                     f"--- last lines of {self.logs_dir / (svc + '.log')} ---\n{self.log_tail(svc)}"
                 )
@@ -387,6 +463,10 @@ class DevStack:
     def _write_envoy_config(self) -> None:
         values = dev_values(
             ports={svc: self.ports.grpc_port(svc) for svc in SERVICE_NAMES},
+            more_ports={
+                svc: [grpc_port for grpc_port, _ in self.ports.replica_ports(svc)[1:]]
+                for svc in self.services
+            },
             descriptor_path=self.descriptor_set,
             external_port=self.ports.envoy_external,
             internal_port=self.ports.envoy_internal,
@@ -400,8 +480,9 @@ class DevStack:
     def _service_ports(self) -> list[int]:
         ports = [self.ports.envoy_external, self.ports.envoy_internal, self.ports.envoy_admin]
         ports += [self.ports.redis]
-        ports += [self.ports.grpc_port(s) for s in self.services]
-        ports += [self.ports.metrics_port(s) for s in self.services]
+        for svc in self.services:
+            for grpc_port, metrics_port in self.ports.replica_ports(svc):
+                ports += [grpc_port, metrics_port]
         if self.worker:
             ports.append(self.ports.metrics_port(WORKER))
         return ports
