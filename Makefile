@@ -89,6 +89,10 @@ vendor-docs-ui: ## fetch Swagger UI $(SWAGGER_UI_VERSION) from npm into envoy/do
 	  (cd envoy/docs/swagger-ui && sha256sum $(SWAGGER_UI_FILES) > SHA256SUMS && \
 	    echo "swagger-ui-dist $(SWAGGER_UI_VERSION)" > VERSION)
 
+.PHONY: dashboards
+dashboards: env ## regenerate observability/dashboards/*.json from agentmesh.observability (a test fails on drift)
+	$(BIN)/python -m agentmesh.observability.dashboards --out observability/dashboards
+
 .PHONY: check-gen
 check-gen: env ## fail if gen/ differs from what `make gen` writes
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
