@@ -118,7 +118,7 @@ migrate: env ## apply migrations/ and build the HNSW index, as AGENTMESH_MIGRATE
 	AGENTMESH_MIGRATE_DATABASE_URL='$(AGENTMESH_MIGRATE_DATABASE_URL)' $(BIN)/python -m agentmesh.devstack.migrate up
 
 .PHONY: test
-test: env bench-tools browser-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers
+test: env bench-tools browser-tools obs-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -136,6 +136,17 @@ bench-tools:
 .PHONY: browser-tools
 browser-tools:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's prometheus: promtool checks and unit-tests observability/rules, and the suite
+# starts the server itself (on a free loopback port) to evaluate every dashboard query
+# and rule against the running mesh. Without recommends (no node exporter); the package's
+# service is never started here: nothing may keep a Prometheus on :9090.
+.PHONY: obs-tools
+obs-tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then \
+	  systemctl disable --now prometheus >/dev/null 2>&1; fi
 
 .PHONY: clean
 clean: ## remove the environment, caches and dev data (.data/)
