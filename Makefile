@@ -89,6 +89,10 @@ vendor-docs-ui: ## fetch Swagger UI $(SWAGGER_UI_VERSION) from npm into envoy/do
 	  (cd envoy/docs/swagger-ui && sha256sum $(SWAGGER_UI_FILES) > SHA256SUMS && \
 	    echo "swagger-ui-dist $(SWAGGER_UI_VERSION)" > VERSION)
 
+.PHONY: dashboards
+dashboards: env ## regenerate observability/dashboards/*.json from agentmesh.observability (a test fails on drift)
+	$(BIN)/python -m agentmesh.observability.dashboards --out observability/dashboards
+
 .PHONY: check-gen
 check-gen: env ## fail if gen/ differs from what `make gen` writes
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
@@ -124,7 +128,7 @@ COVERAGE_MIN_LINES := 90
 COVERAGE_MIN_BRANCHES := 80
 
 .PHONY: test
-test: env bench-tools browser-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers, with coverage
+test: env bench-tools browser-tools obs-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers, with coverage
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
 	status=0; $(BIN)/coverage run -m pytest $(PYTEST_ARGS) || status=$$?; \
 	  $(BIN)/coverage combine --quiet; \
@@ -152,6 +156,17 @@ bench-tools:
 .PHONY: browser-tools
 browser-tools:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's prometheus: promtool checks and unit-tests observability/rules, and the suite
+# starts the server itself (on a free loopback port) to evaluate every dashboard query
+# and rule against the running mesh. Without recommends (no node exporter); the package's
+# service is never started here: nothing may keep a Prometheus on :9090.
+.PHONY: obs-tools
+obs-tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then \
+	  systemctl disable --now prometheus >/dev/null 2>&1; fi
 
 .PHONY: clean
 clean: ## remove the environment, caches and dev data (.data/)
