@@ -130,17 +130,39 @@ def test_pods_are_hardened_and_bounded(manifests: list[Manifest]) -> None:
                 assert {"cpu", "memory"} <= set(resources[bound]), f"{where} {bound}"
 
 
+#: Seconds a service needs after SIGTERM besides the drain grace: grpc's stop and the
+#: close steps are bounded apart from it, but closing pools and flushing spans takes a
+#: moment (docs/operations.md, "Drain and SIGTERM").
+SERVICE_CLOSE_S = 5
+#: The worker's hand-back of unfinished jobs after its shutdown grace: a write per job.
+WORKER_HANDBACK_S = 10
+
+
+def pre_stop_s(container: Manifest) -> int:
+    sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
+    return int(sleep.get("seconds", 0))
+
+
 def test_drain_fits_in_the_termination_grace(manifests: list[Manifest]) -> None:
-    (settings,) = [
-        d
-        for d in of_kind(manifests, "ConfigMap").values()
-        if d["metadata"]["name"].startswith("agentmesh-settings")
-    ]
-    drain_grace_s = float(settings["data"]["AGENTMESH_DRAIN_GRACE_S"])
+    # Every process finishes its drain before the kubelet's SIGKILL: the services'
+    # AGENTMESH_DRAIN_GRACE_S, the worker's AGENTMESH_WORKER_SHUTDOWN_GRACE_S and its
+    # hand-back, Envoy's preStop sleep (it exits at once on SIGTERM after it).
+    settings = settings_data(manifests)
+    drain_s = {
+        key: float(settings["AGENTMESH_DRAIN_GRACE_S"]) + SERVICE_CLOSE_S for key in SERVICE_NAMES
+    }
+    drain_s["worker"] = float(settings["AGENTMESH_WORKER_SHUTDOWN_GRACE_S"]) + WORKER_HANDBACK_S
+    drain_s["envoy"] = 0
     deployments = of_kind(manifests, "Deployment")
-    for key in SERVICE_NAMES:
-        grace = deployments[key]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace > drain_grace_s, key
+    assert set(deployments) == set(drain_s)
+    for key, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        needed = pre_stop_s(container) + drain_s[key]
+        assert pod["terminationGracePeriodSeconds"] > needed, (key, needed)
+    # Envoy keeps serving while its endpoint removal spreads, then exits.
+    (envoy,) = deployments["envoy"]["spec"]["template"]["spec"]["containers"]
+    assert pre_stop_s(envoy) >= 5
 
 
 def test_settings_come_from_the_configmap_and_secrets_by_reference(
@@ -233,6 +255,27 @@ def test_headless_services_match_envoy_upstreams(manifests: list[Manifest]) -> N
         assert spec["clusterIP"] == "None"
         assert spec["selector"] == {"app.kubernetes.io/name": key}
         assert GRPC_PORT in [p["port"] for p in spec["ports"]]
+
+
+def test_every_service_has_a_route_on_both_listeners_and_a_cluster() -> None:
+    # Clients reach each service through the external listener, services each other
+    # through the internal one (the NetworkPolicies for both: test_k8s_network.py).
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+    routed: dict[str, set[str]] = {}
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                routes = network_filter["typed_config"].get("route_config", {})
+                for host in routes.get("virtual_hosts", []):
+                    for route in host["routes"]:
+                        target = route.get("route", {}).get("cluster")
+                        if target:
+                            routed.setdefault(listener["name"], set()).add(target)
+    for key in SERVICE_NAMES:
+        assert key in clusters, key
+        for listener in ("external", "internal"):
+            assert key in routed[listener], (listener, key)
 
 
 def test_envoy_config_matches_the_renderer(tmp_path: Path) -> None:

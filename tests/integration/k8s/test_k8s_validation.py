@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -83,6 +84,32 @@ def test_hadolint_fails_a_bad_dockerfile(tmp_path: Path) -> None:
     assert result.returncode != 0
     codes = {finding["code"] for finding in json.loads(result.stdout)}
     assert {"DL3007", "DL3008"} <= codes, codes  # latest tag; unpinned apt package
+
+
+def final_stage(dockerfile: str) -> tuple[list[str], list[str]]:
+    """The base images of every stage, and the instructions of the last stage."""
+    lines = [line.strip() for line in dockerfile.replace("\\\n", " ").splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    starts = [i for i, line in enumerate(instructions) if line.upper().startswith("FROM ")]
+    bases = [instructions[i].split()[1] for i in starts]
+    return bases, instructions[starts[-1] :]
+
+
+def test_the_image_is_pinned_non_root_and_ships_no_build_tools() -> None:
+    bases, last = final_stage(DOCKERFILE.read_text())
+    for base in bases:
+        # An exact release (major.minor.patch), optionally with its digest; never a
+        # moving tag such as 3.11-slim or latest.
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
+    users = [line.split()[1] for line in last if line.upper().startswith("USER ")]
+    assert users, "the final stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit(), f"USER {users[-1]}: a numeric UID (runAsNonRoot can check it)"
+    assert int(uid) >= 10000, f"USER {users[-1]}: a high UID, apart from the host's users"
+    text = "\n".join(last)
+    for tool in ("uv ", "uv==", "apt-get install", "gcc", "build-essential", "pip install"):
+        assert tool not in text, f"the final stage installs or carries {tool.strip()}"
+    assert "pip uninstall" in text, "the base image's pip stays in the final stage"
 
 
 # -- kubernetes-validate ----------------------------------------------------------------
