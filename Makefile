@@ -128,7 +128,7 @@ COVERAGE_MIN_LINES := 90
 COVERAGE_MIN_BRANCHES := 80
 
 .PHONY: test
-test: env bench-tools browser-tools obs-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers, with coverage
+test: env bench-tools browser-tools obs-tools checkov-tools check-gen lint ## the whole suite (unit, integration, component, e2e, the small bench) against real servers, with coverage
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
 	status=0; $(BIN)/coverage run -m pytest $(PYTEST_ARGS) || status=$$?; \
 	  $(BIN)/coverage combine --quiet; \
@@ -150,6 +150,19 @@ bench: env bench-tools ## benchmarks; writes docs/benchmarks.md (BENCH_ARGS="--s
 .PHONY: bench-tools
 bench-tools:
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+
+# checkov (the policy check of the k8s manifests and the image, ADR 0030) pins libraries
+# the services' dependencies cannot share (boto3), so it gets an environment of its own,
+# from its own lock (tools/checkov/uv.lock); bytecode compiled once here, not per run.
+CHECKOV_ENV := $(TOOLS)/checkov
+
+$(CHECKOV_ENV)/.synced: tools/checkov/pyproject.toml tools/checkov/uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(CHECKOV_ENV) UV_COMPILE_BYTECODE=1 \
+	  $(UV) sync --frozen --project tools/checkov --python $(PYTHON)
+	touch $@
+
+.PHONY: checkov-tools
+checkov-tools: $(CHECKOV_ENV)/.synced ## install checkov (tools/checkov/uv.lock) into .tools/checkov
 
 # Debian's chromium: the suite opens the API docs page in it (Playwright drives it by
 # its executable path; Playwright never downloads a browser here).

@@ -9,11 +9,10 @@ must be exactly what the renderer writes now, and Envoy itself must accept it.
 
 from __future__ import annotations
 
+import base64
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -26,14 +25,19 @@ from agentmesh.devstack.envoy_config import (
     main,
     validate_envoy_config,
 )
+from k8s_support import (
+    K8S,
+    NAMESPACE,
+    OVERLAYS,
+    Manifest,
+    of_kind,
+    pod_specs,
+    render,
+    settings_data,
+)
 
 pytestmark = pytest.mark.integration
 
-REPO = paths.repo_root()
-K8S = REPO / "k8s"
-KUBECTL = REPO / ".venv" / "bin" / "kubectl"
-OVERLAYS = ("dev", "prod")
-NAMESPACE = "agentmesh"
 GRPC_PORT = 50051
 ENVOY_CONFIG = K8S / "base" / "envoy" / "envoy.yaml"
 #: The exact command that wrote ENVOY_CONFIG (docs/operations.md shows it too).
@@ -41,41 +45,14 @@ RENDER_ARGS = ("--profile", "k8s", "--cors-origin", "https://app.example.com")
 #: Where the k8s config expects the descriptor set inside the Envoy pod.
 POD_DESCRIPTOR_PATH = "/etc/envoy/descriptors/agentmesh.binpb"
 
-Manifest = dict[str, Any]
-
 #: Database URL variables, each from a Secret of its own role (docs/adr/0018).
 DATABASE_SECRETS = ("AGENTMESH_DATABASE_URL", "AGENTMESH_MIGRATE_DATABASE_URL")
-
-
-def render(overlay: str) -> list[Manifest]:
-    result = subprocess.run(
-        [str(KUBECTL), "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
-    assert docs, f"overlay {overlay} rendered nothing"
-    return docs
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
     overlay: str = request.param
     return render(overlay)
-
-
-def of_kind(docs: list[Manifest], kind: str) -> dict[str, Manifest]:
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
-
-
-def pod_specs(docs: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
-    """Every pod template: Deployments and Jobs."""
-    for doc in docs:
-        if doc["kind"] in ("Deployment", "Job"):
-            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
 
 
 def test_every_object_is_in_the_namespace_envoy_resolves(manifests: list[Manifest]) -> None:
@@ -153,17 +130,39 @@ def test_pods_are_hardened_and_bounded(manifests: list[Manifest]) -> None:
                 assert {"cpu", "memory"} <= set(resources[bound]), f"{where} {bound}"
 
 
+#: Seconds a service needs after SIGTERM besides the drain grace: grpc's stop and the
+#: close steps are bounded apart from it, but closing pools and flushing spans takes a
+#: moment (docs/operations.md, "Drain and SIGTERM").
+SERVICE_CLOSE_S = 5
+#: The worker's hand-back of unfinished jobs after its shutdown grace: a write per job.
+WORKER_HANDBACK_S = 10
+
+
+def pre_stop_s(container: Manifest) -> int:
+    sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {})
+    return int(sleep.get("seconds", 0))
+
+
 def test_drain_fits_in_the_termination_grace(manifests: list[Manifest]) -> None:
-    (settings,) = [
-        d
-        for d in of_kind(manifests, "ConfigMap").values()
-        if d["metadata"]["name"].startswith("agentmesh-settings")
-    ]
-    drain_grace_s = float(settings["data"]["AGENTMESH_DRAIN_GRACE_S"])
+    # Every process finishes its drain before the kubelet's SIGKILL: the services'
+    # AGENTMESH_DRAIN_GRACE_S, the worker's AGENTMESH_WORKER_SHUTDOWN_GRACE_S and its
+    # hand-back, Envoy's preStop sleep (it exits at once on SIGTERM after it).
+    settings = settings_data(manifests)
+    drain_s = {
+        key: float(settings["AGENTMESH_DRAIN_GRACE_S"]) + SERVICE_CLOSE_S for key in SERVICE_NAMES
+    }
+    drain_s["worker"] = float(settings["AGENTMESH_WORKER_SHUTDOWN_GRACE_S"]) + WORKER_HANDBACK_S
+    drain_s["envoy"] = 0
     deployments = of_kind(manifests, "Deployment")
-    for key in SERVICE_NAMES:
-        grace = deployments[key]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert grace > drain_grace_s, key
+    assert set(deployments) == set(drain_s)
+    for key, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        needed = pre_stop_s(container) + drain_s[key]
+        assert pod["terminationGracePeriodSeconds"] > needed, (key, needed)
+    # Envoy keeps serving while its endpoint removal spreads, then exits.
+    (envoy,) = deployments["envoy"]["spec"]["template"]["spec"]["containers"]
+    assert pre_stop_s(envoy) >= 5
 
 
 def test_settings_come_from_the_configmap_and_secrets_by_reference(
@@ -183,7 +182,14 @@ def test_settings_come_from_the_configmap_and_secrets_by_reference(
         "AGENTMESH_REDIS_URL",
     }
     assert not secret_keys & set(data), "secrets must not be in the ConfigMap"
-    assert not of_kind(manifests, "Secret"), "secret values are never committed"
+    # No secret value is committed. The dev overlay generates only its in-cluster
+    # database's URLs, which carry no password (that database trusts its callers).
+    for secret in of_kind(manifests, "Secret").values():
+        assert secret["metadata"]["name"].startswith("agentmesh-db-"), secret["metadata"]
+        for value in secret["data"].values():
+            url = urlsplit(base64.b64decode(value).decode())
+            assert url.hostname == f"postgres.{NAMESPACE}.svc.cluster.local", url
+            assert url.password is None, "a password in a committed Secret"
     for name, pod in pod_specs(manifests):
         for container in pod["containers"]:
             for var in container.get("env", []):
@@ -251,6 +257,27 @@ def test_headless_services_match_envoy_upstreams(manifests: list[Manifest]) -> N
         assert GRPC_PORT in [p["port"] for p in spec["ports"]]
 
 
+def test_every_service_has_a_route_on_both_listeners_and_a_cluster() -> None:
+    # Clients reach each service through the external listener, services each other
+    # through the internal one (the NetworkPolicies for both: test_k8s_network.py).
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+    routed: dict[str, set[str]] = {}
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                routes = network_filter["typed_config"].get("route_config", {})
+                for host in routes.get("virtual_hosts", []):
+                    for route in host["routes"]:
+                        target = route.get("route", {}).get("cluster")
+                        if target:
+                            routed.setdefault(listener["name"], set()).add(target)
+    for key in SERVICE_NAMES:
+        assert key in clusters, key
+        for listener in ("external", "internal"):
+            assert key in routed[listener], (listener, key)
+
+
 def test_envoy_config_matches_the_renderer(tmp_path: Path) -> None:
     fresh = tmp_path / "envoy.yaml"
     assert main([*RENDER_ARGS, "--out", str(fresh)]) == 0
@@ -288,16 +315,6 @@ def test_envoy_pod_copies_the_docs_page_from_the_image() -> None:
     (envoy,) = [c for c in pod["containers"] if c["name"] == "envoy"]
     mounts = {m["mountPath"]: m for m in envoy["volumeMounts"]}
     assert mounts[K8S_DOCS_DIR]["readOnly"] is True
-
-
-def settings_data(docs: list[Manifest]) -> dict[str, str]:
-    (settings,) = [
-        d
-        for d in of_kind(docs, "ConfigMap").values()
-        if d["metadata"]["name"].startswith("agentmesh-settings")
-    ]
-    data: dict[str, str] = settings["data"]
-    return data
 
 
 def container_env(docs: list[Manifest], deployment: str) -> dict[str, Manifest]:
