@@ -38,7 +38,7 @@ HOOKS = Path(__file__).with_name("fuzz_hooks.py")
 SEED = os.environ.get("AGENTMESH_FUZZ_SEED", "20261203")
 """Fixed so a failure reproduces; set AGENTMESH_FUZZ_SEED to explore other inputs."""
 MAX_EXAMPLES = "10"
-TIME_BUDGET_S = 120
+TIME_BUDGET_S = 75
 
 
 def test_the_whole_json_api_holds_under_contract_fuzzing(
